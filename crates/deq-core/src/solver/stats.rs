@@ -200,11 +200,6 @@ impl<'a> Tracker<'a> {
         Ok(converged)
     }
 
-    /// The current best state.
-    pub(crate) fn best(&self) -> &Tensor {
-        &self.best
-    }
-
     /// Finishes the solve: serves indices never reached (early stop) the final best state, and
     /// fails with [`DeqError::NonFinite`] if the returned state itself holds NaN or Inf.
     pub(crate) fn finish(self) -> Result<super::Solution> {
