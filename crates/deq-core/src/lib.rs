@@ -8,6 +8,7 @@ pub mod deq;
 pub mod error;
 pub mod grad;
 pub mod loss;
+pub mod ops;
 pub mod problems;
 pub mod rng;
 pub mod solver;

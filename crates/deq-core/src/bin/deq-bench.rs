@@ -1,1 +1,132 @@
-fn main(){}
+//! `deq-bench`: the deq-core workloads, timed, one JSON object per line.
+//!
+//! Workloads match `scripts/bench_torchdeq.py` exactly: batch 64, width 256,
+//! `f(z) = tanh(z W^T + x U^T)` with `W` at spectral norm 0.9, f32, the injection recomputed
+//! inside `f`. Run with `cargo run --release -p deq-core --bin deq-bench`; set the thread count
+//! with `RAYON_NUM_THREADS` (default 2, as the reference).
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use clap::Parser;
+use deq_core::problems::linear_tanh_problem;
+use deq_core::rng::DeqRng;
+use deq_core::{get_solver, Deq, DeqConfig, SolverOptions, StopMode};
+use std::time::Instant;
+
+#[derive(Parser, Debug)]
+#[command(about = "Benchmarks deq-core's solvers and an IFT training step; prints JSON lines")]
+struct Args {
+    /// Minimum number of timed runs.
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    /// Keep running until this many seconds of timed work have passed.
+    #[arg(long, default_value_t = 5.0)]
+    min_time: f64,
+    /// Upper bound on timed runs.
+    #[arg(long, default_value_t = 2000)]
+    max_runs: usize,
+    /// Only run workloads whose name contains this string (repeatable).
+    #[arg(long)]
+    workload: Vec<String>,
+    /// Random seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+fn time_runs(args: &Args, mut step: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Vec<f64>> {
+    for _ in 0..3 {
+        step()?;
+    }
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < args.max_runs && (times.len() < args.runs || start.elapsed().as_secs_f64() < args.min_time) {
+        let t = Instant::now();
+        step()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    Ok(times)
+}
+
+fn report(workload: &str, mut times: Vec<f64>, extra: serde_json::Value) {
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let median = times[times.len() / 2];
+    let mut obj = serde_json::json!({
+        "workload": workload,
+        "impl": "deq-core",
+        "median_s": median,
+        "min_s": times[0],
+        "n_runs": times.len(),
+        "threads": std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(2),
+    });
+    if let (Some(o), Some(e)) = (obj.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    println!("{obj}");
+}
+
+fn main() -> anyhow::Result<()> {
+    if std::env::var("RAYON_NUM_THREADS").is_err() {
+        std::env::set_var("RAYON_NUM_THREADS", "2");
+    }
+    let args = Args::parse();
+    let wanted = |name: &str| args.workload.is_empty() || args.workload.iter().any(|w| name.contains(w.as_str()));
+    let p = linear_tanh_problem(64, 256, 0.9, args.seed, DType::F32)?;
+    // Weights are stored transposed and contiguous (what a Linear layer caches once per step);
+    // the injection x U^T is still recomputed inside f, as in the reference script.
+    let (wt, ut) = (p.w.t()?.contiguous()?, p.u.t()?.contiguous()?);
+    let f = |z: &Tensor| -> candle_core::Result<Tensor> { deq_core::ops::tanh(&z.matmul(&wt)?.add(&p.x.matmul(&ut)?)?) };
+
+    for name in ["fixed_point_iter", "anderson", "broyden"] {
+        let workload = format!("solve/{name}");
+        if !wanted(&workload) {
+            continue;
+        }
+        let solver = get_solver(name)?;
+        let opts = SolverOptions { max_iter: 50, tol: 1e-5, stop_mode: StopMode::Abs, ..Default::default() };
+        let z0 = Tensor::zeros((64, 256), DType::F32, &Device::Cpu)?;
+        let mut last = None;
+        let times = time_runs(&args, || {
+            let mut ff = |z: &Tensor| f(z);
+            last = Some(solver.solve(&mut ff, &z0, &opts)?);
+            Ok(())
+        })?;
+        let sol = last.expect("ran");
+        let fz = f(&sol.z)?;
+        let res = (fz - &sol.z)?.sqr()?.sum(1)?.sqrt()?.max(0)?.to_scalar::<f32>()?;
+        report(&workload, times, serde_json::json!({"nfe": sol.stats.nfe, "residual_abs_max": res, "solver_abs_lowest_max": sol.stats.max_lowest()}));
+    }
+
+    let workload = "train_step/ift_anderson30_fp30";
+    if wanted(workload) {
+        let w = Var::from_tensor(&p.w)?;
+        let u = Var::from_tensor(&p.u)?;
+        let mut rng = DeqRng::new(args.seed + 1);
+        let head_w = Var::from_tensor(&(rng.randn((10, 256), DType::F32, &Device::Cpu)? * (1.0 / 16.0))?)?;
+        let head_b = Var::from_tensor(&Tensor::zeros(10, DType::F32, &Device::Cpu)?)?;
+        let labels: Vec<u32> = (0..64).map(|_| (rng.next_u64() % 10) as u32).collect();
+        let labels = Tensor::from_vec(labels, 64, &Device::Cpu)?;
+        let cfg = DeqConfig { f_solver: "anderson".into(), f_max_iter: 30, b_solver: "fixed_point_iter".into(), b_max_iter: 30, ift: true, ..Default::default() };
+        let deq = Deq::new(cfg)?;
+        let z0 = Tensor::zeros((64, 256), DType::F32, &Device::Cpu)?;
+        let mut info = (0usize, 0usize, 0f32);
+        let times = time_runs(&args, || {
+            let (wt, ut) = (w.as_tensor().t()?.contiguous()?, u.as_tensor().t()?.contiguous()?);
+            let out = deq.forward1(
+                |z, x| deq_core::ops::tanh(&z.matmul(&wt)?.add(&x[0].matmul(&ut)?)?),
+                std::slice::from_ref(&p.x),
+                &z0,
+            )?;
+            let logits = out.z().matmul(&head_w.as_tensor().t()?)?.broadcast_add(head_b.as_tensor())?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+            let grads = loss.backward()?;
+            let _gw = grads.get(w.as_tensor()).map(|g| g.detach());
+            let b = out.backward_stats.get();
+            info = (out.stats.nfe, b.first().map(|s| s.nfe).unwrap_or(0), loss.to_scalar::<f32>()?);
+            let _ = logits.max(D::Minus1)?;
+            Ok(())
+        })?;
+        report(workload, times, serde_json::json!({"nfe": info.0, "b_nfe": info.1, "loss": info.2, "includes_optimizer_step": false}));
+    }
+    Ok(())
+}
