@@ -5,9 +5,11 @@
 
 pub mod config;
 pub mod deq;
+pub mod dropout;
 pub mod error;
 pub mod grad;
 pub mod loss;
+pub mod norm;
 pub mod ops;
 pub mod problems;
 pub mod rng;

@@ -1,0 +1,114 @@
+//! Linear and Conv2d layers with a [`NormedWeight`].
+
+use super::{NormOptions, NormedWeight};
+use crate::error::Result;
+use crate::rng::DeqRng;
+use candle_core::{DType, Device, Module, Tensor, Var};
+use candle_nn::Conv2dConfig;
+
+fn kaiming_uniform(shape: &[usize], fan_in: usize, rng: &mut DeqRng, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    rng.rand(shape, -bound, bound, dtype, dev)
+}
+
+/// `y = x W^T + b` with a normalised `W` of shape `(out, in)`.
+#[derive(Debug)]
+pub struct NormLinear {
+    weight: NormedWeight,
+    bias: Option<Var>,
+}
+
+impl NormLinear {
+    /// A new layer with PyTorch's default initialisation drawn from `rng`.
+    pub fn new(in_dim: usize, out_dim: usize, bias: bool, opts: NormOptions, rng: &mut DeqRng, dtype: DType, dev: &Device) -> Result<Self> {
+        let w = kaiming_uniform(&[out_dim, in_dim], in_dim, rng, dtype, dev)?;
+        let b = if bias { Some(kaiming_uniform(&[out_dim], in_dim, rng, dtype, dev)?) } else { None };
+        Self::from_weights(w, b, opts, rng)
+    }
+
+    /// Wraps existing weights.
+    pub fn from_weights(w: Tensor, b: Option<Tensor>, opts: NormOptions, rng: &mut DeqRng) -> Result<Self> {
+        Ok(Self { weight: NormedWeight::new(Var::from_tensor(&w)?, opts, rng)?, bias: b.map(|b| Var::from_tensor(&b)).transpose()? })
+    }
+
+    /// The normalised weight.
+    pub fn weight(&self) -> &NormedWeight {
+        &self.weight
+    }
+
+    /// Recomputes the normalised weight (once per training step).
+    pub fn reset(&self) -> Result<()> {
+        self.weight.reset()
+    }
+
+    /// Trainable variables with names relative to the layer.
+    pub fn named_vars(&self) -> Vec<(&'static str, Var)> {
+        let mut v = self.weight.named_vars();
+        if let Some(b) = &self.bias {
+            v.push(("bias", b.clone()));
+        }
+        v
+    }
+}
+
+impl Module for NormLinear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let w = self.weight.weight();
+        let y = match x.rank() {
+            2 => x.matmul(&w.t()?)?,
+            _ => x.broadcast_matmul(&w.t()?)?,
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(b.as_tensor()),
+            None => Ok(y),
+        }
+    }
+}
+
+/// 2-D convolution with a normalised kernel of shape `(out, in / groups, k, k)`.
+#[derive(Debug)]
+pub struct NormConv2d {
+    weight: NormedWeight,
+    bias: Option<Var>,
+    cfg: Conv2dConfig,
+}
+
+impl NormConv2d {
+    /// A new layer with PyTorch's default initialisation drawn from `rng`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(in_c: usize, out_c: usize, k: usize, cfg: Conv2dConfig, bias: bool, opts: NormOptions, rng: &mut DeqRng, dtype: DType, dev: &Device) -> Result<Self> {
+        let fan_in = in_c / cfg.groups * k * k;
+        let w = kaiming_uniform(&[out_c, in_c / cfg.groups, k, k], fan_in, rng, dtype, dev)?;
+        let b = if bias { Some(Var::from_tensor(&kaiming_uniform(&[out_c], fan_in, rng, dtype, dev)?)?) } else { None };
+        Ok(Self { weight: NormedWeight::new(Var::from_tensor(&w)?, opts, rng)?, bias: b, cfg })
+    }
+
+    /// The normalised kernel.
+    pub fn weight(&self) -> &NormedWeight {
+        &self.weight
+    }
+
+    /// Recomputes the normalised kernel (once per training step).
+    pub fn reset(&self) -> Result<()> {
+        self.weight.reset()
+    }
+
+    /// Trainable variables with names relative to the layer.
+    pub fn named_vars(&self) -> Vec<(&'static str, Var)> {
+        let mut v = self.weight.named_vars();
+        if let Some(b) = &self.bias {
+            v.push(("bias", b.clone()));
+        }
+        v
+    }
+}
+
+impl Module for NormConv2d {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = x.conv2d(&self.weight.weight(), self.cfg.padding, self.cfg.stride, self.cfg.dilation, self.cfg.groups)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.as_tensor().reshape((1, (), 1, 1))?),
+            None => Ok(y),
+        }
+    }
+}
