@@ -74,7 +74,7 @@ impl Solver for Anderson {
         let xs = Tensor::zeros((b, m, d), z0.dtype(), z0.device())?;
         let fs = Tensor::zeros((b, m, d), z0.dtype(), z0.device())?;
         let z0 = z0.contiguous()?;
-        let fz = f(&z0)?;
+        let fz = f(&z0)?.detach();
         check_output(&z0, &fz, "anderson")?;
         let fz = fz.contiguous()?;
         let (abs, rel) = residuals(&z0, &fz)?;
@@ -102,7 +102,7 @@ impl Solver for Anderson {
                 (mixed_f.affine(opts.tau, 0.)? + mixed_x.affine(1. - opts.tau, 0.)?)?
             };
             let z = z.reshape((b, d))?.contiguous()?;
-            let fz = f(&z)?;
+            let fz = f(&z)?.detach();
             check_output(&z, &fz, "anderson")?;
             let fz = fz.contiguous()?;
             let (abs, rel) = residuals(&z, &fz)?;

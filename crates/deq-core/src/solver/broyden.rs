@@ -87,7 +87,7 @@ impl Solver for Broyden {
         let mut x = z0.contiguous()?;
         // Evaluates g at `x`, records `f(x)`, and returns (g(x), ||g||^2 summed over the batch, converged).
         let mut eval = |x: &Tensor, tracker: &mut Tracker| -> Result<(Tensor, f64, bool)> {
-            let fx = f(x)?;
+            let fx = f(x)?.detach();
             check_output(x, &fx, "broyden")?;
             let gx = (&fx - x)?;
             let both = Tensor::stack(&[gx.sqr()?.sum(1)?, fx.sqr()?.sum(1)?], 0)?

@@ -21,7 +21,7 @@ impl Solver for FixedPointIter {
         let mut tracker = Tracker::new(z0, opts);
         let mut z = z0.clone();
         for _ in 0..opts.max_iter {
-            let fz = f(&z)?;
+            let fz = f(&z)?.detach();
             check_output(&z, &fz, "fixed_point_iter")?;
             let next = damp(&fz, &z, opts.tau)?;
             let (abs, rel) = residuals(&z, &next)?;
@@ -55,7 +55,7 @@ impl Solver for SimpleFixedPointIter {
         let mut prev = z0.clone();
         let mut trajectory = Vec::with_capacity(opts.indexing.len());
         for k in 0..opts.max_iter {
-            let fz = f(&z)?;
+            let fz = f(&z)?.detach();
             check_output(&z, &fz, "simple_fixed_point_iter")?;
             prev = z;
             z = damp(&fz, &prev, opts.tau)?;

@@ -14,7 +14,9 @@
 //!   state, so the trajectory always has `indexing.len()` entries;
 //! * Anderson's Tikhonov term is relative to the scale of the Gram matrix, so it does not stall
 //!   at tight tolerances;
-//! * Broyden returns `f(z)` of its best point `z`, like the other solvers (TorchDEQ returns `z`).
+//! * Broyden returns `f(z)` of its best point `z`, like the other solvers (TorchDEQ returns `z`);
+//! * the output of `f` is detached inside the solver, so iterates never hold a graph even when
+//!   `f` uses trainable variables (candle has no `no_grad` mode).
 
 mod anderson;
 mod broyden;
