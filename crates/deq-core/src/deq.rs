@@ -163,7 +163,6 @@ impl Deq {
         let z0f = layout.flatten(&detach_state(z0))?;
         let backward_stats = BackwardStats::default();
 
-        let grad_mode = self.training || self.cfg.differentiable_eval;
         let ift_state = |z_star: &Tensor| -> Result<Vec<Tensor>> {
             let z = Var::from_tensor(&z_star.detach())?;
             let fz = flat_f(z.as_tensor(), &inputs_d)?;
@@ -230,7 +229,6 @@ impl Deq {
                 }
             }
         }
-        let _ = grad_mode;
         let states = flat_states.iter().map(|s| layout.unflatten(s)).collect::<Result<Vec<_>>>()?;
         Ok(DeqOutput { states, stats, backward_stats })
     }

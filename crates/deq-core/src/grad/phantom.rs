@@ -16,7 +16,7 @@ pub fn phantom_steps(
     let mut out = Vec::new();
     for i in 1..=k {
         let fz = f(&z)?;
-        z = crate::solver::damp_pub(&fz, &z, tau)?;
+        z = crate::solver::damp(&fz, &z, tau)?;
         let keep = if sup_gap > 0 { i as i64 % sup_gap == 0 } else { sup_loc.contains(&i) };
         if keep && i < k {
             out.push(z.clone());

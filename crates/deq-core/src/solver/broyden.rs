@@ -1,6 +1,6 @@
 //! Limited-memory Broyden's method.
 
-use super::{check_input, check_output, FixedPointFn, Solution, Solver, SolverOptions, Tracker};
+use super::{check_input, check_output, residuals, FixedPointFn, Solution, Solver, SolverOptions, Tracker};
 use crate::error::Result;
 use candle_core::{DType, Tensor};
 
@@ -90,12 +90,8 @@ impl Solver for Broyden {
             let fx = f(x)?.detach();
             check_output(x, &fx, "broyden")?;
             let gx = (&fx - x)?;
-            let both = Tensor::stack(&[gx.sqr()?.sum(1)?, fx.sqr()?.sum(1)?], 0)?
-                .to_dtype(DType::F64)?
-                .to_vec2::<f64>()?;
-            let abs: Vec<f64> = both[0].iter().map(|v| v.sqrt()).collect();
-            let rel: Vec<f64> = abs.iter().zip(&both[1]).map(|(a, n)| a / (n.sqrt() + 1e-9)).collect();
-            let phi: f64 = both[0].iter().sum();
+            let (abs, rel) = residuals(x, &fx)?;
+            let phi: f64 = abs.iter().map(|a| a * a).sum();
             let done = tracker.record(&fx, abs, rel)?;
             Ok((gx, if phi.is_finite() { phi } else { f64::INFINITY }, done))
         };

@@ -151,10 +151,6 @@ pub(crate) fn residuals(z: &Tensor, fz: &Tensor) -> Result<(Vec<f64>, Vec<f64>)>
 }
 
 /// `tau * fz + (1 - tau) * z` (returns `fz` unchanged when `tau == 1`).
-pub(crate) fn damp_pub(fz: &Tensor, z: &Tensor, tau: f64) -> candle_core::Result<Tensor> {
-    damp(fz, z, tau)
-}
-
 pub(crate) fn damp(fz: &Tensor, z: &Tensor, tau: f64) -> candle_core::Result<Tensor> {
     if tau == 1.0 {
         Ok(fz.clone())
