@@ -44,27 +44,29 @@ fn loss_at(s: &Setup, w: &Tensor, u: &Tensor) -> f64 {
     loss_of(out.z(), &s.c).to_scalar::<f64>().unwrap()
 }
 
-fn fd_grad(s: &Setup, which: usize) -> Vec<f64> {
-    let base = [s.w.as_tensor().clone(), s.u.as_tensor().clone()];
-    let t = &base[which];
+/// Central finite differences (step 1e-6) of `loss` with respect to every entry of `t`.
+fn central_fd(t: &Tensor, loss: impl Fn(&Tensor) -> f64) -> Vec<f64> {
     let v = t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
     let h = 1e-6;
     (0..v.len())
         .map(|i| {
-            let mut plus = v.clone();
-            plus[i] += h;
-            let mut minus = v.clone();
-            minus[i] -= h;
-            let tp = Tensor::from_vec(plus, t.shape(), &Device::Cpu).unwrap();
-            let tm = Tensor::from_vec(minus, t.shape(), &Device::Cpu).unwrap();
-            let (lp, lm) = if which == 0 {
-                (loss_at(s, &tp, &base[1]), loss_at(s, &tm, &base[1]))
-            } else {
-                (loss_at(s, &base[0], &tp), loss_at(s, &base[0], &tm))
+            let at = |d: f64| {
+                let mut p = v.clone();
+                p[i] += d;
+                loss(&Tensor::from_vec(p, t.shape(), &Device::Cpu).unwrap())
             };
-            (lp - lm) / (2.0 * h)
+            (at(h) - at(-h)) / (2.0 * h)
         })
         .collect()
+}
+
+fn fd_grad(s: &Setup, which: usize) -> Vec<f64> {
+    let (w, u) = (s.w.as_tensor(), s.u.as_tensor());
+    if which == 0 {
+        central_fd(w, |t| loss_at(s, t, u))
+    } else {
+        central_fd(u, |t| loss_at(s, w, t))
+    }
 }
 
 fn rel_err(a: &[f64], b: &[f64]) -> f64 {
@@ -170,25 +172,11 @@ fn jacobian_regulariser_gradient_matches_finite_differences() {
     let gw = grad_vec(&g, &s.w);
     let gu = grad_vec(&g, &s.u);
     for (which, got) in [(0usize, gw), (1, gu)] {
-        let t = if which == 0 { s.w.as_tensor() } else { s.u.as_tensor() };
-        let v = t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-        let h = 1e-6;
-        let fd: Vec<f64> = (0..v.len())
-            .map(|i| {
-                let mut p = v.clone();
-                p[i] += h;
-                let mut m = v.clone();
-                m[i] -= h;
-                let tp = Tensor::from_vec(p, t.shape(), &Device::Cpu).unwrap();
-                let tm = Tensor::from_vec(m, t.shape(), &Device::Cpu).unwrap();
-                let (lp, lm) = if which == 0 {
-                    (value(&tp, s.u.as_tensor(), 9).1, value(&tm, s.u.as_tensor(), 9).1)
-                } else {
-                    (value(s.w.as_tensor(), &tp, 9).1, value(s.w.as_tensor(), &tm, 9).1)
-                };
-                (lp - lm) / (2.0 * h)
-            })
-            .collect();
+        let fd = if which == 0 {
+            central_fd(s.w.as_tensor(), |t| value(t, s.u.as_tensor(), 9).1)
+        } else {
+            central_fd(s.u.as_tensor(), |t| value(s.w.as_tensor(), t, 9).1)
+        };
         let e = rel_err(&got, &fd);
         assert!(e < 1e-6, "jac_reg gradient {which}: rel err {e}");
     }
@@ -244,20 +232,10 @@ fn multi_tensor_state_implicit_gradient_matches_finite_differences() {
     let g = grad_vec(&loss(out.last()).backward().unwrap(), &w);
     let mut eval = Deq::new(cfg()).unwrap();
     eval.set_training(false);
-    let wv = w.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    let h = 1e-6;
-    let fd: Vec<f64> = (0..wv.len())
-        .map(|i| {
-            let at = |d: f64| {
-                let mut p = wv.clone();
-                p[i] += d;
-                let t = Tensor::from_vec(p, (10, 10), &dev).unwrap();
-                let o = eval.forward(|z, inp| fm(z, inp, &t), std::slice::from_ref(&x), &z0).unwrap();
-                loss(o.last()).to_scalar::<f64>().unwrap()
-            };
-            (at(h) - at(-h)) / (2.0 * h)
-        })
-        .collect();
+    let fd = central_fd(w.as_tensor(), |t| {
+        let o = eval.forward(|z, inp| fm(z, inp, t), std::slice::from_ref(&x), &z0).unwrap();
+        loss(o.last()).to_scalar::<f64>().unwrap()
+    });
     assert!(rel_err(&g, &fd) < 1e-6, "{}", rel_err(&g, &fd));
 }
 

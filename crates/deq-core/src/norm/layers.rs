@@ -11,6 +11,13 @@ fn kaiming_uniform(shape: &[usize], fan_in: usize, rng: &mut DeqRng, dtype: DTyp
     rng.rand(shape, -bound, bound, dtype, dev)
 }
 
+/// The weight's variables followed by the bias, if any.
+fn named_vars(weight: &NormedWeight, bias: &Option<Var>) -> Vec<(&'static str, Var)> {
+    let mut v = weight.named_vars();
+    v.extend(bias.iter().map(|b| ("bias", b.clone())));
+    v
+}
+
 /// `y = x W^T + b` with a normalised `W` of shape `(out, in)`.
 #[derive(Debug)]
 pub struct NormLinear {
@@ -43,11 +50,7 @@ impl NormLinear {
 
     /// Trainable variables with names relative to the layer.
     pub fn named_vars(&self) -> Vec<(&'static str, Var)> {
-        let mut v = self.weight.named_vars();
-        if let Some(b) = &self.bias {
-            v.push(("bias", b.clone()));
-        }
-        v
+        named_vars(&self.weight, &self.bias)
     }
 }
 
@@ -95,11 +98,7 @@ impl NormConv2d {
 
     /// Trainable variables with names relative to the layer.
     pub fn named_vars(&self) -> Vec<(&'static str, Var)> {
-        let mut v = self.weight.named_vars();
-        if let Some(b) = &self.bias {
-            v.push(("bias", b.clone()));
-        }
-        v
+        named_vars(&self.weight, &self.bias)
     }
 }
 
