@@ -2,7 +2,7 @@
 
 use crate::config::{Core, DeqConfig};
 use crate::error::{DeqError, Result};
-use crate::grad::{implicit_backward_op, phantom_steps, BackwardStats};
+use crate::grad::{implicit_backward_op, phantom_steps, BackwardStats, Vjp};
 use crate::loss::power_method;
 use crate::rng::DeqRng;
 use crate::solver::{get_solver, Solver, SolverOptions, SolverStats};
@@ -165,9 +165,14 @@ impl Deq {
 
         let ift_state = |z_star: &Tensor| -> Result<Vec<Tensor>> {
             let z = Var::from_tensor(&z_star.detach())?;
-            let fz = flat_f(z.as_tensor(), &inputs_d)?;
             let new = flat_f(z.as_tensor(), inputs)?;
-            Ok(vec![implicit_backward_op(&new, z, fz, self.b_solver.clone(), self.b_opts(), backward_stats.clone())?])
+            // One graph serves both the parameter gradient and the adjoint's products when the
+            // pruned plan applies; candle's full backward needs a copy with detached inputs.
+            let vjp = match Vjp::new(&new, &z) {
+                Vjp::Full { .. } => Vjp::Full { out: flat_f(z.as_tensor(), &inputs_d)?, wrt: z },
+                pruned => pruned,
+            };
+            Ok(vec![implicit_backward_op(&new, vjp, self.b_solver.clone(), self.b_opts(), backward_stats.clone())?])
         };
         let phantom_state = |z_star: &Tensor, k: usize| -> Result<Vec<Tensor>> {
             let mut step = |z: &Tensor| flat_f(z, inputs);

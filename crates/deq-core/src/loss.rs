@@ -2,7 +2,7 @@
 //! spectral radius.
 
 use crate::error::Result;
-use crate::grad::vjp;
+use crate::grad::Vjp;
 use crate::rng::DeqRng;
 use candle_core::{DType, Tensor, Var};
 
@@ -62,8 +62,9 @@ pub fn power_method(fz: &Tensor, z: &Var, n_iters: usize, rng: &mut DeqRng) -> R
     let (b, d) = zt.dims2()?;
     let mut v = rng.randn((b, d), zt.dtype(), zt.device())?;
     let mut lam = vec![0f64; b];
+    let vjp = Vjp::new(fz, z);
     for _ in 0..n_iters.max(1) {
-        let w = vjp(fz, z, &v)?;
+        let w = vjp.apply(&v)?;
         let num = (&w * &v)?.sum(1)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
         let den = v.sqr()?.sum(1)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
         lam = num.iter().zip(&den).map(|(n, d)| (n / d).abs()).collect();
@@ -91,9 +92,10 @@ pub fn jac_reg(f: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>, z: &Tensor, v
     let mut surrogate: Option<Tensor> = None;
     let h_rel = if z.dtype() == DType::F64 { 1e-3 } else { 3e-2 };
     let zscale = z.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?.max(1.0);
+    let vjp = Vjp::new(&fz, &zv);
     for _ in 0..vecs.max(1) {
         let v = rng.randn(z.shape(), z.dtype(), z.device())?;
-        let w = vjp(&fz, &zv, &v)?;
+        let w = vjp.apply(&v)?;
         let wn = w.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         value += wn;
         let wmax = w.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;

@@ -8,8 +8,9 @@
 //! vector-Jacobian products of a graph of `f` built once at `z*`. Memory is one evaluation of
 //! `f`, whatever the number of solver iterations.
 
+use super::vjp::Vjp;
 use crate::solver::{Solver, SolverOptions, SolverStats};
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, Var};
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use std::sync::{Arc, Mutex};
 
 /// Statistics of the adjoint solves, filled in when backward runs (TorchDEQ's `backward_writer`).
@@ -26,18 +27,8 @@ impl BackwardStats {
     }
 }
 
-/// The vector-Jacobian product `y^T d out / d input` through candle's autograd, detached.
-pub fn vjp(out: &Tensor, input: &Var, y: &Tensor) -> candle_core::Result<Tensor> {
-    let grads = (out * y)?.sum_all()?.backward()?;
-    match grads.get(input.as_tensor()) {
-        Some(g) => Ok(g.detach()),
-        None => input.as_tensor().zeros_like(),
-    }
-}
-
 struct ImplicitBackward {
-    z: Var,
-    fz: Tensor,
+    vjp: Vjp,
     solver: Arc<dyn Solver>,
     opts: SolverOptions,
     stats: BackwardStats,
@@ -76,7 +67,7 @@ impl CustomOp1 for ImplicitBackward {
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let g = grad.detach().contiguous()?;
-        let mut adjoint = |y: &Tensor| -> candle_core::Result<Tensor> { vjp(&self.fz, &self.z, y)? + &g };
+        let mut adjoint = |y: &Tensor| -> candle_core::Result<Tensor> { self.vjp.apply(y)? + &g };
         let y0 = g.zeros_like()?;
         let sol = self
             .solver
@@ -89,19 +80,20 @@ impl CustomOp1 for ImplicitBackward {
 
 /// Wraps `new = f(z*)` (built with gradient tracking) so that backward solves the adjoint system.
 ///
-/// * `z` is the fixed point as a fresh [`Var`], `fz = f(z)` built from it with the inputs of `f`
-///   detached (the graph the adjoint's vector-Jacobian products run through);
-/// * `new` is `f(z)` with the real inputs (the path to the parameters and inputs).
+/// * `new` is `f(z)` at the fixed point `z` (a fresh [`candle_core::Var`]) with the real inputs:
+///   the path to the parameters and inputs;
+/// * `vjp` computes `y^T df/dz` at that point: a pruned plan over `new`'s own graph when every
+///   op has a rule (see [`super::vjp`]), otherwise candle's backward through a copy of `f(z)`
+///   built with detached inputs.
 ///
 /// Returns a tensor equal to `new` whose backward pass feeds `new` the adjoint solution.
 pub fn implicit_backward_op(
     new: &Tensor,
-    z: Var,
-    fz: Tensor,
+    vjp: Vjp,
     solver: Arc<dyn Solver>,
     opts: SolverOptions,
     stats: BackwardStats,
 ) -> candle_core::Result<Tensor> {
     let new = new.contiguous()?;
-    new.apply_op1_arc(Arc::new(Box::new(ImplicitBackward { z, fz, solver, opts, stats })))
+    new.apply_op1_arc(Arc::new(Box::new(ImplicitBackward { vjp, solver, opts, stats })))
 }

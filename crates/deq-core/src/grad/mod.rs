@@ -2,6 +2,8 @@
 
 pub mod implicit;
 pub mod phantom;
+pub mod vjp;
 
-pub use implicit::{implicit_backward_op, vjp, BackwardStats};
+pub use implicit::{implicit_backward_op, BackwardStats};
+pub use vjp::{full_vjp, vjp, Vjp, VjpPlan};
 pub use phantom::phantom_steps;
