@@ -1,9 +1,10 @@
 //! Anderson acceleration.
 
 use super::linalg::lu_solve_in_place;
+use super::rows::Rows;
 use super::{check_input, check_output, residuals, FixedPointFn, Solution, Solver, SolverOptions, Tracker};
 use crate::error::Result;
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
 /// Anderson acceleration with history `m`, relative Tikhonov regularisation `lam` and mixing
 /// `tau`.
@@ -58,6 +59,59 @@ pub(crate) fn anderson_weights(gram: &[f64], batch: usize, n: usize, lam: f64, n
     out
 }
 
+/// The last `m` images `f(z_i)` and residuals `g_i = f(z_i) - z_i`, with the per-sample Gram
+/// matrices of the `g_i` (`m x m`, one row updated per step instead of recomputed).
+struct History {
+    fs: Rows,
+    gs: Rows,
+    gram: Vec<f64>,
+    m: usize,
+    b: usize,
+}
+
+impl History {
+    /// Stores the pair in `slot` and updates the Gram rows against the `filled` stored slots.
+    fn store(&mut self, slot: usize, filled: usize, z: &Tensor, fz: &Tensor) -> Result<()> {
+        let (m, b) = (self.m, self.b);
+        let g = (fz - z)?;
+        self.fs.set(slot, fz)?;
+        self.gs.set(slot, &g)?;
+        let others: Vec<usize> = (0..filled).collect();
+        let row = self.gs.dots(&g, &others)?;
+        for bi in 0..b {
+            for (j, &v) in row[bi * filled..(bi + 1) * filled].iter().enumerate() {
+                self.gram[bi * m * m + slot * m + j] = v;
+                self.gram[bi * m * m + j * m + slot] = v;
+            }
+        }
+        Ok(())
+    }
+
+    /// The next iterate from the `n` stored pairs (`newest` is the latest slot).
+    fn next(&self, n: usize, newest: usize, opts: &SolverOptions) -> Result<Tensor> {
+        let (m, b) = (self.m, self.b);
+        let slots: Vec<usize> = (0..n).collect();
+        let alpha = if n == 1 {
+            vec![1.0; b]
+        } else {
+            let mut sub = vec![0f64; b * n * n];
+            for bi in 0..b {
+                for i in 0..n {
+                    sub[(bi * n + i) * n..(bi * n + i + 1) * n].copy_from_slice(&self.gram[bi * m * m + i * m..bi * m * m + i * m + n]);
+                }
+            }
+            anderson_weights(&sub, b, n, opts.lam, newest)
+        };
+        // tau sum a_i f_i + (1 - tau) sum a_i z_i = sum a_i f_i - (1 - tau) sum a_i g_i.
+        let z = self.fs.combine(&alpha, &slots)?;
+        if opts.tau == 1.0 {
+            Ok(z)
+        } else {
+            Ok((z - self.gs.combine(&alpha, &slots)?.affine(1.0 - opts.tau, 0.0)?)?)
+        }
+    }
+}
+
 impl Solver for Anderson {
     fn name(&self) -> &'static str {
         "anderson"
@@ -65,51 +119,29 @@ impl Solver for Anderson {
 
     fn solve(&self, f: &mut FixedPointFn<'_>, z0: &Tensor, opts: &SolverOptions) -> Result<Solution> {
         check_input(z0, "anderson")?;
-        let (b, d) = z0.dims2()?;
+        let b = z0.dims()[0];
         let m = opts.m.max(1);
         let mut tracker = Tracker::new(z0, opts);
         if opts.max_iter == 0 {
             return tracker.finish();
         }
-        let xs = Tensor::zeros((b, m, d), z0.dtype(), z0.device())?;
-        let fs = Tensor::zeros((b, m, d), z0.dtype(), z0.device())?;
+        let mut hist = History { fs: Rows::new(z0, m)?, gs: Rows::new(z0, m)?, gram: vec![0f64; b * m * m], m, b };
         let z0 = z0.contiguous()?;
         let fz = f(&z0)?.detach();
         check_output(&z0, &fz, "anderson")?;
-        let fz = fz.contiguous()?;
         let (abs, rel) = residuals(&z0, &fz)?;
         let mut done = tracker.record(&fz, abs, rel)?;
-        xs.slice_set(&z0.unsqueeze(1)?, 1, 0)?;
-        fs.slice_set(&fz.unsqueeze(1)?, 1, 0)?;
+        hist.store(0, 1, &z0, &fz)?;
         let mut count = 1usize;
         while !done && tracker.step < opts.max_iter {
             let n = count.min(m);
             let newest = (count - 1) % m;
-            let (xn, fn_) = if n == m { (xs.clone(), fs.clone()) } else { (xs.narrow(1, 0, n)?.contiguous()?, fs.narrow(1, 0, n)?.contiguous()?) };
-            let alpha = if n == 1 {
-                Tensor::ones((b, 1, 1), z0.dtype(), z0.device())?
-            } else {
-                let g = (&fn_ - &xn)?;
-                let gram = g.matmul(&g.t()?)?.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
-                let w = anderson_weights(&gram, b, n, opts.lam, newest);
-                Tensor::from_vec(w, (b, 1, n), z0.device())?.to_dtype(z0.dtype())?
-            };
-            let mixed_f = alpha.matmul(&fn_)?;
-            let z = if opts.tau == 1.0 {
-                mixed_f
-            } else {
-                let mixed_x = alpha.matmul(&xn)?;
-                (mixed_f.affine(opts.tau, 0.)? + mixed_x.affine(1. - opts.tau, 0.)?)?
-            };
-            let z = z.reshape((b, d))?.contiguous()?;
+            let z = hist.next(n, newest, opts)?;
             let fz = f(&z)?.detach();
             check_output(&z, &fz, "anderson")?;
-            let fz = fz.contiguous()?;
             let (abs, rel) = residuals(&z, &fz)?;
             done = tracker.record(&fz, abs, rel)?;
-            let slot = count % m;
-            xs.slice_set(&z.unsqueeze(1)?, 1, slot)?;
-            fs.slice_set(&fz.unsqueeze(1)?, 1, slot)?;
+            hist.store(count % m, (count + 1).min(m), &z, &fz)?;
             count += 1;
         }
         tracker.finish()

@@ -1,5 +1,6 @@
 //! Limited-memory Broyden's method.
 
+use super::rows::Rows;
 use super::{check_input, check_output, residuals, FixedPointFn, Solution, Solver, SolverOptions, Tracker};
 use crate::error::Result;
 use candle_core::{DType, Tensor};
@@ -14,43 +15,42 @@ use candle_core::{DType, Tensor};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Broyden;
 
+/// The low-rank part `sum_i u_i v_i^T` of the inverse Jacobian, per sample, as a ring of
+/// `cap` pairs (the oldest pair is overwritten when full).
 struct Memory {
-    us: Tensor,
-    vts: Tensor,
+    us: Rows,
+    vts: Rows,
     len: usize,
-    cap: usize,
     next: usize,
 }
 
 impl Memory {
-    /// `c_i = v_i . x` for the stored pairs, as a `(batch, 1, n)` tensor.
-    fn coeffs(&self, rows: &Tensor, x: &Tensor) -> candle_core::Result<Tensor> {
-        let r = rows.narrow(1, 0, self.len)?;
-        x.unsqueeze(1)?.matmul(&r.t()?)
+    fn slots(&self) -> Vec<usize> {
+        (0..self.len).collect()
     }
     /// `(-I + U V^T) x`.
     fn matvec(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         if self.len == 0 {
             return x.neg();
         }
-        let c = self.coeffs(&self.vts, x)?;
-        let uv = c.matmul(&self.us.narrow(1, 0, self.len)?)?.squeeze(1)?;
-        uv - x
+        let slots = self.slots();
+        let c = self.vts.dots(x, &slots)?;
+        self.us.combine(&c, &slots)? - x
     }
     /// `x^T (-I + U V^T)`.
     fn rmatvec(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         if self.len == 0 {
             return x.neg();
         }
-        let c = self.coeffs(&self.us, x)?;
-        let uv = c.matmul(&self.vts.narrow(1, 0, self.len)?)?.squeeze(1)?;
-        uv - x
+        let slots = self.slots();
+        let c = self.us.dots(x, &slots)?;
+        self.vts.combine(&c, &slots)? - x
     }
     fn push(&mut self, u: &Tensor, vt: &Tensor) -> candle_core::Result<()> {
-        self.us.slice_set(&u.unsqueeze(1)?.contiguous()?, 1, self.next)?;
-        self.vts.slice_set(&vt.unsqueeze(1)?.contiguous()?, 1, self.next)?;
-        self.next = (self.next + 1) % self.cap;
-        self.len = (self.len + 1).min(self.cap);
+        self.us.set(self.next, u)?;
+        self.vts.set(self.next, vt)?;
+        self.next = (self.next + 1) % self.us.cap();
+        self.len = (self.len + 1).min(self.us.cap());
         Ok(())
     }
 }
@@ -71,19 +71,12 @@ impl Solver for Broyden {
 
     fn solve(&self, f: &mut FixedPointFn<'_>, z0: &Tensor, opts: &SolverOptions) -> Result<Solution> {
         check_input(z0, "broyden")?;
-        let (b, d) = z0.dims2()?;
         let mut tracker = Tracker::new(z0, opts);
         if opts.max_iter == 0 {
             return tracker.finish();
         }
         let cap = opts.rank.unwrap_or(opts.max_iter).max(1);
-        let mut mem = Memory {
-            us: Tensor::zeros((b, cap, d), z0.dtype(), z0.device())?,
-            vts: Tensor::zeros((b, cap, d), z0.dtype(), z0.device())?,
-            len: 0,
-            cap,
-            next: 0,
-        };
+        let mut mem = Memory { us: Rows::new(z0, cap)?, vts: Rows::new(z0, cap)?, len: 0, next: 0 };
         let mut x = z0.contiguous()?;
         // Evaluates g at `x`, records `f(x)`, and returns (g(x), ||g||^2 summed over the batch, converged).
         let mut eval = |x: &Tensor, tracker: &mut Tracker| -> Result<(Tensor, f64, bool)> {

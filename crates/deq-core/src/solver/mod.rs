@@ -21,6 +21,7 @@
 mod anderson;
 mod broyden;
 mod fixed_point;
+mod rows;
 pub mod linalg;
 mod stats;
 
@@ -141,12 +142,9 @@ pub fn solver_names() -> Vec<String> {
 /// Per-sample L2 norms of the residual `fz - z` and of `fz`, as `(abs, rel)` on the host.
 /// `rel = abs / (||fz|| + 1e-9)` as in TorchDEQ.
 pub(crate) fn residuals(z: &Tensor, fz: &Tensor) -> Result<(Vec<f64>, Vec<f64>)> {
-    let diff = (fz - z)?;
-    let both = Tensor::stack(&[diff.sqr()?.sum(1)?, fz.sqr()?.sum(1)?], 0)?
-        .to_dtype(candle_core::DType::F64)?
-        .to_vec2::<f64>()?;
-    let abs: Vec<f64> = both[0].iter().map(|v| v.sqrt()).collect();
-    let rel: Vec<f64> = abs.iter().zip(&both[1]).map(|(a, n)| a / (n.sqrt() + 1e-9)).collect();
+    let sq = rows::sq_norms(z, fz)?;
+    let abs: Vec<f64> = sq.chunks_exact(2).map(|c| c[0].sqrt()).collect();
+    let rel: Vec<f64> = sq.chunks_exact(2).zip(&abs).map(|(c, a)| a / (c[1].sqrt() + 1e-9)).collect();
     Ok((abs, rel))
 }
 
