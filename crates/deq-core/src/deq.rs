@@ -41,8 +41,8 @@ impl DeqOutput {
 /// detached copies while the gradient still reaches whatever produced them.
 pub struct Deq {
     cfg: DeqConfig,
-    f_solver: Arc<dyn Solver>,
-    b_solver: Arc<dyn Solver>,
+    pub(crate) f_solver: Arc<dyn Solver>,
+    pub(crate) b_solver: Arc<dyn Solver>,
     training: bool,
     rng: Mutex<DeqRng>,
 }
@@ -119,11 +119,11 @@ impl Deq {
         self.training
     }
 
-    fn f_opts(&self, max_iter: usize, indexing: Vec<usize>) -> SolverOptions {
+    pub(crate) fn f_opts(&self, max_iter: usize, indexing: Vec<usize>) -> SolverOptions {
         SolverOptions { max_iter, tol: self.cfg.f_tol, stop_mode: self.cfg.f_stop_mode, indexing, ..Default::default() }
     }
 
-    fn b_opts(&self) -> SolverOptions {
+    pub(crate) fn b_opts(&self) -> SolverOptions {
         SolverOptions { max_iter: self.cfg.b_max_iter, tol: self.cfg.b_tol, stop_mode: self.cfg.b_stop_mode, ..Default::default() }
     }
 

@@ -16,6 +16,7 @@
 //! | [`deq`] | the DEQ layer: sliced and indexing cores, train/eval budgets |
 //! | [`solver`] | solvers, statistics, registry, small batched linear solves |
 //! | [`grad`] | implicit differentiation (custom op) and phantom gradients |
+//! | [`recompute`] | checkpointed training steps (no graph of `f` kept between passes) |
 //! | [`loss`] | fixed-point correction, Jacobian regulariser, power method |
 //! | [`norm`] | weight/spectral-normalised Linear and Conv2d |
 //! | [`dropout`] | variational dropout |
@@ -75,12 +76,14 @@ pub mod loss;
 pub mod norm;
 pub mod ops;
 pub mod problems;
+pub mod recompute;
 pub mod rng;
 pub mod solver;
 pub mod state;
 
 pub use config::{Core, DeqArgs, DeqConfig, NormType};
 pub use deq::{Deq, DeqOutput};
+pub use recompute::{RecomputeReport, Recomputed};
 pub use error::{DeqError, Result};
 pub use solver::{get_solver, register_solver, Solution, Solver, SolverOptions, SolverStats, StopMode};
 

@@ -77,4 +77,38 @@ fn ift_memory_is_independent_of_forward_iterations() {
     );
     assert!((i100 as f64) < 1.1 * i10 as f64, "IFT peak grew: {i10} -> {i100}");
     assert!((u100 as f64) > 5.0 * u10 as f64, "unrolled peak should grow: {u10} -> {u100}");
+
+    // Recomputation: what the forward pass leaves alive until backward. The tracked forward
+    // keeps f's activations at the fixed point; recomputation keeps the state only.
+    let deep_f = |z: &[Tensor], x: &[Tensor]| -> candle_core::Result<Vec<Tensor>> {
+        let mut h = z[0].clone();
+        for _ in 0..4 {
+            h = deq_core::ops::tanh(&h.matmul(&w.as_tensor().t()?)?.add(&x[0])?)?;
+        }
+        Ok(vec![h])
+    };
+    let cfg = DeqConfig { f_max_iter: 20, ift: true, b_max_iter: 20, ..Default::default() };
+    let deq = Deq::new(cfg).unwrap();
+    let held = |recompute: bool| -> usize {
+        let base = LIVE.load(Ordering::Relaxed);
+        let (bytes, grads_ok) = if recompute {
+            let out = deq.forward_recompute(deep_f, std::slice::from_ref(&p.x), std::slice::from_ref(&z0)).unwrap();
+            let bytes = LIVE.load(Ordering::Relaxed) - base;
+            let mut g = out.z[0].as_tensor().sum_all().unwrap().backward().unwrap();
+            deq.backward_recompute(deep_f, std::slice::from_ref(&p.x), &out, &mut g).unwrap();
+            (bytes, g.get(w.as_tensor()).is_some())
+        } else {
+            let out = deq.forward(deep_f, std::slice::from_ref(&p.x), std::slice::from_ref(&z0)).unwrap();
+            let bytes = LIVE.load(Ordering::Relaxed) - base;
+            let g = out.z().sum_all().unwrap().backward().unwrap();
+            (bytes, g.get(w.as_tensor()).is_some())
+        };
+        assert!(grads_ok);
+        bytes
+    };
+    let (tracked, recomputed) = (held(false), held(true));
+    eprintln!("held between forward and backward: tracked {:.3} MiB, recomputed {:.3} MiB", mib(tracked), mib(recomputed));
+    let state = 64 * 256 * 4;
+    assert!(recomputed < 2 * state + 16 * 1024, "recomputation keeps more than the state: {recomputed}");
+    assert!(tracked > 4 * state, "the tracked forward keeps f's activations: {tracked}");
 }
