@@ -159,3 +159,33 @@ fn plan_skips_parameter_paths_and_falls_back_when_needed() {
     let g = plan.apply(&[c.ones_like().unwrap()]).unwrap().remove(0);
     assert_eq!(g.abs().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap(), 0.0);
 }
+
+#[test]
+fn pruned_backward_matches_candle_through_a_deq_step() {
+    use deq_core::{Deq, DeqConfig};
+    let mut rng = DeqRng::new(5);
+    let p = deq_core::problems::linear_tanh_problem(4, 8, 0.6, 5, DType::F64).unwrap();
+    let (w, u) = (Var::from_tensor(&p.w).unwrap(), Var::from_tensor(&p.u).unwrap());
+    let head = param(&mut rng, &[3, 8]);
+    let labels = Tensor::new(&[0u32, 2, 1, 2], &Device::Cpu).unwrap();
+    let cfg = DeqConfig { f_solver: "anderson".into(), f_max_iter: 60, f_tol: 1e-12, b_max_iter: 200, b_tol: 1e-12, ift: true, ..Default::default() };
+    let deq = Deq::new(cfg).unwrap();
+    let loss = || {
+        let out = deq
+            .forward1(
+                |z, x| deq_core::ops::tanh(&(z.matmul(&w.as_tensor().t()?)? + x[0].matmul(&u.as_tensor().t()?)?)?),
+                std::slice::from_ref(&p.x),
+                &Tensor::zeros((4, 8), DType::F64, &Device::Cpu).unwrap(),
+            )
+            .unwrap();
+        let logits = out.z().matmul(&head.as_tensor().t().unwrap()).unwrap();
+        candle_nn::loss::cross_entropy(&logits, &labels).unwrap()
+    };
+    let ours = deq_core::grad::backward(&loss()).unwrap();
+    let theirs = loss().backward().unwrap();
+    for v in [&w, &u, &head] {
+        let (a, b) = (ours.get(v.as_tensor()).unwrap(), theirs.get(v.as_tensor()).unwrap());
+        let e = max_rel(a, b);
+        assert!(e < 1e-10, "pruned backward vs candle: {e:.2e}");
+    }
+}

@@ -84,7 +84,7 @@ fn run() -> anyhow::Result<()> {
     let p = linear_tanh_problem(64, 256, 0.9, args.seed, DType::F32)?;
     // Weights are stored transposed and contiguous (what a Linear layer caches once per step);
     // the injection x U^T is still recomputed inside f, as in the reference script.
-    let (wt, ut) = (p.w.t()?.contiguous()?, p.u.t()?.contiguous()?);
+    let (wt, ut) = (deq_core::ops::transpose_last2(&p.w)?, deq_core::ops::transpose_last2(&p.u)?);
     let f = |z: &Tensor| -> candle_core::Result<Tensor> { deq_core::ops::tanh(&z.matmul(&wt)?.add(&p.x.matmul(&ut)?)?) };
 
     for name in ["fixed_point_iter", "anderson", "broyden"] {
@@ -121,7 +121,7 @@ fn run() -> anyhow::Result<()> {
         let z0 = Tensor::zeros((64, 256), DType::F32, &Device::Cpu)?;
         let mut info = (0usize, 0usize, 0f32);
         let times = time_runs(&args, || {
-            let (wt, ut) = (w.as_tensor().t()?.contiguous()?, u.as_tensor().t()?.contiguous()?);
+            let (wt, ut) = (deq_core::ops::transpose_last2(w.as_tensor())?, deq_core::ops::transpose_last2(u.as_tensor())?);
             let out = deq.forward1(
                 |z, x| deq_core::ops::tanh(&z.matmul(&wt)?.add(&x[0].matmul(&ut)?)?),
                 std::slice::from_ref(&p.x),
@@ -129,7 +129,7 @@ fn run() -> anyhow::Result<()> {
             )?;
             let logits = out.z().matmul(&head_w.as_tensor().t()?)?.broadcast_add(head_b.as_tensor())?;
             let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
-            let grads = loss.backward()?;
+            let grads = deq_core::grad::backward(&loss)?;
             let _gw = grads.get(w.as_tensor()).map(|g| g.detach());
             let b = out.backward_stats.get();
             info = (out.stats.nfe, b.first().map(|s| s.nfe).unwrap_or(0), loss.to_scalar::<f32>()?);

@@ -5,5 +5,5 @@ pub mod phantom;
 pub mod vjp;
 
 pub use implicit::{implicit_backward_op, BackwardStats};
-pub use vjp::{full_vjp, vjp, Vjp, VjpPlan};
+pub use vjp::{backward, full_vjp, vjp, Vjp, VjpPlan};
 pub use phantom::phantom_steps;

@@ -64,12 +64,28 @@ pub struct VjpPlan {
     /// Interior nodes that depend on `wrt`, inputs before outputs.
     order: Vec<Tensor>,
     live: HashSet<TensorId>,
+    /// Contiguous transposes of constant right-hand sides of matrix products on the path,
+    /// by node id (a product with a transposed view is much slower than with a contiguous one).
+    rhs_t: HashMap<TensorId, Tensor>,
 }
 
 impl VjpPlan {
     /// Walks the graph of `outs` and keeps the nodes that depend on `wrt`.
     pub fn new(outs: &[Tensor], wrt: &[Tensor]) -> Result<Self, UnsupportedOp> {
         let wrt_ids: HashSet<TensorId> = wrt.iter().map(|t| t.id()).collect();
+        let (plan, _) = Self::build(outs, |t| wrt_ids.contains(&t.id()), true)?;
+        Ok(Self { wrt: wrt.to_vec(), ..plan })
+    }
+
+    /// A plan with respect to every variable the graph of `outs` reaches (in the order found),
+    /// for a single reverse pass.
+    pub fn for_variables(outs: &[Tensor]) -> Result<Self, UnsupportedOp> {
+        let (plan, vars) = Self::build(outs, |t| t.is_variable(), false)?;
+        Ok(Self { wrt: vars, ..plan })
+    }
+
+    fn build(outs: &[Tensor], is_wrt: impl Fn(&Tensor) -> bool, cache_transposes: bool) -> Result<(Self, Vec<Tensor>), UnsupportedOp> {
+        let mut found = Vec::new();
         let mut live: HashMap<TensorId, bool> = HashMap::new();
         let mut order = Vec::new();
         // Iterative post-order walk (deep graphs must not overflow the stack).
@@ -78,8 +94,9 @@ impl VjpPlan {
             if live.contains_key(&t.id()) {
                 continue;
             }
-            if wrt_ids.contains(&t.id()) {
+            if is_wrt(&t) {
                 live.insert(t.id(), true);
+                found.push(t.clone());
                 continue;
             }
             let Some(op) = t.op() else {
@@ -105,8 +122,25 @@ impl VjpPlan {
                 live.insert(t.id(), l);
             }
         }
-        let live = live.into_iter().filter(|(_, l)| *l).map(|(id, _)| id).collect();
-        Ok(Self { outs: outs.to_vec(), wrt: wrt.to_vec(), order, live })
+        let live: HashSet<TensorId> = live.into_iter().filter(|(_, l)| *l).map(|(id, _)| id).collect();
+        let mut rhs_t = HashMap::new();
+        if cache_transposes {
+            for node in &order {
+                if let Some(Op::Matmul(a, b)) = node.op() {
+                    if live.contains(&a.id()) && !live.contains(&b.id()) {
+                        if let Ok(t) = crate::ops::transpose_last2(&b.detach()) {
+                            rhs_t.insert(node.id(), t);
+                        }
+                    }
+                }
+            }
+        }
+        Ok((Self { outs: outs.to_vec(), wrt: Vec::new(), order, live, rhs_t }, found))
+    }
+
+    /// The tensors the products are taken with respect to.
+    pub fn wrt(&self) -> &[Tensor] {
+        &self.wrt
     }
 
     /// Number of graph nodes the reverse pass visits.
@@ -124,7 +158,7 @@ impl VjpPlan {
         if cotangents.len() != self.outs.len() {
             candle_core::bail!("vjp: {} cotangents for {} outputs", cotangents.len(), self.outs.len());
         }
-        let mut grads = Grads { map: HashMap::new(), live: &self.live };
+        let mut grads = Grads { map: HashMap::new(), live: &self.live, rhs_t: &self.rhs_t };
         for (o, c) in self.outs.iter().zip(cotangents) {
             if o.shape() != c.shape() {
                 candle_core::bail!("vjp: cotangent shape {:?} for an output of shape {:?}", c.dims(), o.dims());
@@ -149,6 +183,7 @@ impl VjpPlan {
 struct Grads<'a> {
     map: HashMap<TensorId, Tensor>,
     live: &'a HashSet<TensorId>,
+    rhs_t: &'a HashMap<TensorId, Tensor>,
 }
 
 impl Grads<'_> {
@@ -226,7 +261,11 @@ fn backprop(node: &Tensor, op: &Op, g: &Tensor, grads: &mut Grads<'_>) -> candle
             grads.add_with(b, || (&mb * g)?.div(&(&ma + 1.0)?))?;
         }
         Op::Matmul(a, b) => {
-            grads.add_with(a, || g.matmul(&d(b).t()?))?;
+            let bt = grads.rhs_t.get(&node.id()).cloned();
+            grads.add_with(a, || match bt {
+                Some(bt) => g.matmul(&bt),
+                None => g.matmul(&d(b).t()?),
+            })?;
             grads.add_with(b, || d(a).t()?.matmul(g))?;
         }
         Op::Unary(a, u) => {
@@ -354,11 +393,11 @@ fn backprop(node: &Tensor, op: &Op, g: &Tensor, grads: &mut Grads<'_>) -> candle
             grads.add_with(t, || p.where_cond(g, &g.zeros_like()?))?;
             grads.add_with(f, || p.where_cond(&g.zeros_like()?, g))?;
         }
-        Op::Gather(a, idx, dim) => grads.add_with(a, || a.zeros_like()?.scatter_add(idx, g, *dim))?,
+        Op::Gather(a, idx, dim) => grads.add_with(a, || a.zeros_like()?.scatter_add(&idx.contiguous()?, &g.contiguous()?, *dim))?,
         Op::Scatter(a, idx, s, dim) => {
             // The destination's gradient is zero where `scatter` overwrote it.
             grads.add_with(a, || {
-                let keep = g.ones_like()?.scatter(idx, &d(s).zeros_like()?, *dim)?;
+                let keep = g.ones_like()?.scatter(&idx.contiguous()?, &d(s).zeros_like()?, *dim)?;
                 g * keep
             })?;
             grads.add_with(s, || g.gather(idx, *dim))?;
@@ -521,6 +560,29 @@ pub fn full_vjp(out: &Tensor, input: &Var, y: &Tensor) -> candle_core::Result<Te
         Some(g) => Ok(g.detach()),
         None => input.as_tensor().zeros_like(),
     }
+}
+
+/// Backpropagation from a scalar `loss` to every variable it depends on, like candle's
+/// `Tensor::backward`, but visiting only the nodes on a path to a variable and computing only
+/// the input gradients that lead to one. candle computes the gradient of both operands of every
+/// tracked product (for a layer `x W^T` with a constant `x` that is a wasted product of the same
+/// size) and of every intermediate; PyTorch prunes the same way through `requires_grad`.
+/// Falls back to candle's backward when the graph holds an op without a rule here.
+pub fn backward(loss: &Tensor) -> candle_core::Result<candle_core::backprop::GradStore> {
+    let plan = match VjpPlan::for_variables(std::slice::from_ref(loss)) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!("{e}; using candle's full backward");
+            return loss.backward();
+        }
+    };
+    let seed = loss.ones_like()?;
+    let grads = plan.apply(std::slice::from_ref(&seed))?;
+    let mut store = candle_core::backprop::GradStore::default();
+    for (v, g) in plan.wrt().iter().zip(grads) {
+        store.insert(v, g);
+    }
+    Ok(store)
 }
 
 /// One vector-Jacobian product `y^T d out / d input` (pruned when possible), detached.
