@@ -1,0 +1,130 @@
+//! Normalisation layers: group norm (inside `f`) and batch norm (stem and head only: batch
+//! statistics inside `f` would make the fixed point depend on the batch).
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use std::sync::Mutex;
+
+/// Group normalisation over `(B, C, H, W)` with a per-channel affine transform
+/// (`torch.nn.GroupNorm`). Built from differentiable candle ops (candle_nn's layer-norm family
+/// has no gradient on contiguous inputs).
+#[derive(Debug)]
+pub struct GroupNorm {
+    groups: usize,
+    channels: usize,
+    eps: f64,
+    weight: Option<Var>,
+    bias: Option<Var>,
+}
+
+impl GroupNorm {
+    /// `groups` must divide `channels`; `affine` adds the learnable scale and shift.
+    pub fn new(groups: usize, channels: usize, affine: bool, dtype: DType, dev: &Device) -> Result<Self> {
+        if groups == 0 || channels % groups != 0 {
+            candle_core::bail!("group norm: {groups} groups do not divide {channels} channels");
+        }
+        let (weight, bias) = if affine {
+            (Some(Var::ones(channels, dtype, dev)?), Some(Var::zeros(channels, dtype, dev)?))
+        } else {
+            (None, None)
+        };
+        Ok(Self { groups, channels, eps: 1e-5, weight, bias })
+    }
+
+    /// Normalises `x` (`(B, C, H, W)`).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        if c != self.channels {
+            candle_core::bail!("group norm: expected {} channels, got {c}", self.channels);
+        }
+        let g = x.reshape((b, self.groups, (c / self.groups) * h * w))?;
+        let mean = g.mean_keepdim(2)?;
+        let centred = g.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(2)?;
+        let y = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?.reshape((b, c, h, w))?;
+        match (&self.weight, &self.bias) {
+            (Some(wt), Some(bs)) => y.broadcast_mul(&wt.as_tensor().reshape((1, c, 1, 1))?)?.broadcast_add(&bs.as_tensor().reshape((1, c, 1, 1))?),
+            _ => Ok(y),
+        }
+    }
+
+    /// Trainable variables (`weight`, `bias` when affine).
+    pub fn vars(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
+        if let (Some(w), Some(b)) = (&self.weight, &self.bias) {
+            out.push((format!("{prefix}.weight"), w.clone()));
+            out.push((format!("{prefix}.bias"), b.clone()));
+        }
+    }
+}
+
+/// Batch normalisation over `(B, C, H, W)` (`torch.nn.BatchNorm2d`, momentum 0.1): batch
+/// statistics in training (running averages updated), running statistics in evaluation.
+#[derive(Debug)]
+pub struct BatchNorm2d {
+    weight: Option<Var>,
+    bias: Option<Var>,
+    running: Mutex<(Tensor, Tensor)>,
+    momentum: f64,
+    eps: f64,
+}
+
+impl BatchNorm2d {
+    /// A new layer with zero mean and unit variance, and (when `affine`) unit scale and zero shift.
+    pub fn new(channels: usize, affine: bool, dtype: DType, dev: &Device) -> Result<Self> {
+        Ok(Self {
+            weight: if affine { Some(Var::ones(channels, dtype, dev)?) } else { None },
+            bias: if affine { Some(Var::zeros(channels, dtype, dev)?) } else { None },
+            running: Mutex::new((Tensor::zeros(channels, dtype, dev)?, Tensor::ones(channels, dtype, dev)?)),
+            momentum: 0.1,
+            eps: 1e-5,
+        })
+    }
+
+    /// Normalises `x`; `train` selects batch statistics (and updates the running ones).
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let (mean, var) = if train {
+            let xt = x.transpose(0, 1)?.reshape((c, b * h * w))?;
+            let mean = xt.mean_keepdim(1)?;
+            let var = xt.broadcast_sub(&mean)?.sqr()?.mean_keepdim(1)?;
+            let n = (b * h * w) as f64;
+            let mut run = self.running.lock().expect("batch norm stats poisoned");
+            let unbiased = var.detach().affine(n / (n - 1.0).max(1.0), 0.0)?.flatten_all()?;
+            run.0 = (run.0.affine(1.0 - self.momentum, 0.0)? + mean.detach().flatten_all()?.affine(self.momentum, 0.0)?)?;
+            run.1 = (run.1.affine(1.0 - self.momentum, 0.0)? + unbiased.affine(self.momentum, 0.0)?)?;
+            (mean.reshape((1, c, 1, 1))?, var.reshape((1, c, 1, 1))?)
+        } else {
+            let run = self.running.lock().expect("batch norm stats poisoned");
+            (run.0.reshape((1, c, 1, 1))?, run.1.reshape((1, c, 1, 1))?)
+        };
+        let y = x.broadcast_sub(&mean)?.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        match (&self.weight, &self.bias) {
+            (Some(wt), Some(bs)) => y.broadcast_mul(&wt.as_tensor().reshape((1, c, 1, 1))?)?.broadcast_add(&bs.as_tensor().reshape((1, c, 1, 1))?),
+            _ => Ok(y),
+        }
+    }
+
+    /// Trainable variables (`weight`, `bias` when affine).
+    pub fn vars(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
+        if let (Some(w), Some(b)) = (&self.weight, &self.bias) {
+            out.push((format!("{prefix}.weight"), w.clone()));
+            out.push((format!("{prefix}.bias"), b.clone()));
+        }
+    }
+
+    /// Running statistics (`running_mean`, `running_var`), for checkpoints.
+    pub fn buffers(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
+        let run = self.running.lock().expect("batch norm stats poisoned");
+        out.push((format!("{prefix}.running_mean"), run.0.clone()));
+        out.push((format!("{prefix}.running_var"), run.1.clone()));
+    }
+
+    /// Restores the running statistics (`mean`, `var`).
+    pub fn load_buffers(&self, mean: Tensor, var: Tensor) -> Result<()> {
+        let mut run = self.running.lock().expect("batch norm stats poisoned");
+        if mean.shape() != run.0.shape() || var.shape() != run.1.shape() {
+            candle_core::bail!("batch norm buffers: shape mismatch");
+        }
+        *run = (mean, var);
+        Ok(())
+    }
+}
