@@ -1,0 +1,344 @@
+//! Training, evaluation and prediction loops, built from deq-train's pieces.
+
+use crate::config::{DataConfig, RunConfig};
+use crate::model::Mdeq;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use deq_core::rng::DeqRng;
+use deq_train::data::augment::{flip_horizontal, normalize, random_crop_with_padding, random_resized_crop, to_f32};
+use deq_train::data::{find_dataset_dir, load_cifar10, load_image, load_image_folder, load_mnist, AugmentFn, ImageDataset, Loader, LoaderConfig, Shard};
+use deq_train::{check_finite, clip_grad_norm, Adam, Checkpointer, DistContext, MetricsWriter, Optimizer, Progress, Schedule, Sgd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Where the dataset of `cfg` lives.
+pub fn data_dir(cfg: &DataConfig) -> Result<PathBuf> {
+    if !cfg.dir.is_empty() {
+        return Ok(PathBuf::from(&cfg.dir));
+    }
+    find_dataset_dir(&cfg.dataset).with_context(|| {
+        format!("dataset `{}` not found: set data.dir, pass --data-dir, or set DEQ_DATA_DIR to a folder containing `{}`", cfg.dataset, cfg.dataset)
+    })
+}
+
+/// Loads the training (`train = true`) or test split, truncated to `limit` images if non-zero.
+pub fn load_split(cfg: &RunConfig, train: bool) -> Result<ImageDataset> {
+    let dir = data_dir(&cfg.data)?;
+    let mut ds = match cfg.data.dataset.as_str() {
+        "mnist" => load_mnist(&dir, train)?,
+        "cifar10" => load_cifar10(&dir, train)?,
+        "imagenet" => {
+            let s = cfg.data.image_size as u32;
+            let side = if train { s } else { s * 8 / 7 };
+            load_image_folder(dir.join(if train { "train" } else { "val" }), Some((side, side)))?
+        }
+        other => bail!("unknown dataset `{other}`"),
+    };
+    let limit = if train { cfg.train.train_limit } else { cfg.train.test_limit };
+    if limit > 0 && limit < ds.len() {
+        ds.truncate(limit);
+    }
+    if ds.channels != cfg.model.in_channels {
+        bail!("{}: images have {} channels, model.in_channels is {}", dir.display(), ds.channels, cfg.model.in_channels);
+    }
+    if ds.classes > cfg.model.num_classes {
+        bail!("{}: {} classes, model.num_classes is {}", dir.display(), ds.classes, cfg.model.num_classes);
+    }
+    Ok(ds)
+}
+
+/// The loader of a split with the configured augmentation (training) or the plain
+/// normalisation (evaluation).
+pub fn make_loader(cfg: &RunConfig, ds: Arc<ImageDataset>, train: bool, shard: Shard) -> Result<Loader> {
+    let d = cfg.data.clone();
+    let lc = LoaderConfig {
+        batch_size: if train { cfg.train.batch_size } else { cfg.train.eval_batch_size },
+        shuffle: train,
+        seed: cfg.train.seed,
+        drop_last: false,
+        shard,
+        mean: d.mean.clone(),
+        std: d.std.clone(),
+        prefetch: 4,
+    };
+    let (c, h, w) = (ds.channels, ds.height, ds.width);
+    let loader = Loader::new(ds, lc)?;
+    let resized = d.dataset == "imagenet";
+    if train && (d.crop_padding > 0 || d.flip || (d.random_resized_crop && resized)) {
+        let (oh, ow) = if d.random_resized_crop { (d.image_size, d.image_size) } else { (h, w) };
+        let f: AugmentFn = Arc::new(move |img: &[u8], c: usize, h: usize, w: usize, rng: &mut DeqRng| {
+            let mut x = to_f32(img);
+            if d.random_resized_crop {
+                x = random_resized_crop(&x, c, h, w, d.image_size, d.image_size, (0.08, 1.0), (3.0 / 4.0, 4.0 / 3.0), rng);
+            } else if d.crop_padding > 0 {
+                x = random_crop_with_padding(&x, c, h, w, d.crop_padding, rng);
+            }
+            let (hh, ww) = if d.random_resized_crop { (d.image_size, d.image_size) } else { (h, w) };
+            if d.flip && rng.uniform() < 0.5 {
+                flip_horizontal(&mut x, c, hh, ww);
+            }
+            normalize(&mut x, c, hh, ww, &d.mean, &d.std);
+            x
+        });
+        return Ok(loader.with_augment(f, (c, oh, ow)));
+    }
+    if !train && resized {
+        let s = d.image_size;
+        let f: AugmentFn = Arc::new(move |img: &[u8], c: usize, h: usize, w: usize, _rng: &mut DeqRng| {
+            let mut x = deq_train::data::augment::center_crop(&to_f32(img), c, h, w, s, s);
+            normalize(&mut x, c, s, s, &d.mean, &d.std);
+            x
+        });
+        return Ok(loader.with_augment(f, (c, s, s)));
+    }
+    Ok(loader)
+}
+
+fn build_optimizer(cfg: &RunConfig, model: &Mdeq) -> Result<Box<dyn Optimizer>> {
+    let t = &cfg.train;
+    let params = model.named_vars();
+    Ok(match t.optimizer.as_str() {
+        "sgd" => Box::new(Sgd::new(params, t.lr, t.momentum, t.nesterov, t.weight_decay)?),
+        "adam" => Box::new(Adam::new(params, t.lr, (0.9, 0.999), 1e-8, t.weight_decay, false)?),
+        "adamw" => Box::new(Adam::new(params, t.lr, (0.9, 0.999), 1e-8, t.weight_decay, true)?),
+        other => bail!("train.optimizer: unknown `{other}`"),
+    })
+}
+
+fn build_schedule(cfg: &RunConfig, steps_per_epoch: usize) -> Schedule {
+    let t = &cfg.train;
+    let total = t.epochs * steps_per_epoch;
+    match t.schedule.as_str() {
+        "cosine" => Schedule::Cosine { warmup_steps: (t.warmup_epochs * steps_per_epoch as f64).round() as usize, total_steps: total, min_lr: t.min_lr },
+        "step" => Schedule::Step { step_size: t.step_epochs * steps_per_epoch, gamma: t.gamma },
+        "onecycle" => Schedule::OneCycle { total_steps: total, pct_start: 0.3, div_factor: 25.0, final_div_factor: 1e4 },
+        _ => Schedule::Constant,
+    }
+}
+
+/// Evaluation figures over a split.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EvalSummary {
+    /// Top-1 accuracy in [0, 1].
+    pub accuracy: f64,
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// Mean forward NFE per batch.
+    pub mean_nfe: f64,
+    /// Mean over samples of the final relative residual.
+    pub mean_rel_residual: f64,
+    /// Images evaluated.
+    pub n: usize,
+}
+
+/// Evaluates `model` (evaluation mode: solver only, running batch-norm statistics).
+pub fn evaluate(model: &Mdeq, loader: &Loader, progress: bool) -> Result<EvalSummary> {
+    let mut s = EvalSummary::default();
+    let (mut correct, mut loss_sum, mut nfe_sum, mut res_sum, mut batches) = (0usize, 0f64, 0f64, 0f64, 0usize);
+    let mut bar = Progress::new("eval", loader.num_batches(), progress);
+    for batch in loader.epoch(0) {
+        let batch = batch?;
+        let out = model.forward(&batch.images, false)?;
+        let n = batch.labels.dim(0)?;
+        correct += deq_train::topk_correct(&out.logits, &batch.labels, 1)?;
+        loss_sum += candle_nn::loss::cross_entropy(&out.logits, &batch.labels)?.to_scalar::<f32>()? as f64 * n as f64;
+        nfe_sum += out.stats.nfe as f64;
+        res_sum += out.stats.rel_lowest.iter().sum::<f64>();
+        s.n += n;
+        batches += 1;
+        bar.inc(1, "");
+    }
+    s.accuracy = correct as f64 / s.n.max(1) as f64;
+    s.loss = loss_sum / s.n.max(1) as f64;
+    s.mean_nfe = nfe_sum / batches.max(1) as f64;
+    s.mean_rel_residual = res_sum / s.n.max(1) as f64;
+    Ok(s)
+}
+
+/// What `train` reports at the end.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    /// Final test evaluation.
+    pub test: EvalSummary,
+    /// Wall time of the run (this process), seconds.
+    pub seconds: f64,
+    /// Trainable parameters.
+    pub params: usize,
+    /// Epochs completed.
+    pub epochs: usize,
+}
+
+/// Options of a training run beyond the config.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Output folder (metrics, checkpoints, resolved config).
+    pub out_dir: PathBuf,
+    /// Continue from the latest checkpoint in `out_dir/checkpoints`.
+    pub resume: bool,
+    /// Stop after this many optimiser steps in total (0: no limit), for smoke tests.
+    pub max_steps: usize,
+}
+
+fn state_tensors(model: &Mdeq, opt: &dyn Optimizer) -> Result<Vec<(String, Tensor)>> {
+    let mut t: Vec<(String, Tensor)> = model.named_vars().into_iter().map(|(n, v)| (format!("model.{n}"), v.as_tensor().clone())).collect();
+    for (name, bn) in model.batch_norms() {
+        let mut b = Vec::new();
+        bn.buffers(&name, &mut b);
+        t.extend(b.into_iter().map(|(n, x)| (format!("buffer.{n}"), x)));
+    }
+    t.extend(opt.state()?.into_iter().map(|(n, x)| (format!("optim.{n}"), x)));
+    Ok(t)
+}
+
+/// Loads model weights and batch-norm statistics from a checkpoint.
+pub fn restore_model(model: &Mdeq, ckpt: &deq_train::Checkpoint) -> Result<()> {
+    deq_train::load_vars(&model.named_vars(), ckpt, "model.")?;
+    for (name, bn) in model.batch_norms() {
+        let get = |k: &str| -> Result<Tensor> {
+            let key = format!("buffer.{name}.{k}");
+            ckpt.tensors.get(&key).cloned().with_context(|| format!("{}: no tensor `{key}`", ckpt.path.display()))
+        };
+        bn.load_buffers(get("running_mean")?, get("running_var")?)?;
+    }
+    Ok(())
+}
+
+/// Trains `cfg` and returns the final test figures.
+pub fn train(cfg: &RunConfig, opts: &RunOptions) -> Result<TrainSummary> {
+    let start = Instant::now();
+    let dist = DistContext::from_env()?;
+    let collective = deq_train::collective_for(dist)?;
+    let dev = Device::Cpu;
+    let main = dist.is_main();
+    std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating {}", opts.out_dir.display()))?;
+    if main {
+        std::fs::write(opts.out_dir.join("config.toml"), cfg.to_toml()).with_context(|| format!("writing {}", opts.out_dir.join("config.toml").display()))?;
+    }
+    let train_ds = Arc::new(load_split(cfg, true)?);
+    let test_ds = Arc::new(load_split(cfg, false)?);
+    let shard = Shard::new(dist.rank, dist.world_size)?;
+    let train_loader = make_loader(cfg, train_ds.clone(), true, shard)?;
+    let test_loader = make_loader(cfg, test_ds.clone(), false, Shard::default())?;
+    let mut rng = DeqRng::new(cfg.train.seed);
+    let model = Mdeq::new(cfg.model.clone(), cfg.deq.clone(), &mut rng, DType::F32, &dev)?;
+    let params = model.num_params();
+    let mut opt = build_optimizer(cfg, &model)?;
+    let steps_per_epoch = train_loader.num_batches();
+    let schedule = build_schedule(cfg, steps_per_epoch);
+    let ckpt = Checkpointer::new(opts.out_dir.join("checkpoints"), cfg.train.keep_checkpoints)?;
+    let mut metrics = if main { Some(MetricsWriter::open(opts.out_dir.join("metrics.jsonl"))?) } else { None };
+    let (mut epoch0, mut step) = (0usize, 0usize);
+    if opts.resume {
+        match ckpt.load_latest(&dev)? {
+            Some(c) => {
+                restore_model(&model, &c)?;
+                let optim: std::collections::HashMap<String, Tensor> =
+                    c.tensors.iter().filter_map(|(k, v)| k.strip_prefix("optim.").map(|s| (s.to_string(), v.clone()))).collect();
+                opt.load_state(&optim)?;
+                epoch0 = c.meta.get("epoch").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
+                step = c.step;
+                tracing::info!(epoch = epoch0, step, "resumed from {}", c.path.display());
+            }
+            None => tracing::warn!("--resume: no checkpoint in {}, starting fresh", ckpt.dir().display()),
+        }
+    }
+    tracing::info!(params, train = train_ds.len(), test = test_ds.len(), steps_per_epoch, "MDEQ on {}", cfg.data.dataset);
+    let vars: Vec<_> = model.named_vars().into_iter().map(|(_, v)| v).collect();
+    let mut last_test = EvalSummary::default();
+    for epoch in epoch0..cfg.train.epochs {
+        let t0 = Instant::now();
+        let mut bar = Progress::new(format!("epoch {}/{}", epoch + 1, cfg.train.epochs), steps_per_epoch, main);
+        let (mut loss_sum, mut correct, mut seen, mut nfe_sum, mut res_sum, mut batches) = (0f64, 0usize, 0usize, 0f64, 0f64, 0usize);
+        for batch in train_loader.epoch(epoch) {
+            let batch = batch?;
+            let lr = schedule.lr_at(cfg.train.lr, step);
+            opt.set_lr(lr);
+            let out = model.forward(&batch.images, true)?;
+            let loss = candle_nn::loss::cross_entropy(&out.logits, &batch.labels)?;
+            let loss_v = loss.to_scalar::<f32>()? as f64;
+            check_finite("training loss", loss_v, step)?;
+            let mut grads = deq_core::grad::backward(&loss)?;
+            collective.all_reduce_mean(&mut grads, &vars)?;
+            if cfg.train.grad_clip > 0.0 {
+                let norm = clip_grad_norm(&mut grads, &vars, cfg.train.grad_clip)?;
+                check_finite("gradient norm", norm, step)?;
+            }
+            opt.step(&grads)?;
+            step += 1;
+            let n = batch.labels.dim(0)?;
+            loss_sum += loss_v * n as f64;
+            correct += deq_train::topk_correct(&out.logits, &batch.labels, 1)?;
+            seen += n;
+            nfe_sum += out.stats.nfe as f64;
+            res_sum += out.stats.rel_lowest.iter().sum::<f64>() / n as f64;
+            batches += 1;
+            bar.inc(1, &format!("loss {:.4} acc {:.4} nfe {} lr {lr:.4}", loss_sum / seen as f64, correct as f64 / seen as f64, out.stats.nfe));
+            if opts.max_steps > 0 && step >= opts.max_steps {
+                break;
+            }
+        }
+        let train_secs = t0.elapsed().as_secs_f64();
+        last_test = evaluate(&model, &test_loader, main)?;
+        let record = serde_json::json!({
+            "epoch": epoch + 1, "step": step, "lr": opt.lr(),
+            "train_loss": loss_sum / seen.max(1) as f64, "train_acc": correct as f64 / seen.max(1) as f64,
+            "train_mean_nfe": nfe_sum / batches.max(1) as f64, "train_mean_rel_residual": res_sum / batches.max(1) as f64,
+            "test_acc": last_test.accuracy, "test_loss": last_test.loss, "test_mean_nfe": last_test.mean_nfe,
+            "test_mean_rel_residual": last_test.mean_rel_residual, "epoch_train_seconds": train_secs,
+            "elapsed_seconds": start.elapsed().as_secs_f64(),
+        });
+        if let Some(m) = metrics.as_mut() {
+            m.write(&record)?;
+            tracing::info!(
+                "epoch {:>3}: train loss {:.4} acc {:.4} | test acc {:.4} loss {:.4} | fwd NFE {:.1} (test {:.1}) | rel residual {:.2e} (test {:.2e}) | {:.0}s",
+                epoch + 1,
+                record["train_loss"].as_f64().unwrap_or(0.0),
+                record["train_acc"].as_f64().unwrap_or(0.0),
+                last_test.accuracy,
+                last_test.loss,
+                nfe_sum / batches.max(1) as f64,
+                last_test.mean_nfe,
+                res_sum / batches.max(1) as f64,
+                last_test.mean_rel_residual,
+                train_secs
+            );
+            let meta = serde_json::json!({"epoch": epoch + 1, "config": cfg.to_toml(), "seed": cfg.train.seed, "metrics": record});
+            ckpt.save(step, &state_tensors(&model, opt.as_ref())?, meta)?;
+        }
+        if opts.max_steps > 0 && step >= opts.max_steps {
+            break;
+        }
+    }
+    Ok(TrainSummary { test: last_test, seconds: start.elapsed().as_secs_f64(), params, epochs: cfg.train.epochs })
+}
+
+/// Loads a model from the latest checkpoint of `run_dir` (or a `latest.json` path).
+pub fn load_trained(cfg: &RunConfig, ckpt_path: &Path) -> Result<Mdeq> {
+    let dev = Device::Cpu;
+    let json = if ckpt_path.is_dir() { ckpt_path.join("checkpoints").join("latest.json") } else { ckpt_path.to_path_buf() };
+    let ckpt = Checkpointer::load(&json, &dev)?;
+    let model = Mdeq::new(cfg.model.clone(), cfg.deq.clone(), &mut DeqRng::new(0), DType::F32, &dev)?;
+    restore_model(&model, &ckpt)?;
+    Ok(model)
+}
+
+/// Class probabilities for image files (resized to the training resolution; RGB files are
+/// converted to grey for single-channel models).
+pub fn predict(cfg: &RunConfig, model: &Mdeq, files: &[PathBuf], size: (usize, usize)) -> Result<Vec<Vec<f32>>> {
+    let (h, w) = size;
+    let mut data = Vec::with_capacity(files.len() * cfg.model.in_channels * h * w);
+    for f in files {
+        let (rgb, _, _) = load_image(f, Some((h as u32, w as u32)))?;
+        let mut x = to_f32(&rgb);
+        if cfg.model.in_channels == 1 {
+            let plane = h * w;
+            x = (0..plane).map(|i| 0.299 * x[i] + 0.587 * x[plane + i] + 0.114 * x[2 * plane + i]).collect();
+        }
+        normalize(&mut x, cfg.model.in_channels, h, w, &cfg.data.mean, &cfg.data.std);
+        data.extend(x);
+    }
+    let x = Tensor::from_vec(data, (files.len(), cfg.model.in_channels, h, w), &Device::Cpu)?;
+    let out = model.forward(&x, false)?;
+    Ok(deq_train::metrics::softmax_probs(&out.logits)?)
+}
