@@ -14,11 +14,22 @@ pub fn run_on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     out.expect("the pool ran the closure")
 }
 
-/// Sets `RAYON_NUM_THREADS` to `threads` (or leaves an explicit setting alone when `None`)
-/// before rayon's pool starts.
-pub fn set_threads(threads: Option<usize>) {
-    if let Some(n) = threads {
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+/// Prepares the CPU thread pools; call at the start of `main`, before any tensor work.
+///
+/// * `threads`: sets `RAYON_NUM_THREADS` (candle's matrix products and convolutions) unless
+///   the environment already does.
+/// * Lowers candle's barrier-pool spin (`CANDLE_BARRIER_POOL_SPIN_LIMIT`, default 25000
+///   spins) to 1000 unless set: after every element-wise op on 64k+ elements its worker spins
+///   for about half a millisecond, taking a core from the rayon workers of the next
+///   convolution. Measured on MDEQ-MNIST: 0.70 s -> 0.63 s per training step on 2 cores.
+pub fn configure_cpu(threads: Option<usize>) {
+    if let Some(n) = threads.filter(|&n| n > 0) {
+        if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        }
+    }
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "1000");
     }
 }
 

@@ -124,9 +124,7 @@ fn main() -> Result<()> {
         Cmd::Train { common, .. } | Cmd::Eval { common } | Cmd::Predict { common, .. } => common,
     };
     let (cfg, out) = common.resolve()?;
-    if cfg.train.threads > 0 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        deq_train::runtime::set_threads(Some(cfg.train.threads));
-    }
+    deq_train::runtime::configure_cpu(Some(cfg.train.threads));
     deq_train::run_on_pool(move || -> Result<()> {
         match cli.cmd {
             Cmd::Train { resume, max_steps, .. } => {

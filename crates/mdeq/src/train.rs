@@ -303,7 +303,11 @@ pub fn train(cfg: &RunConfig, opts: &RunOptions) -> Result<TrainSummary> {
                 last_test.mean_rel_residual,
                 train_secs
             );
-            let meta = serde_json::json!({"epoch": epoch + 1, "config": cfg.to_toml(), "seed": cfg.train.seed, "metrics": record});
+            // The only random state of a run is its seed: initialisation draws from it once, and
+            // the loader derives each epoch's permutation and each sample's augmentation
+            // generator from (seed, epoch, index), so a resumed run replays the same stream.
+            let rng = serde_json::json!({"seed": cfg.train.seed, "scheme": "SplitMix64; loader streams derived from (seed, epoch, sample index)", "next_epoch": epoch + 1});
+            let meta = serde_json::json!({"epoch": epoch + 1, "config": cfg.to_toml(), "rng": rng, "metrics": record});
             ckpt.save(step, &state_tensors(&model, opt.as_ref())?, meta)?;
         }
         if opts.max_steps > 0 && step >= opts.max_steps {

@@ -49,3 +49,22 @@ fn invalid_architectures_are_rejected() {
     let e = Mdeq::new(cfg, DeqConfig::default(), &mut DeqRng::new(0), DType::F32, &Device::Cpu).unwrap_err().to_string();
     assert!(e.contains("head_channels"), "{e}");
 }
+
+#[test]
+fn every_shipped_config_parses_and_validates() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/mdeq");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) == Some("toml") {
+            mdeq::RunConfig::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+            names.push(path.file_stem().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    assert_eq!(names, ["cifar-large", "cifar-small", "imagenet", "mnist-small"]);
+    // The CIFAR-small file is the zoo's small model.
+    let small = mdeq::RunConfig::from_file(std::path::Path::new(&format!("{dir}/cifar-small.toml"))).unwrap();
+    let m = Mdeq::new(small.model, small.deq, &mut DeqRng::new(0), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(m.num_params(), 159_034);
+}

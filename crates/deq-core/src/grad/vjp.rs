@@ -346,7 +346,13 @@ fn backprop(node: &Tensor, op: &Op, g: &Tensor, grads: &mut Grads<'_>) -> candle
                         sum_dims.push(i + left);
                     }
                 }
-                let mut s = if sum_dims.is_empty() { g.clone() } else { g.sum_keepdim(sum_dims.as_slice())? };
+                // One dimension at a time from the innermost: each reduction then runs over a
+                // contiguous block (candle's multi-dimension sum walks strided indices, and was
+                // the largest cost of backpropagating through group and batch norm).
+                let mut s = g.clone();
+                for &d in sum_dims.iter().rev() {
+                    s = s.contiguous()?.sum_keepdim(d)?;
+                }
                 for _ in 0..left {
                     s = s.squeeze(0)?;
                 }

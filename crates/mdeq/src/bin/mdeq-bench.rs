@@ -1,0 +1,83 @@
+//! `mdeq-bench`: time one MDEQ training step (forward solve, phantom-gradient backward, SGD
+//! update) of the zoo's CIFAR-small model on random CIFAR-shaped data; prints one JSON line in
+//! the format of `scripts/bench_mdeq_torch.py` (compare with `scripts/bench_mdeq_compare.sh`).
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use clap::Parser;
+use deq_core::rng::DeqRng;
+use deq_train::{Optimizer, Sgd};
+use mdeq::config::RunConfig;
+use mdeq::Mdeq;
+use std::time::Instant;
+
+#[derive(Parser, Debug)]
+#[command(about = "Times MDEQ training steps (CIFAR-small at batch 32 by default)")]
+struct Args {
+    /// Batch size.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Compute threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Minimum timed steps.
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    /// Untimed warm-up steps.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Keep timing until this many seconds have passed.
+    #[arg(long, default_value_t = 5.0)]
+    min_time: f64,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+const CIFAR_SMALL: &str = include_str!("../../../../configs/mdeq/cifar-small.toml");
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    deq_train::runtime::configure_cpu(Some(args.threads));
+    deq_train::run_on_pool(move || run(&args))
+}
+
+fn run(args: &Args) -> Result<()> {
+    let cfg = RunConfig::from_toml(CIFAR_SMALL, "configs/mdeq/cifar-small.toml")?;
+    let dev = Device::Cpu;
+    let mut rng = DeqRng::new(args.seed);
+    let model = Mdeq::new(cfg.model.clone(), cfg.deq.clone(), &mut rng, DType::F32, &dev)?;
+    let mut opt = Sgd::new(model.named_vars(), cfg.train.lr, cfg.train.momentum, false, cfg.train.weight_decay)?;
+    let x = rng.randn((args.batch, 3, 32, 32), DType::F32, &dev)?;
+    let labels = Tensor::from_vec((0..args.batch).map(|_| (rng.next_u64() % 10) as u32).collect::<Vec<_>>(), args.batch, &dev)?;
+    let mut nfe = Vec::new();
+    let mut step = || -> Result<()> {
+        let out = model.forward(&x, true)?;
+        let loss = candle_nn::loss::cross_entropy(&out.logits, &labels)?;
+        let grads = deq_core::grad::backward(&loss)?;
+        opt.step(&grads)?;
+        nfe.push(out.stats.nfe as f64);
+        Ok(())
+    };
+    for _ in 0..args.warmup {
+        step()?;
+    }
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < args.runs || start.elapsed().as_secs_f64() < args.min_time {
+        let t = Instant::now();
+        step()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let mean_nfe = nfe.iter().sum::<f64>() / nfe.len().max(1) as f64;
+    println!(
+        "{}",
+        serde_json::json!({
+            "workload": format!("mdeq/cifar-small/train_step_b{}", args.batch), "impl": "deq-zoo-rs",
+            "median_s": times[times.len() / 2], "min_s": times[0], "n_runs": times.len(), "threads": args.threads,
+            "params": model.num_params(), "nfe": mean_nfe,
+        })
+    );
+    Ok(())
+}
