@@ -1,0 +1,27 @@
+//! # ignn
+//!
+//! Implicit graph neural networks (Gu et al., NeurIPS 2020) on deq-core: the equilibrium
+//! `X = relu(W X A + Omega_1 U A + Omega_2 U)` over sparse graphs (edge lists, aggregation by
+//! `index_select` + `index_add`), with the well-posedness projection
+//! `||W||_inf <= kappa / lambda_pf(A)`, solved and differentiated by deq-core (implicit or
+//! phantom gradients); the chains task, and a GCN baseline.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`graph`] | edge-list graphs, normalisation, `lambda_pf`, sparse aggregation |
+//! | [`projection`] | the row-wise L1-ball projection of `W` |
+//! | [`layer`] | the implicit graph layer |
+//! | [`model`] | IGNN and GCN node classifiers |
+//! | [`chains`] | the chains dataset |
+//! | [`train`] | full-batch node-classification training |
+#![warn(missing_docs)]
+
+pub mod chains;
+pub mod graph;
+pub mod layer;
+pub mod model;
+pub mod projection;
+pub mod train;
+
+pub use graph::{aggregate, EdgeTensors, Graph};
+pub use layer::ImplicitGraph;

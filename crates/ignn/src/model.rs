@@ -1,0 +1,111 @@
+//! Node classifiers: IGNN (one implicit layer + normalised linear readout, as in the paper's
+//! chains experiment) and the 2-layer GCN baseline.
+
+use crate::graph::{aggregate, EdgeTensors};
+use crate::layer::ImplicitGraph;
+use candle_core::{DType, Device, Result, Tensor, Var, D};
+use deq_core::rng::DeqRng;
+use deq_core::DeqConfig;
+
+/// Inverted dropout with a mask drawn from `rng` (identity when `p == 0`).
+pub fn dropout(x: &Tensor, p: f64, rng: &mut DeqRng) -> Result<Tensor> {
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let mask = rng.dropout_mask(x.shape(), 1.0 - p, x.dtype(), x.device())?;
+    x * mask
+}
+
+/// A node classifier.
+#[derive(Debug)]
+pub enum NodeModel {
+    /// `logits = dropout(normalize_rows(IGNN(U))) R^T`.
+    Ignn {
+        /// The implicit layer.
+        layer: ImplicitGraph,
+        /// Readout `(classes, m)`, no bias.
+        readout: Var,
+        /// Dropout before the readout.
+        dropout: f64,
+    },
+    /// `logits = A^T (dropout(relu(A^T U W1^T + b1))) W2^T + b2` (Kipf & Welling).
+    Gcn {
+        /// First layer `(h, p)` and bias.
+        w1: Var,
+        /// First bias.
+        b1: Var,
+        /// Second layer `(classes, h)`.
+        w2: Var,
+        /// Second bias.
+        b2: Var,
+        /// Dropout between the layers.
+        dropout: f64,
+    },
+}
+
+fn uniform(rng: &mut DeqRng, shape: (usize, usize), fan_in: usize, dtype: DType, dev: &Device) -> Result<Var> {
+    let s = 1.0 / (fan_in as f64).sqrt();
+    Var::from_tensor(&rng.rand(shape, -s, s, dtype, dev)?)
+}
+
+impl NodeModel {
+    /// IGNN with `hidden` features.
+    #[allow(clippy::too_many_arguments)]
+    pub fn ignn(p: usize, hidden: usize, classes: usize, kappa: f64, dropout: f64, deq: DeqConfig, rng: &mut DeqRng, dtype: DType, dev: &Device) -> Result<Self> {
+        let layer = ImplicitGraph::new(p, hidden, false, kappa, deq, rng, dtype, dev)?;
+        let readout = uniform(rng, (classes, hidden), hidden, dtype, dev)?;
+        Ok(NodeModel::Ignn { layer, readout, dropout })
+    }
+
+    /// A 2-layer GCN with `hidden` features.
+    pub fn gcn(p: usize, hidden: usize, classes: usize, dropout: f64, rng: &mut DeqRng, dtype: DType, dev: &Device) -> Result<Self> {
+        Ok(NodeModel::Gcn {
+            w1: uniform(rng, (hidden, p), p, dtype, dev)?,
+            b1: Var::zeros(hidden, dtype, dev)?,
+            w2: uniform(rng, (classes, hidden), hidden, dtype, dev)?,
+            b2: Var::zeros(classes, dtype, dev)?,
+            dropout,
+        })
+    }
+
+    /// Logits `(n, classes)` for node features `u` (`(n, p)`) on the normalised graph `a`.
+    /// `rng` is `Some` in training (dropout on).
+    pub fn forward(&self, u: &Tensor, a: &EdgeTensors, lambda_pf: f64, rng: Option<&mut DeqRng>) -> Result<(Tensor, Option<deq_core::SolverStats>)> {
+        let train = rng.is_some();
+        match self {
+            NodeModel::Ignn { layer, readout, dropout: p } => {
+                let (x, stats) = layer.forward(u, a, lambda_pf, train)?;
+                let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::INFINITY)?;
+                let mut h = x.broadcast_div(&norm)?;
+                if let Some(r) = rng {
+                    h = dropout(&h, *p, r)?;
+                }
+                Ok((h.matmul(&readout.as_tensor().t()?)?, Some(stats)))
+            }
+            NodeModel::Gcn { w1, b1, w2, b2, dropout: p } => {
+                let mut h = aggregate(&u.matmul(&w1.as_tensor().t()?)?, a)?.broadcast_add(b1.as_tensor())?.relu()?;
+                if let Some(r) = rng {
+                    h = dropout(&h, *p, r)?;
+                }
+                Ok((aggregate(&h.matmul(&w2.as_tensor().t()?)?, a)?.broadcast_add(b2.as_tensor())?, None))
+            }
+        }
+    }
+
+    /// Trainable variables with names.
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        match self {
+            NodeModel::Ignn { layer, readout, .. } => {
+                layer.vars("ignn", &mut out);
+                out.push(("readout".into(), readout.clone()));
+            }
+            NodeModel::Gcn { w1, b1, w2, b2, .. } => {
+                for (n, v) in [("gcn.w1", w1), ("gcn.b1", b1), ("gcn.w2", w2), ("gcn.b2", b2)] {
+                    out.push((n.into(), v.clone()));
+                }
+            }
+        }
+        out
+    }
+}
