@@ -51,8 +51,8 @@ fn uniform(rng: &mut DeqRng, shape: (usize, usize), fan_in: usize, dtype: DType,
 impl NodeModel {
     /// IGNN with `hidden` features.
     #[allow(clippy::too_many_arguments)]
-    pub fn ignn(p: usize, hidden: usize, classes: usize, kappa: f64, dropout: f64, deq: DeqConfig, rng: &mut DeqRng, dtype: DType, dev: &Device) -> Result<Self> {
-        let layer = ImplicitGraph::new(p, hidden, false, kappa, deq, rng, dtype, dev)?;
+    pub fn ignn(p: usize, hidden: usize, classes: usize, kappa: f64, dropout: f64, skip_input: bool, deq: DeqConfig, rng: &mut DeqRng, dtype: DType, dev: &Device) -> Result<Self> {
+        let layer = ImplicitGraph::new(p, hidden, skip_input, kappa, deq, rng, dtype, dev)?;
         let readout = uniform(rng, (classes, hidden), hidden, dtype, dev)?;
         Ok(NodeModel::Ignn { layer, readout, dropout })
     }

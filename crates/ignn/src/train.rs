@@ -31,11 +31,30 @@ pub struct NodeTrainConfig {
     pub clip_per_param: f64,
     /// Seed of initialisation and dropout.
     pub seed: u64,
+    /// `aug_normalized` ((D+I)^-1/2 (A+I) (D+I)^-1/2, as the reference) or `raw` (the
+    /// adjacency as given; a directed chain is then nilpotent, `lambda_pf = 0`, and the
+    /// projection leaves `W` free).
+    pub adjacency: String,
+    /// Add the `Omega_2 U` term (the zoo's layer; needed with `raw` so that nodes without
+    /// in-edges see their own features).
+    pub skip_input: bool,
 }
 
 impl Default for NodeTrainConfig {
     fn default() -> Self {
-        Self { model: "ignn".into(), hidden: 16, kappa: 0.9, dropout: 0.5, lr: 0.01, weight_decay: 5e-4, epochs: 2000, clip_per_param: 0.5, seed: 42 }
+        Self {
+            model: "ignn".into(),
+            hidden: 16,
+            kappa: 0.9,
+            dropout: 0.5,
+            lr: 0.01,
+            weight_decay: 5e-4,
+            epochs: 2000,
+            clip_per_param: 0.5,
+            seed: 42,
+            adjacency: "aug_normalized".into(),
+            skip_input: false,
+        }
     }
 }
 
@@ -84,13 +103,17 @@ fn accuracy(logits: &Tensor, labels: &[u32], ids: &[u32]) -> Result<f64> {
 pub fn train_nodes(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig, mut on_epoch: impl FnMut(usize, f64)) -> Result<NodeResult> {
     let start = std::time::Instant::now();
     let dev = Device::Cpu;
-    let norm = task.graph.aug_normalized();
+    let norm = match cfg.adjacency.as_str() {
+        "aug_normalized" => task.graph.aug_normalized(),
+        "raw" => task.graph.clone(),
+        other => anyhow::bail!("train.adjacency: `{other}` is not aug_normalized or raw"),
+    };
     let lambda_pf = norm.lambda_pf(10_000) + 1e-5;
     let a = norm.tensors(DType::F32, &dev)?;
     let u = Tensor::from_vec(task.features.clone(), (task.graph.n, task.feature_dim), &dev)?;
     let mut rng = DeqRng::new(cfg.seed);
     let model = match cfg.model.as_str() {
-        "ignn" => NodeModel::ignn(task.feature_dim, cfg.hidden, task.classes, cfg.kappa, cfg.dropout, deq.clone(), &mut rng, DType::F32, &dev)?,
+        "ignn" => NodeModel::ignn(task.feature_dim, cfg.hidden, task.classes, cfg.kappa, cfg.dropout, cfg.skip_input, deq.clone(), &mut rng, DType::F32, &dev)?,
         "gcn" => NodeModel::gcn(task.feature_dim, cfg.hidden, task.classes, cfg.dropout, &mut rng, DType::F32, &dev)?,
         other => anyhow::bail!("train.model: `{other}` is not ignn or gcn"),
     };
