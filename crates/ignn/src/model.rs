@@ -27,6 +27,8 @@ pub enum NodeModel {
         readout: Var,
         /// Dropout before the readout.
         dropout: f64,
+        /// L2-normalise each node's features before the readout (the reference's readout).
+        normalize: bool,
     },
     /// `logits = A^T (dropout(relu(A^T U W1^T + b1))) W2^T + b2` (Kipf & Welling).
     Gcn {
@@ -54,7 +56,7 @@ impl NodeModel {
     pub fn ignn(p: usize, hidden: usize, classes: usize, kappa: f64, dropout: f64, skip_input: bool, deq: DeqConfig, rng: &mut DeqRng, dtype: DType, dev: &Device) -> Result<Self> {
         let layer = ImplicitGraph::new(p, hidden, skip_input, kappa, deq, rng, dtype, dev)?;
         let readout = uniform(rng, (classes, hidden), hidden, dtype, dev)?;
-        Ok(NodeModel::Ignn { layer, readout, dropout })
+        Ok(NodeModel::Ignn { layer, readout, dropout, normalize: true })
     }
 
     /// A 2-layer GCN with `hidden` features.
@@ -73,10 +75,14 @@ impl NodeModel {
     pub fn forward(&self, u: &Tensor, a: &EdgeTensors, lambda_pf: f64, rng: Option<&mut DeqRng>) -> Result<(Tensor, Option<deq_core::SolverStats>)> {
         let train = rng.is_some();
         match self {
-            NodeModel::Ignn { layer, readout, dropout: p } => {
+            NodeModel::Ignn { layer, readout, dropout: p, normalize } => {
                 let (x, stats) = layer.forward(u, a, lambda_pf, train)?;
-                let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::INFINITY)?;
-                let mut h = x.broadcast_div(&norm)?;
+                let mut h = if *normalize {
+                    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::INFINITY)?;
+                    x.broadcast_div(&norm)?
+                } else {
+                    x
+                };
                 if let Some(r) = rng {
                     h = dropout(&h, *p, r)?;
                 }

@@ -38,6 +38,8 @@ pub struct NodeTrainConfig {
     /// Add the `Omega_2 U` term (the zoo's layer; needed with `raw` so that nodes without
     /// in-edges see their own features).
     pub skip_input: bool,
+    /// L2-normalise node features before the IGNN readout (the reference does).
+    pub normalize_readout: bool,
 }
 
 impl Default for NodeTrainConfig {
@@ -54,6 +56,7 @@ impl Default for NodeTrainConfig {
             seed: 42,
             adjacency: "aug_normalized".into(),
             skip_input: false,
+            normalize_readout: true,
         }
     }
 }
@@ -112,11 +115,14 @@ pub fn train_nodes(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig, mut 
     let a = norm.tensors(DType::F32, &dev)?;
     let u = Tensor::from_vec(task.features.clone(), (task.graph.n, task.feature_dim), &dev)?;
     let mut rng = DeqRng::new(cfg.seed);
-    let model = match cfg.model.as_str() {
+    let mut model = match cfg.model.as_str() {
         "ignn" => NodeModel::ignn(task.feature_dim, cfg.hidden, task.classes, cfg.kappa, cfg.dropout, cfg.skip_input, deq.clone(), &mut rng, DType::F32, &dev)?,
         "gcn" => NodeModel::gcn(task.feature_dim, cfg.hidden, task.classes, cfg.dropout, &mut rng, DType::F32, &dev)?,
         other => anyhow::bail!("train.model: `{other}` is not ignn or gcn"),
     };
+    if let NodeModel::Ignn { normalize, .. } = &mut model {
+        *normalize = cfg.normalize_readout;
+    }
     let mut opt = Adam::new(model.named_vars(), cfg.lr, (0.9, 0.999), 1e-8, cfg.weight_decay, false)?;
     let train_ids = Tensor::from_vec(task.split.0.clone(), task.split.0.len(), &dev)?;
     let train_labels = Tensor::from_vec(task.split.0.iter().map(|&i| task.labels[i as usize]).collect::<Vec<_>>(), task.split.0.len(), &dev)?;
