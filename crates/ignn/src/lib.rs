@@ -13,6 +13,7 @@
 //! | [`layer`] | the implicit graph layer |
 //! | [`model`] | IGNN and GCN node classifiers |
 //! | [`chains`] | the chains dataset |
+//! | [`planetoid`] | the plain-text Planetoid format (Cora, CiteSeer; any graph) |
 //! | [`train`] | full-batch node-classification training |
 #![warn(missing_docs)]
 
@@ -20,6 +21,7 @@ pub mod chains;
 pub mod graph;
 pub mod layer;
 pub mod model;
+pub mod planetoid;
 pub mod projection;
 pub mod train;
 

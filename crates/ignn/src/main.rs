@@ -41,11 +41,14 @@ enum Cmd {
     },
 }
 
-/// `[data]` of a chains run.
+/// `[data]`: `task = "chains"` (generated) or `task = "planetoid"` (a folder in the
+/// Planetoid text format, `dir` or `$DEQ_DATA_DIR/planetoid/<name>` or `datasets/<name>`).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 struct DataConfig {
     task: String,
+    name: String,
+    dir: String,
     length: usize,
     chains_per_class: usize,
     classes: usize,
@@ -53,6 +56,12 @@ struct DataConfig {
     train_frac: f64,
     val_frac: f64,
     split_seed: u64,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self { task: "chains".into(), name: String::new(), dir: String::new(), length: 10, chains_per_class: 20, classes: 2, feature_dim: 100, train_frac: 0.05, val_frac: 0.1, split_seed: 42 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -85,10 +94,24 @@ fn main() -> Result<()> {
         cfg.train.seed = s;
     }
     deq.apply(&mut cfg.deq)?;
-    anyhow::ensure!(cfg.data.task == "chains", "{}: data.task `{}` is not supported yet (chains)", config.display(), cfg.data.task);
     let d = &cfg.data;
-    let c = chains::generate(d.classes, d.chains_per_class, d.length, d.feature_dim, d.train_frac, d.val_frac, d.split_seed);
-    let task = NodeTask { graph: c.graph, features: c.features, feature_dim: c.feature_dim, labels: c.labels, classes: c.classes, split: c.split };
+    let task = match d.task.as_str() {
+        "chains" => {
+            let c = chains::generate(d.classes, d.chains_per_class, d.length, d.feature_dim, d.train_frac, d.val_frac, d.split_seed);
+            NodeTask { graph: c.graph, features: c.features, feature_dim: c.feature_dim, labels: c.labels, classes: c.classes, split: c.split }
+        }
+        "planetoid" => {
+            let dir = if !d.dir.is_empty() {
+                PathBuf::from(&d.dir)
+            } else {
+                deq_train::data::find_dataset_dir(&d.name)
+                    .or_else(|| std::env::var_os("DEQ_DATA_DIR").map(|r| PathBuf::from(r).join("planetoid").join(&d.name)))
+                    .with_context(|| format!("dataset `{}` not found: set data.dir or DEQ_DATA_DIR", d.name))?
+            };
+            ignn::planetoid::load_planetoid(&dir)?
+        }
+        other => anyhow::bail!("{}: data.task `{other}` is not chains or planetoid", config.display()),
+    };
     let r = deq_train::run_on_pool(|| {
         train_nodes(&task, &cfg.train, &cfg.deq, |e, l| {
             if e % 200 == 0 {
@@ -96,6 +119,6 @@ fn main() -> Result<()> {
             }
         })
     })?;
-    println!("{}", serde_json::json!({"task": "chains", "length": cfg.data.length, "model": cfg.train.model, "result": r}));
+    println!("{}", serde_json::json!({"task": cfg.data.task, "name": cfg.data.name, "length": cfg.data.length, "model": cfg.train.model, "seed": cfg.train.seed, "result": r}));
     Ok(())
 }
