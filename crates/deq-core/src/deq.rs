@@ -145,10 +145,9 @@ impl Deq {
         let first_err: RefCell<Option<DeqError>> = RefCell::new(None);
         // Flat view of f: (batch, width) -> (batch, width), remembering layout errors.
         let flat_f = |z: &Tensor, x: &[Tensor]| -> candle_core::Result<Tensor> {
-            let zs = layout.unflatten(z).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-            let out = f(&zs, x)?;
-            match layout.check(&out, "DEQ function output").and_then(|_| layout.flatten(&out)) {
+            match layout.apply_flat(z, |zs| f(zs, x)) {
                 Ok(t) => Ok(t),
+                Err(DeqError::Candle(e)) => Err(e),
                 Err(e) => {
                     let msg = e.to_string();
                     first_err.borrow_mut().get_or_insert(e);

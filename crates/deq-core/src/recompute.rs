@@ -48,6 +48,13 @@ pub struct RecomputeReport {
     pub skipped: bool,
 }
 
+fn to_candle(e: DeqError) -> candle_core::Error {
+    match e {
+        DeqError::Candle(e) => e,
+        other => candle_core::Error::Msg(other.to_string()),
+    }
+}
+
 /// Adds every gradient of `extra` into `grads`, skipping the ids in `skip`.
 fn merge(grads: &mut GradStore, extra: GradStore, skip: &[candle_core::TensorId]) -> Result<()> {
     let ids: Vec<_> = extra.get_ids().copied().filter(|id| !skip.contains(id)).collect();
@@ -83,10 +90,7 @@ impl Deq {
         self.check_recompute()?;
         let layout = StateLayout::of(z0)?;
         let inputs_d = detach_state(inputs);
-        let mut solve_fn = |z: &Tensor| -> candle_core::Result<Tensor> {
-            let zs = layout.unflatten(z).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-            layout.flatten(&f(&zs, &inputs_d)?).map_err(|e| candle_core::Error::Msg(e.to_string()))
-        };
+        let mut solve_fn = |z: &Tensor| -> candle_core::Result<Tensor> { layout.apply_flat(z, |zs| f(zs, &inputs_d)).map_err(to_candle) };
         let z0f = layout.flatten(&detach_state(z0))?;
         let opts = self.f_opts(self.config().f_max_iter, vec![]);
         let sol = self.f_solver.solve(&mut solve_fn, &z0f, &opts)?;
@@ -113,10 +117,7 @@ impl Deq {
             .collect::<candle_core::Result<Vec<_>>>()?;
         let g = layout.flatten(&gs)?.detach();
         let z_star = layout.flatten(&out.states())?.detach();
-        let flat_f = |z: &Tensor, x: &[Tensor]| -> candle_core::Result<Tensor> {
-            let zs = layout.unflatten(z).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-            layout.flatten(&f(&zs, x)?).map_err(|e| candle_core::Error::Msg(e.to_string()))
-        };
+        let flat_f = |z: &Tensor, x: &[Tensor]| -> candle_core::Result<Tensor> { layout.apply_flat(z, |zs| f(zs, x)).map_err(to_candle) };
         let cfg = self.config();
         if cfg.uses_ift() {
             let z = Var::from_tensor(&z_star)?;

@@ -88,6 +88,14 @@ impl StateLayout {
         Ok(Tensor::cat(&flat, 1)?)
     }
 
+    /// Applies a state function to a flat state: unflattens `z`, calls `f`, checks that the
+    /// output keeps this layout (the error names it "DEQ function output") and flattens it.
+    pub fn apply_flat(&self, z: &Tensor, f: impl FnOnce(&[Tensor]) -> candle_core::Result<Vec<Tensor>>) -> Result<Tensor> {
+        let out = f(&self.unflatten(z)?)?;
+        self.check(&out, "DEQ function output")?;
+        self.flatten(&out)
+    }
+
     /// Splits a `(batch, width)` matrix back into the component tensors.
     pub fn unflatten(&self, flat: &Tensor) -> Result<Vec<Tensor>> {
         if flat.dims() != [self.batch, self.width()] {

@@ -4,6 +4,32 @@
 use candle_core::{DType, Device, Result, Tensor, Var};
 use std::sync::Mutex;
 
+/// The optional per-channel scale and shift that follows a normalisation
+/// (`weight` initialised to 1, `bias` to 0).
+#[derive(Debug)]
+struct ChannelAffine(Option<(Var, Var)>);
+
+impl ChannelAffine {
+    fn new(affine: bool, channels: usize, dtype: DType, dev: &Device) -> Result<Self> {
+        Ok(Self(if affine { Some((Var::ones(channels, dtype, dev)?, Var::zeros(channels, dtype, dev)?)) } else { None }))
+    }
+
+    /// `y * weight + bias` with both broadcast over `(B, C, H, W)`.
+    fn apply(&self, y: Tensor, c: usize) -> Result<Tensor> {
+        match &self.0 {
+            Some((w, b)) => y.broadcast_mul(&w.as_tensor().reshape((1, c, 1, 1))?)?.broadcast_add(&b.as_tensor().reshape((1, c, 1, 1))?),
+            None => Ok(y),
+        }
+    }
+
+    fn vars(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
+        if let Some((w, b)) = &self.0 {
+            out.push((format!("{prefix}.weight"), w.clone()));
+            out.push((format!("{prefix}.bias"), b.clone()));
+        }
+    }
+}
+
 /// Group normalisation over `(B, C, H, W)` with a per-channel affine transform
 /// (`torch.nn.GroupNorm`). Built from differentiable candle ops (candle_nn's layer-norm family
 /// has no gradient on contiguous inputs).
@@ -12,8 +38,7 @@ pub struct GroupNorm {
     groups: usize,
     channels: usize,
     eps: f64,
-    weight: Option<Var>,
-    bias: Option<Var>,
+    affine: ChannelAffine,
 }
 
 impl GroupNorm {
@@ -22,12 +47,7 @@ impl GroupNorm {
         if groups == 0 || channels % groups != 0 {
             candle_core::bail!("group norm: {groups} groups do not divide {channels} channels");
         }
-        let (weight, bias) = if affine {
-            (Some(Var::ones(channels, dtype, dev)?), Some(Var::zeros(channels, dtype, dev)?))
-        } else {
-            (None, None)
-        };
-        Ok(Self { groups, channels, eps: 1e-5, weight, bias })
+        Ok(Self { groups, channels, eps: 1e-5, affine: ChannelAffine::new(affine, channels, dtype, dev)? })
     }
 
     /// Normalises `x` (`(B, C, H, W)`).
@@ -41,18 +61,12 @@ impl GroupNorm {
         let centred = g.broadcast_sub(&mean)?;
         let var = centred.sqr()?.mean_keepdim(2)?;
         let y = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?.reshape((b, c, h, w))?;
-        match (&self.weight, &self.bias) {
-            (Some(wt), Some(bs)) => y.broadcast_mul(&wt.as_tensor().reshape((1, c, 1, 1))?)?.broadcast_add(&bs.as_tensor().reshape((1, c, 1, 1))?),
-            _ => Ok(y),
-        }
+        self.affine.apply(y, c)
     }
 
     /// Trainable variables (`weight`, `bias` when affine).
     pub fn vars(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
-        if let (Some(w), Some(b)) = (&self.weight, &self.bias) {
-            out.push((format!("{prefix}.weight"), w.clone()));
-            out.push((format!("{prefix}.bias"), b.clone()));
-        }
+        self.affine.vars(prefix, out);
     }
 }
 
@@ -60,8 +74,7 @@ impl GroupNorm {
 /// statistics in training (running averages updated), running statistics in evaluation.
 #[derive(Debug)]
 pub struct BatchNorm2d {
-    weight: Option<Var>,
-    bias: Option<Var>,
+    affine: ChannelAffine,
     running: Mutex<(Tensor, Tensor)>,
     momentum: f64,
     eps: f64,
@@ -71,8 +84,7 @@ impl BatchNorm2d {
     /// A new layer with zero mean and unit variance, and (when `affine`) unit scale and zero shift.
     pub fn new(channels: usize, affine: bool, dtype: DType, dev: &Device) -> Result<Self> {
         Ok(Self {
-            weight: if affine { Some(Var::ones(channels, dtype, dev)?) } else { None },
-            bias: if affine { Some(Var::zeros(channels, dtype, dev)?) } else { None },
+            affine: ChannelAffine::new(affine, channels, dtype, dev)?,
             running: Mutex::new((Tensor::zeros(channels, dtype, dev)?, Tensor::ones(channels, dtype, dev)?)),
             momentum: 0.1,
             eps: 1e-5,
@@ -97,18 +109,12 @@ impl BatchNorm2d {
             (run.0.reshape((1, c, 1, 1))?, run.1.reshape((1, c, 1, 1))?)
         };
         let y = x.broadcast_sub(&mean)?.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        match (&self.weight, &self.bias) {
-            (Some(wt), Some(bs)) => y.broadcast_mul(&wt.as_tensor().reshape((1, c, 1, 1))?)?.broadcast_add(&bs.as_tensor().reshape((1, c, 1, 1))?),
-            _ => Ok(y),
-        }
+        self.affine.apply(y, c)
     }
 
     /// Trainable variables (`weight`, `bias` when affine).
     pub fn vars(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
-        if let (Some(w), Some(b)) = (&self.weight, &self.bias) {
-            out.push((format!("{prefix}.weight"), w.clone()));
-            out.push((format!("{prefix}.bias"), b.clone()));
-        }
+        self.affine.vars(prefix, out);
     }
 
     /// Running statistics (`running_mean`, `running_var`), for checkpoints.
