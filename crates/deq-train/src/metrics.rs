@@ -57,6 +57,32 @@ pub fn accuracy(logits: &Tensor, labels: &Tensor) -> Result<f64> {
     Ok(topk_correct(logits, labels, 1)? as f64 / n.max(1) as f64)
 }
 
+/// Micro-averaged F1 of multi-label predictions `logits > 0` against 0/1 `targets`, both
+/// `(rows, labels)` row-major, over the rows in `ids` (all rows if `None`); 0 when there are no
+/// positives at all (as scikit-learn with `zero_division=0`).
+pub fn micro_f1(logits: &[f32], targets: &[f32], labels: usize, ids: Option<&[u32]>) -> f64 {
+    let (mut tp, mut fp, mut fnn) = (0usize, 0usize, 0usize);
+    let mut count = |r: usize| {
+        for j in 0..labels {
+            let (p, t) = (logits[r * labels + j] > 0.0, targets[r * labels + j] > 0.5);
+            match (p, t) {
+                (true, true) => tp += 1,
+                (true, false) => fp += 1,
+                (false, true) => fnn += 1,
+                _ => {}
+            }
+        }
+    };
+    match ids {
+        Some(ids) => ids.iter().for_each(|&r| count(r as usize)),
+        None => (0..logits.len() / labels.max(1)).for_each(&mut count),
+    }
+    if tp == 0 {
+        return 0.0;
+    }
+    2.0 * tp as f64 / (2 * tp + fp + fnn) as f64
+}
+
 /// Softmax probabilities of a `(batch, classes)` tensor (computed stably, in f32).
 pub fn softmax_probs(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
     let l = logits.to_dtype(DType::F32)?;
@@ -68,6 +94,16 @@ pub fn softmax_probs(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn micro_f1_by_hand() {
+        // rows: pred [1,0,1] true [1,1,0]; pred [0,0,1] true [0,0,1] -> tp 2, fp 1, fn 1.
+        let logits = [2.0, -1.0, 0.5, -3.0, -0.1, 4.0];
+        let targets = [1.0, 1.0, 0.0, 0.0, 0.0, 1.0];
+        assert!((super::micro_f1(&logits, &targets, 3, None) - 4.0 / 6.0).abs() < 1e-12);
+        assert!((super::micro_f1(&logits, &targets, 3, Some(&[1])) - 1.0).abs() < 1e-12);
+        assert_eq!(super::micro_f1(&[-1.0; 6], &targets, 3, None), 0.0);
+    }
+
     use super::*;
     use candle_core::Device;
 

@@ -56,6 +56,12 @@ pub fn generate(classes: usize, chains_per_class: usize, length: usize, feature_
     Chains { graph, features, feature_dim, labels, split, classes }
 }
 
+impl From<Chains> for crate::train::NodeTask {
+    fn from(c: Chains) -> Self {
+        Self { graph: c.graph, features: c.features, feature_dim: c.feature_dim, labels: crate::train::Labels::Single(c.labels), classes: c.classes, split: c.split }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -96,6 +96,71 @@ impl Graph {
         lam
     }
 
+    /// The subgraph induced by `nodes` (renumbered `0..nodes.len()` in the given order) and
+    /// the old id of each new node.
+    pub fn induced(&self, nodes: &[u32]) -> Self {
+        let mut new_id = vec![u32::MAX; self.n];
+        for (k, &v) in nodes.iter().enumerate() {
+            new_id[v as usize] = k as u32;
+        }
+        let mut g = Graph { n: nodes.len(), src: Vec::new(), dst: Vec::new(), weight: Vec::new() };
+        for k in 0..self.num_edges() {
+            let (s, d) = (new_id[self.src[k] as usize], new_id[self.dst[k] as usize]);
+            if s != u32::MAX && d != u32::MAX {
+                g.src.push(s);
+                g.dst.push(d);
+                g.weight.push(self.weight[k]);
+            }
+        }
+        g
+    }
+
+    /// The weakly connected components, each a sorted list of node ids, ordered by their
+    /// smallest node.
+    pub fn components(&self) -> Vec<Vec<u32>> {
+        let mut parent: Vec<u32> = (0..self.n as u32).collect();
+        fn root(p: &mut [u32], mut v: u32) -> u32 {
+            while p[v as usize] != v {
+                p[v as usize] = p[p[v as usize] as usize];
+                v = p[v as usize];
+            }
+            v
+        }
+        for k in 0..self.num_edges() {
+            let (a, b) = (root(&mut parent, self.src[k]), root(&mut parent, self.dst[k]));
+            if a != b {
+                parent[a.max(b) as usize] = a.min(b);
+            }
+        }
+        let mut index = vec![usize::MAX; self.n];
+        let mut out: Vec<Vec<u32>> = Vec::new();
+        for v in 0..self.n as u32 {
+            let r = root(&mut parent, v) as usize;
+            if index[r] == usize::MAX {
+                index[r] = out.len();
+                out.push(Vec::new());
+            }
+            out[index[r]].push(v);
+        }
+        out
+    }
+
+    /// The disjoint union of `graphs` (block-diagonal adjacency) and the graph index of every
+    /// node.
+    pub fn disjoint_union(graphs: &[&Graph]) -> (Graph, Vec<u32>) {
+        let mut g = Graph { n: 0, src: Vec::new(), dst: Vec::new(), weight: Vec::new() };
+        let mut owner = Vec::new();
+        for (i, h) in graphs.iter().enumerate() {
+            let off = g.n as u32;
+            g.src.extend(h.src.iter().map(|v| v + off));
+            g.dst.extend(h.dst.iter().map(|v| v + off));
+            g.weight.extend_from_slice(&h.weight);
+            g.n += h.n;
+            owner.extend(std::iter::repeat(i as u32).take(h.n));
+        }
+        (g, owner)
+    }
+
     /// The edge tensors on `device` for [`aggregate`].
     pub fn tensors(&self, dtype: DType, device: &Device) -> Result<EdgeTensors> {
         Ok(EdgeTensors {
@@ -145,5 +210,17 @@ mod tests {
         let c = Graph::from_edges(4, &[(0, 1), (1, 2), (2, 3)]).unwrap();
         assert!(c.lambda_pf(2000) < 1e-2);
         assert!(Graph::from_edges(2, &[(0, 5)]).is_err());
+    }
+
+    #[test]
+    fn induced_components_and_union() {
+        let g = Graph::from_edges(6, &[(0, 1), (1, 2), (3, 4), (5, 5)]).unwrap();
+        assert_eq!(g.components(), vec![vec![0, 1, 2], vec![3, 4], vec![5]]);
+        let h = g.induced(&[2, 1, 4]);
+        assert_eq!((h.n, h.src.clone(), h.dst.clone()), (3, vec![1], vec![0]));
+        let (u, owner) = Graph::disjoint_union(&[&h, &g]);
+        assert_eq!(u.n, 9);
+        assert_eq!(owner, vec![0, 0, 0, 1, 1, 1, 1, 1, 1]);
+        assert_eq!((u.src[1], u.dst[1]), (3, 4));
     }
 }

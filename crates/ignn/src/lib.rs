@@ -11,19 +11,30 @@
 //! | [`graph`] | edge-list graphs, normalisation, `lambda_pf`, sparse aggregation |
 //! | [`projection`] | the row-wise L1-ball projection of `W` |
 //! | [`layer`] | the implicit graph layer |
-//! | [`model`] | IGNN and GCN node classifiers |
+//! | [`model`] | node classifiers: IGNN, the stacked PPI model, GCN |
+//! | [`graph_model`] | the graph classifier (implicit layers, sum pooling, MLP) |
 //! | [`chains`] | the chains dataset |
 //! | [`planetoid`] | the plain-text Planetoid format (Cora, CiteSeer; any graph) |
-//! | [`train`] | full-batch node-classification training |
+//! | [`ppi`] | the GraphSAGE format (PPI) |
+//! | [`tu`] | the TU graph-classification format |
+//! | [`error`] | reader errors naming file and line |
+//! | [`train`] | node-level training, evaluation, checkpoints |
+//! | [`graph_train`] | graph-classification training with k-fold cross-validation |
 #![warn(missing_docs)]
 
 pub mod chains;
+pub mod error;
 pub mod graph;
+pub mod graph_model;
+pub mod graph_train;
 pub mod layer;
 pub mod model;
 pub mod planetoid;
+pub mod ppi;
 pub mod projection;
 pub mod train;
+pub mod tu;
 
 pub use graph::{aggregate, EdgeTensors, Graph};
+pub use error::GraphFileError;
 pub use layer::ImplicitGraph;

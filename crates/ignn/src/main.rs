@@ -1,54 +1,80 @@
-//! `ignn`: train implicit graph neural networks (and the GCN baseline) on node-classification
-//! tasks. `cargo run --release -p ignn -- train --config configs/ignn/chains.toml --length 50`.
+//! `ignn`: train and evaluate implicit graph neural networks (and the GCN baseline) on node
+//! classification (chains, Planetoid, GraphSAGE/PPI) and graph classification (TU).
+//! `cargo run --release -p ignn -- train --config configs/ignn/chains.toml --length 50`.
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use deq_core::{DeqArgs, DeqConfig};
-use ignn::chains;
-use ignn::train::{train_nodes, NodeTask, NodeTrainConfig};
+use ignn::graph_train::{evaluate_fold, train_graphs, GraphTrainConfig};
+use ignn::train::{build_model, evaluate, metric_name, normalize, train_nodes, NodeTask, NodeTrainConfig, RunOptions};
 use serde::Deserialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser, Debug)]
-#[command(name = "ignn", version, about = "Implicit graph neural networks")]
+#[command(name = "ignn", version, about = "Implicit graph neural networks: train and evaluate")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
 }
 
+/// Overrides shared by `train` and `eval`.
+#[derive(clap::Args, Debug)]
+struct Common {
+    /// Run configuration (TOML with [data], [train], [deq]).
+    #[arg(long, default_value = "configs/ignn/chains.toml")]
+    config: PathBuf,
+    /// Override data.length (chains).
+    #[arg(long)]
+    length: Option<usize>,
+    /// Override train.model (`ignn`, `ignn_stack` or `gcn`; node tasks).
+    #[arg(long)]
+    model: Option<String>,
+    /// Override train.seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// DEQ options with TorchDEQ's flag names.
+    #[command(flatten)]
+    deq: DeqArgs,
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Train and report final train/validation/test accuracy (one JSON line).
+    /// Train; prints the final scores as one JSON line.
     Train {
-        /// Run configuration (TOML with [data], [train], [deq]).
-        #[arg(long, default_value = "configs/ignn/chains.toml")]
-        config: PathBuf,
-        /// Override data.length (chains).
-        #[arg(long)]
-        length: Option<usize>,
-        /// Override train.model (`ignn` or `gcn`).
-        #[arg(long)]
-        model: Option<String>,
+        #[command(flatten)]
+        common: Common,
         /// Override train.epochs.
         #[arg(long)]
         epochs: Option<usize>,
-        /// Override train.seed.
+        /// Output folder (metrics.jsonl, checkpoints/, best/; fold-<k>/ for TU).
         #[arg(long)]
-        seed: Option<u64>,
-        /// DEQ options with TorchDEQ's flag names.
+        out: Option<PathBuf>,
+        /// Continue from the latest checkpoint in --out.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Evaluate a checkpoint (a run folder, preferring best/ over checkpoints/, a fold-<k>/
+    /// folder for TU, or a latest.json); prints the scores as one JSON line.
+    Eval {
         #[command(flatten)]
-        deq: DeqArgs,
+        common: Common,
+        /// The checkpoint.
+        #[arg(long)]
+        checkpoint: PathBuf,
     },
 }
 
-/// `[data]`: `task = "chains"` (generated) or `task = "planetoid"` (a folder in the
-/// Planetoid text format, `dir` or `$DEQ_DATA_DIR/planetoid/<name>` or `datasets/<name>`).
+/// `[data]`: `task` is `chains` (generated), `planetoid` (text format), `graphsage` (PPI
+/// format, `prefix`) or `tu` (graph classification, `name`). Folders: `dir`, else
+/// `$DEQ_DATA_DIR/<name>`, `$DEQ_DATA_DIR/planetoid/<name>` or `datasets/<name>`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct DataConfig {
     task: String,
     name: String,
     dir: String,
+    prefix: String,
+    standardize: bool,
     length: usize,
     chains_per_class: usize,
     classes: usize,
@@ -60,7 +86,20 @@ struct DataConfig {
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { task: "chains".into(), name: String::new(), dir: String::new(), length: 10, chains_per_class: 20, classes: 2, feature_dim: 100, train_frac: 0.05, val_frac: 0.1, split_seed: 42 }
+        Self {
+            task: "chains".into(),
+            name: String::new(),
+            dir: String::new(),
+            prefix: "ppi".into(),
+            standardize: false,
+            length: 10,
+            chains_per_class: 20,
+            classes: 2,
+            feature_dim: 100,
+            train_frac: 0.05,
+            val_frac: 0.1,
+            split_seed: 42,
+        }
     }
 }
 
@@ -68,57 +107,112 @@ impl Default for DataConfig {
 #[serde(deny_unknown_fields)]
 struct RunConfig {
     data: DataConfig,
-    #[serde(default)]
-    train: NodeTrainConfig,
+    #[serde(default = "empty_table")]
+    train: toml::Value,
     #[serde(default)]
     deq: DeqConfig,
+}
+
+fn empty_table() -> toml::Value {
+    toml::Value::Table(Default::default())
+}
+
+fn data_dir(d: &DataConfig) -> Result<PathBuf> {
+    if !d.dir.is_empty() {
+        return Ok(PathBuf::from(&d.dir));
+    }
+    deq_train::data::find_dataset_dir(&d.name)
+        .or_else(|| std::env::var_os("DEQ_DATA_DIR").map(|r| PathBuf::from(r).join("planetoid").join(&d.name)).filter(|p| p.is_dir()))
+        .with_context(|| format!("dataset `{}` not found: set data.dir or DEQ_DATA_DIR", d.name))
+}
+
+fn load_config(c: &Common) -> Result<(RunConfig, toml::Value)> {
+    let text = std::fs::read_to_string(&c.config).with_context(|| format!("reading {}", c.config.display()))?;
+    let mut cfg: RunConfig = toml::from_str(&text).with_context(|| format!("{}", c.config.display()))?;
+    if let Some(l) = c.length {
+        cfg.data.length = l;
+    }
+    c.deq.apply(&mut cfg.deq)?;
+    let mut train = cfg.train.clone();
+    let table = train.as_table_mut().with_context(|| format!("{}: [train] must be a table", c.config.display()))?;
+    if let Some(m) = &c.model {
+        table.insert("model".into(), toml::Value::String(m.clone()));
+    }
+    if let Some(s) = c.seed {
+        table.insert("seed".into(), toml::Value::Integer(s as i64));
+    }
+    Ok((cfg, train))
+}
+
+fn node_task(d: &DataConfig, config: &Path) -> Result<NodeTask> {
+    Ok(match d.task.as_str() {
+        "chains" => ignn::chains::generate(d.classes, d.chains_per_class, d.length, d.feature_dim, d.train_frac, d.val_frac, d.split_seed).into(),
+        "planetoid" => ignn::planetoid::load_planetoid(&data_dir(d)?)?,
+        "graphsage" => ignn::ppi::load_graphsage(&data_dir(d)?, &d.prefix, d.standardize)?,
+        other => anyhow::bail!("{}: data.task `{other}` is not chains, planetoid, graphsage or tu", config.display()),
+    })
+}
+
+fn parse_train<T: for<'de> Deserialize<'de>>(v: toml::Value, config: &Path) -> Result<T> {
+    v.try_into().with_context(|| format!("{}: [train]", config.display()))
 }
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt().with_writer(std::io::stderr).init();
     let cli = Cli::parse();
     deq_train::runtime::configure_cpu(Some(2));
-    let Cmd::Train { config, length, model, epochs, seed, deq } = cli.cmd;
-    let text = std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
-    let mut cfg: RunConfig = toml::from_str(&text).with_context(|| format!("{}", config.display()))?;
-    if let Some(l) = length {
-        cfg.data.length = l;
-    }
-    if let Some(m) = model {
-        cfg.train.model = m;
-    }
-    if let Some(e) = epochs {
-        cfg.train.epochs = e;
-    }
-    if let Some(s) = seed {
-        cfg.train.seed = s;
-    }
-    deq.apply(&mut cfg.deq)?;
-    let d = &cfg.data;
-    let task = match d.task.as_str() {
-        "chains" => {
-            let c = chains::generate(d.classes, d.chains_per_class, d.length, d.feature_dim, d.train_frac, d.val_frac, d.split_seed);
-            NodeTask { graph: c.graph, features: c.features, feature_dim: c.feature_dim, labels: c.labels, classes: c.classes, split: c.split }
-        }
-        "planetoid" => {
-            let dir = if !d.dir.is_empty() {
-                PathBuf::from(&d.dir)
-            } else {
-                deq_train::data::find_dataset_dir(&d.name)
-                    .or_else(|| std::env::var_os("DEQ_DATA_DIR").map(|r| PathBuf::from(r).join("planetoid").join(&d.name)))
-                    .with_context(|| format!("dataset `{}` not found: set data.dir or DEQ_DATA_DIR", d.name))?
-            };
-            ignn::planetoid::load_planetoid(&dir)?
-        }
-        other => anyhow::bail!("{}: data.task `{other}` is not chains or planetoid", config.display()),
-    };
-    let r = deq_train::run_on_pool(|| {
-        train_nodes(&task, &cfg.train, &cfg.deq, |e, l| {
-            if e % 200 == 0 {
-                tracing::info!(epoch = e, loss = l);
+    match cli.cmd {
+        Cmd::Train { common, epochs, out, resume } => {
+            let (cfg, mut train) = load_config(&common)?;
+            if let (Some(e), Some(t)) = (epochs, train.as_table_mut()) {
+                t.insert("epochs".into(), toml::Value::Integer(e as i64));
             }
-        })
-    })?;
-    println!("{}", serde_json::json!({"task": cfg.data.task, "name": cfg.data.name, "length": cfg.data.length, "model": cfg.train.model, "seed": cfg.train.seed, "result": r}));
+            let opts = RunOptions { out_dir: out, resume };
+            if cfg.data.task == "tu" {
+                let tc: GraphTrainConfig = parse_train(train, &common.config)?;
+                let ds = ignn::tu::load_tu(&data_dir(&cfg.data)?, &cfg.data.name)?;
+                tracing::info!(graphs = ds.graphs.len(), classes = ds.classes, features = ds.feature_dim, "TU dataset {}", cfg.data.name);
+                let r = deq_train::run_on_pool(|| train_graphs(&ds, &tc, &cfg.deq, &opts, |_, _, _| {}))?;
+                println!("{}", serde_json::json!({"task": "tu", "name": cfg.data.name, "seed": tc.seed, "result": r}));
+                return Ok(());
+            }
+            let tc: NodeTrainConfig = parse_train(train, &common.config)?;
+            let task = node_task(&cfg.data, &common.config)?;
+            let r = deq_train::run_on_pool(|| train_nodes(&task, &tc, &cfg.deq, &opts, |_, _| {}))?;
+            println!(
+                "{}",
+                serde_json::json!({"task": cfg.data.task, "name": cfg.data.name, "length": cfg.data.length, "model": tc.model, "seed": tc.seed, "metric": metric_name(&task.labels), "result": r})
+            );
+        }
+        Cmd::Eval { common, checkpoint } => {
+            let (cfg, train) = load_config(&common)?;
+            if cfg.data.task == "tu" {
+                let tc: GraphTrainConfig = parse_train(train, &common.config)?;
+                let ds = ignn::tu::load_tu(&data_dir(&cfg.data)?, &cfg.data.name)?;
+                let r = deq_train::run_on_pool(|| evaluate_fold(&ds, &tc, &cfg.deq, &checkpoint))?;
+                println!("{}", serde_json::json!({"task": "tu", "name": cfg.data.name, "result": r}));
+                return Ok(());
+            }
+            let tc: NodeTrainConfig = parse_train(train, &common.config)?;
+            let task = node_task(&cfg.data, &common.config)?;
+            let json = if checkpoint.is_dir() {
+                ["best", "checkpoints"].iter().map(|s| checkpoint.join(s).join("latest.json")).find(|p| p.exists()).with_context(|| format!("{}: no best/ or checkpoints/ with a latest.json", checkpoint.display()))?
+            } else {
+                checkpoint.clone()
+            };
+            let dev = candle_core::Device::Cpu;
+            let ck = deq_train::Checkpointer::load(&json, &dev)?;
+            let r = deq_train::run_on_pool(|| -> Result<_> {
+                let model = build_model(&task, &tc, &cfg.deq, &mut deq_core::rng::DeqRng::new(0), &dev)?;
+                deq_train::load_vars(&model.named_vars(), &ck, "model.")?;
+                let (norm, lambda) = normalize(&task.graph, &tc.adjacency)?;
+                let a = norm.tensors(candle_core::DType::F32, &dev)?;
+                let u = candle_core::Tensor::from_vec(task.features.clone(), (task.graph.n, task.feature_dim), &dev)?;
+                let epoch = ck.meta["epoch"].as_u64().unwrap_or(0) as usize;
+                evaluate(&model, &task, &u, &a, lambda, epoch, std::time::Instant::now())
+            })?;
+            println!("{}", serde_json::json!({"checkpoint": ck.path, "metric": metric_name(&task.labels), "result": r}));
+        }
+    }
     Ok(())
 }

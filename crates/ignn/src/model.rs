@@ -1,5 +1,5 @@
-//! Node classifiers: IGNN (one implicit layer + normalised linear readout, as in the paper's
-//! chains experiment) and the 2-layer GCN baseline.
+//! Node classifiers: IGNN (one implicit layer + linear readout, as in the paper's chains
+//! experiment), the zoo's 5-layer PPI model, and the 2-layer GCN baseline.
 
 use crate::graph::{aggregate, EdgeTensors};
 use crate::layer::ImplicitGraph;
@@ -30,6 +30,15 @@ pub enum NodeModel {
         /// L2-normalise each node's features before the readout (the reference's readout).
         normalize: bool,
     },
+    /// The zoo's PPI model: implicit layers `p -> 4h -> 2h -> 2h -> h -> classes`, each with
+    /// a skip linear map of its input, `x_{i+1} = elu(IGNN_i(x_i) + V_i x_i + c_i)` (no ELU
+    /// after the last).
+    Stacked {
+        /// The implicit layers.
+        layers: Vec<ImplicitGraph>,
+        /// Skip linear maps `(V_i (out, in), c_i (out,))`.
+        proj: Vec<(Var, Var)>,
+    },
     /// `logits = A^T (dropout(relu(A^T U W1^T + b1))) W2^T + b2` (Kipf & Welling).
     Gcn {
         /// First layer `(h, p)` and bias.
@@ -45,7 +54,8 @@ pub enum NodeModel {
     },
 }
 
-fn uniform(rng: &mut DeqRng, shape: (usize, usize), fan_in: usize, dtype: DType, dev: &Device) -> Result<Var> {
+/// A `(out, in)` matrix drawn from `U(-1/sqrt(fan_in), 1/sqrt(fan_in))` (PyTorch's `Linear`).
+pub(crate) fn uniform(rng: &mut DeqRng, shape: (usize, usize), fan_in: usize, dtype: DType, dev: &Device) -> Result<Var> {
     let s = 1.0 / (fan_in as f64).sqrt();
     Var::from_tensor(&rng.rand(shape, -s, s, dtype, dev)?)
 }
@@ -57,6 +67,20 @@ impl NodeModel {
         let layer = ImplicitGraph::new(p, hidden, skip_input, kappa, deq, rng, dtype, dev)?;
         let readout = uniform(rng, (classes, hidden), hidden, dtype, dev)?;
         Ok(NodeModel::Ignn { layer, readout, dropout, normalize: true })
+    }
+
+    /// The zoo's 5-layer PPI model with `hidden` = its `nhid` (256 in the zoo).
+    #[allow(clippy::too_many_arguments)]
+    pub fn stacked(p: usize, hidden: usize, classes: usize, kappa: f64, skip_input: bool, deq: DeqConfig, rng: &mut DeqRng, dtype: DType, dev: &Device) -> Result<Self> {
+        let sizes = [p, 4 * hidden, 2 * hidden, 2 * hidden, hidden, classes];
+        let mut layers = Vec::new();
+        let mut proj = Vec::new();
+        for w in sizes.windows(2) {
+            layers.push(ImplicitGraph::new(w[0], w[1], skip_input, kappa, deq.clone(), rng, dtype, dev)?);
+            let s = 1.0 / (w[0] as f64).sqrt();
+            proj.push((uniform(rng, (w[1], w[0]), w[0], dtype, dev)?, Var::from_tensor(&rng.rand(w[1], -s, s, dtype, dev)?)?));
+        }
+        Ok(NodeModel::Stacked { layers, proj })
     }
 
     /// A 2-layer GCN with `hidden` features.
@@ -88,6 +112,22 @@ impl NodeModel {
                 }
                 Ok((h.matmul(&readout.as_tensor().t()?)?, Some(stats)))
             }
+            NodeModel::Stacked { layers, proj } => {
+                let mut x = u.clone();
+                let mut first: Option<deq_core::SolverStats> = None;
+                let mut nfe = 0;
+                for (i, (layer, (v, c))) in layers.iter().zip(proj).enumerate() {
+                    let (z, stats) = layer.forward(&x, a, lambda_pf, train)?;
+                    nfe += stats.nfe;
+                    first.get_or_insert(stats);
+                    x = (z + x.matmul(&v.as_tensor().t()?)?.broadcast_add(c.as_tensor())?)?;
+                    if i + 1 < layers.len() {
+                        x = x.elu(1.0)?;
+                    }
+                }
+                // The first layer's residuals, with the NFE of all layers.
+                Ok((x, first.map(|s| deq_core::SolverStats { nfe, ..s })))
+            }
             NodeModel::Gcn { w1, b1, w2, b2, dropout: p } => {
                 let mut h = aggregate(&u.matmul(&w1.as_tensor().t()?)?, a)?.broadcast_add(b1.as_tensor())?.relu()?;
                 if let Some(r) = rng {
@@ -105,6 +145,13 @@ impl NodeModel {
             NodeModel::Ignn { layer, readout, .. } => {
                 layer.vars("ignn", &mut out);
                 out.push(("readout".into(), readout.clone()));
+            }
+            NodeModel::Stacked { layers, proj } => {
+                for (i, (layer, (v, c))) in layers.iter().zip(proj).enumerate() {
+                    layer.vars(&format!("ignn.{i}"), &mut out);
+                    out.push((format!("proj.{i}.weight"), v.clone()));
+                    out.push((format!("proj.{i}.bias"), c.clone()));
+                }
             }
             NodeModel::Gcn { w1, b1, w2, b2, .. } => {
                 for (n, v) in [("gcn.w1", w1), ("gcn.b1", b1), ("gcn.w2", w2), ("gcn.b2", b2)] {

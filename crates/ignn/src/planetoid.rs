@@ -13,40 +13,10 @@
 //! Every error names the file and line.
 
 use crate::graph::Graph;
-use crate::train::NodeTask;
+use crate::train::{Labels, NodeTask};
+use crate::error::{bad, read, GraphFileError};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-
-/// A malformed or missing graph file.
-#[derive(Debug, thiserror::Error)]
-pub enum GraphFileError {
-    /// The file could not be read.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
-    /// A line does not follow the format.
-    #[error("{path}:{line}: {message}")]
-    Format {
-        /// The file.
-        path: PathBuf,
-        /// 1-based line number (0: the file as a whole).
-        line: usize,
-        /// What is wrong.
-        message: String,
-    },
-}
-
-fn read(path: &Path) -> Result<String, GraphFileError> {
-    std::fs::read_to_string(path).map_err(|source| GraphFileError::Io { path: path.to_path_buf(), source })
-}
-
-fn bad(path: &Path, line: usize, message: impl Into<String>) -> GraphFileError {
-    GraphFileError::Format { path: path.to_path_buf(), line, message: message.into() }
-}
+use std::path::Path;
 
 fn node(path: &Path, line: usize, tok: &str, n: usize) -> Result<u32, GraphFileError> {
     let v: usize = tok.trim().parse().map_err(|_| bad(path, line, format!("`{tok}` is not a node id")))?;
@@ -152,7 +122,7 @@ pub fn load_planetoid(dir: &Path) -> Result<NodeTask, GraphFileError> {
     }
     let mut take = |k: &str| parts.remove(k).ok_or_else(|| bad(&spp, 0, format!("no `{k}` line")));
     let split = (take("train")?, take("val")?, take("test")?);
-    Ok(NodeTask { graph, features, feature_dim: f, labels, classes, split })
+    Ok(NodeTask { graph, features, feature_dim: f, labels: Labels::Single(labels), classes, split })
 }
 
 fn without_duplicate_loops(mut g: Graph) -> Graph {

@@ -37,6 +37,17 @@ pub fn inf_norm(w: &[f64], cols: usize) -> f64 {
     w.chunks(cols).map(|r| r.iter().map(|v| v.abs()).sum::<f64>()).fold(0.0, f64::max)
 }
 
+/// The rows of the matrix `w` projected onto the L1 ball of radius `radius` (a new tensor,
+/// outside autograd).
+pub fn project_tensor(w: &candle_core::Tensor, radius: f64) -> Result<candle_core::Tensor> {
+    let (rows, cols) = w.dims2()?;
+    let mut data = w.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    for r in data.chunks_mut(cols) {
+        project_l1_ball(r, radius);
+    }
+    candle_core::Tensor::from_vec(data, (rows, cols), w.device())?.to_dtype(w.dtype())
+}
+
 /// Projects the rows of the matrix variable `w` onto the L1 ball of radius `radius`, in place
 /// (outside autograd: projected gradient descent). Returns true if anything changed.
 pub fn project_inf_norm(w: &Var, radius: f64) -> Result<bool> {

@@ -1,23 +1,32 @@
-//! Full-batch node-classification training (chains, Planetoid).
+//! Node-level training (chains, Planetoid, PPI): full-batch on one graph (transductive), or on
+//! the subgraph of the training nodes split into minibatches of connected components
+//! (inductive, as the zoo's PPI loop that steps once per training graph). Single-label tasks
+//! use cross-entropy and accuracy, multi-label tasks BCE with logits and micro-F1.
+//!
+//! With an output folder the run writes `metrics.jsonl` (one record per evaluation),
+//! `checkpoints/` (every evaluation; model, Adam state, RNG state) and, when selecting by
+//! validation score, `best/`; a resumed run continues bit-identically.
 
-use crate::graph::Graph;
+use crate::graph::{EdgeTensors, Graph};
 use crate::model::NodeModel;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use deq_core::rng::DeqRng;
 use deq_core::DeqConfig;
-use deq_train::{check_finite, Adam, Optimizer};
+use deq_train::{check_finite, Adam, Checkpointer, MetricsWriter, Optimizer, Progress};
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 
-/// Model and optimisation settings of a node-classification run (`[train]`).
+/// Model and optimisation settings of a node-level run (`[train]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeTrainConfig {
-    /// `ignn` or `gcn`.
+    /// `ignn` (one implicit layer + readout), `ignn_stack` (the zoo's 5-layer PPI model) or
+    /// `gcn`.
     pub model: String,
-    /// Hidden features.
+    /// Hidden features (`nhid` of the stacked model).
     pub hidden: usize,
-    /// Well-posedness bound `||W||_inf lambda_pf(A) <= kappa` (IGNN).
+    /// Well-posedness bound `||W||_inf lambda_pf(A) <= kappa` (0 disables the projection).
     pub kappa: f64,
     /// Dropout before the readout (IGNN) or between the layers (GCN).
     pub dropout: f64,
@@ -25,11 +34,11 @@ pub struct NodeTrainConfig {
     pub lr: f64,
     /// Adam weight decay (coupled, as `torch.optim.Adam`).
     pub weight_decay: f64,
-    /// Full-batch epochs.
+    /// Epochs.
     pub epochs: usize,
     /// Clip each parameter's gradient norm to this value (0: off).
     pub clip_per_param: f64,
-    /// Seed of initialisation and dropout.
+    /// Seed of initialisation, dropout and minibatch order.
     pub seed: u64,
     /// `aug_normalized` ((D+I)^-1/2 (A+I) (D+I)^-1/2, as the reference) or `raw` (the
     /// adjacency as given; a directed chain is then nilpotent, `lambda_pf = 0`, and the
@@ -42,11 +51,16 @@ pub struct NodeTrainConfig {
     pub normalize_readout: bool,
     /// Dropout on the input features in training (as GCN does on Planetoid).
     pub input_dropout: f64,
-    /// Report the test accuracy at the epoch of best validation accuracy (evaluated every
-    /// `eval_every` epochs) instead of after the last epoch.
+    /// Report the scores at the evaluation of best validation score instead of the last.
     pub select_by_val: bool,
-    /// Evaluation period in epochs when `select_by_val`.
+    /// Evaluation (and metrics and checkpoint) period in epochs; the last epoch is always
+    /// evaluated.
     pub eval_every: usize,
+    /// Train on the subgraph induced by the training nodes only (inductive, PPI).
+    pub inductive: bool,
+    /// Minibatches per epoch (inductive only): the training subgraph's connected components
+    /// are dealt into this many groups, visited in a seeded random order every epoch.
+    pub batches: usize,
 }
 
 impl Default for NodeTrainConfig {
@@ -67,11 +81,32 @@ impl Default for NodeTrainConfig {
             input_dropout: 0.0,
             select_by_val: false,
             eval_every: 10,
+            inductive: false,
+            batches: 1,
         }
     }
 }
 
-/// A node-classification problem.
+/// Node labels.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Labels {
+    /// One class per node.
+    Single(Vec<u32>),
+    /// Multi-hot targets `(n, classes)`, row-major.
+    Multi(Vec<f32>),
+}
+
+impl Labels {
+    /// The class of each node (single-label tasks).
+    pub fn single(&self) -> Option<&[u32]> {
+        match self {
+            Labels::Single(l) => Some(l),
+            Labels::Multi(_) => None,
+        }
+    }
+}
+
+/// A node-level problem.
 #[derive(Debug, Clone)]
 pub struct NodeTask {
     /// The graph (raw; normalised by the trainer).
@@ -81,98 +116,260 @@ pub struct NodeTask {
     /// Feature dimension `p`.
     pub feature_dim: usize,
     /// Labels.
-    pub labels: Vec<u32>,
-    /// Classes.
+    pub labels: Labels,
+    /// Classes (labels of a multi-label task).
     pub classes: usize,
     /// Train / validation / test node ids.
     pub split: (Vec<u32>, Vec<u32>, Vec<u32>),
 }
 
-/// Final figures of a run.
-#[derive(Debug, Clone, Copy, Serialize)]
+/// Where a run writes its files (none: nothing is written).
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Output folder for `metrics.jsonl`, `checkpoints/` and `best/`.
+    pub out_dir: Option<PathBuf>,
+    /// Continue from the latest checkpoint in `out_dir`.
+    pub resume: bool,
+}
+
+/// Scores of one evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct NodeResult {
-    /// Final training accuracy.
-    pub train_acc: f64,
-    /// Final validation accuracy.
-    pub val_acc: f64,
-    /// Final test accuracy.
-    pub test_acc: f64,
-    /// Forward NFE of the last evaluation (IGNN).
+    /// Epochs trained when it was measured.
+    pub epoch: usize,
+    /// Training score (accuracy, or micro-F1 for multi-label tasks).
+    pub train: f64,
+    /// Validation score.
+    pub val: f64,
+    /// Test score.
+    pub test: f64,
+    /// Forward NFE of the evaluation (all implicit layers).
     pub nfe: usize,
-    /// Seconds.
+    /// Seconds since the start of the run.
     pub seconds: f64,
 }
 
-fn accuracy(logits: &Tensor, labels: &[u32], ids: &[u32]) -> Result<f64> {
-    if ids.is_empty() {
-        return Ok(0.0);
+/// The score's name for `labels`.
+pub fn metric_name(labels: &Labels) -> &'static str {
+    match labels {
+        Labels::Single(_) => "accuracy",
+        Labels::Multi(_) => "micro_f1",
     }
-    let pred = logits.argmax(1)?.to_vec1::<u32>()?;
-    Ok(ids.iter().filter(|&&i| pred[i as usize] == labels[i as usize]).count() as f64 / ids.len() as f64)
 }
 
-/// Trains `cfg.model` on `task` full-batch and reports the final accuracies (no model
-/// selection, as the IGNN paper's chains protocol).
-pub fn train_nodes(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig, mut on_epoch: impl FnMut(usize, f64)) -> Result<NodeResult> {
-    let start = std::time::Instant::now();
-    let dev = Device::Cpu;
-    let norm = match cfg.adjacency.as_str() {
-        "aug_normalized" => task.graph.aug_normalized(),
-        "raw" => task.graph.clone(),
+/// Normalises `g` as `[train] adjacency` says and returns it with `lambda_pf` (+1e-5).
+pub fn normalize(g: &Graph, adjacency: &str) -> Result<(Graph, f64)> {
+    let norm = match adjacency {
+        "aug_normalized" => g.aug_normalized(),
+        "raw" => g.clone(),
         other => anyhow::bail!("train.adjacency: `{other}` is not aug_normalized or raw"),
     };
-    let lambda_pf = norm.lambda_pf(10_000) + 1e-5;
-    let a = norm.tensors(DType::F32, &dev)?;
-    let u = Tensor::from_vec(task.features.clone(), (task.graph.n, task.feature_dim), &dev)?;
-    let mut rng = DeqRng::new(cfg.seed);
+    let lambda = norm.lambda_pf(10_000) + 1e-5;
+    Ok((norm, lambda))
+}
+
+/// Builds the configured model for `task`.
+pub fn build_model(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig, rng: &mut DeqRng, dev: &Device) -> Result<NodeModel> {
+    let (p, c) = (task.feature_dim, task.classes);
     let mut model = match cfg.model.as_str() {
-        "ignn" => NodeModel::ignn(task.feature_dim, cfg.hidden, task.classes, cfg.kappa, cfg.dropout, cfg.skip_input, deq.clone(), &mut rng, DType::F32, &dev)?,
-        "gcn" => NodeModel::gcn(task.feature_dim, cfg.hidden, task.classes, cfg.dropout, &mut rng, DType::F32, &dev)?,
-        other => anyhow::bail!("train.model: `{other}` is not ignn or gcn"),
+        "ignn" => NodeModel::ignn(p, cfg.hidden, c, cfg.kappa, cfg.dropout, cfg.skip_input, deq.clone(), rng, DType::F32, dev)?,
+        "ignn_stack" => NodeModel::stacked(p, cfg.hidden, c, cfg.kappa, cfg.skip_input, deq.clone(), rng, DType::F32, dev)?,
+        "gcn" => NodeModel::gcn(p, cfg.hidden, c, cfg.dropout, rng, DType::F32, dev)?,
+        other => anyhow::bail!("train.model: `{other}` is not ignn, ignn_stack or gcn"),
     };
     if let NodeModel::Ignn { normalize, .. } = &mut model {
         *normalize = cfg.normalize_readout;
     }
-    let mut opt = Adam::new(model.named_vars(), cfg.lr, (0.9, 0.999), 1e-8, cfg.weight_decay, false)?;
-    let train_ids = Tensor::from_vec(task.split.0.clone(), task.split.0.len(), &dev)?;
-    let train_labels = Tensor::from_vec(task.split.0.iter().map(|&i| task.labels[i as usize]).collect::<Vec<_>>(), task.split.0.len(), &dev)?;
-    let vars: Vec<_> = model.named_vars().into_iter().map(|(_, v)| v).collect();
-    let mut best: Option<NodeResult> = None;
-    for epoch in 0..cfg.epochs {
-        let u_in = crate::model::dropout(&u, cfg.input_dropout, &mut rng)?;
-        let (logits, _) = model.forward(&u_in, &a, lambda_pf, Some(&mut rng))?;
-        let loss = candle_nn::loss::cross_entropy(&logits.index_select(&train_ids, 0)?, &train_labels)?;
-        let lv = loss.to_scalar::<f32>()? as f64;
-        check_finite("training loss", lv, epoch)?;
-        let mut grads = deq_core::grad::backward(&loss)?;
-        if cfg.clip_per_param > 0.0 {
-            for v in &vars {
-                deq_train::clip_grad_norm(&mut grads, std::slice::from_ref(v), cfg.clip_per_param)?;
-            }
+    Ok(model)
+}
+
+/// One training minibatch: a (sub)graph with its inputs and the rows the loss uses.
+struct Part {
+    a: EdgeTensors,
+    lambda: f64,
+    u: Tensor,
+    rows: Tensor,
+    targets: Tensor,
+}
+
+fn targets_for(task: &NodeTask, nodes: &[u32], dev: &Device) -> Result<Tensor> {
+    Ok(match &task.labels {
+        Labels::Single(l) => Tensor::from_vec(nodes.iter().map(|&i| l[i as usize]).collect::<Vec<_>>(), nodes.len(), dev)?,
+        Labels::Multi(t) => {
+            let c = task.classes;
+            let rows: Vec<f32> = nodes.iter().flat_map(|&i| t[i as usize * c..(i as usize + 1) * c].iter().copied()).collect();
+            Tensor::from_vec(rows, (nodes.len(), c), dev)?
         }
-        opt.step(&grads)?;
-        on_epoch(epoch, lv);
-        if cfg.select_by_val && (epoch + 1) % cfg.eval_every.max(1) == 0 {
-            let r = evaluate(&model, &u, &a, lambda_pf, task, start)?;
-            if best.map_or(true, |b| r.val_acc > b.val_acc) {
-                best = Some(r);
-            }
-        }
-    }
-    let last = evaluate(&model, &u, &a, lambda_pf, task, start)?;
-    Ok(match best {
-        Some(b) if cfg.select_by_val && b.val_acc > last.val_acc => NodeResult { seconds: last.seconds, ..b },
-        _ => last,
     })
 }
 
-fn evaluate(model: &NodeModel, u: &Tensor, a: &crate::graph::EdgeTensors, lambda_pf: f64, task: &NodeTask, start: std::time::Instant) -> Result<NodeResult> {
+fn rows_of(task: &NodeTask, nodes: &[u32], dev: &Device) -> Result<Tensor> {
+    let p = task.feature_dim;
+    let data: Vec<f32> = nodes.iter().flat_map(|&i| task.features[i as usize * p..(i as usize + 1) * p].iter().copied()).collect();
+    Ok(Tensor::from_vec(data, (nodes.len(), p), dev)?)
+}
+
+fn training_parts(task: &NodeTask, cfg: &NodeTrainConfig, full: (&EdgeTensors, f64, &Tensor), dev: &Device) -> Result<Vec<Part>> {
+    let train = &task.split.0;
+    if !cfg.inductive {
+        anyhow::ensure!(cfg.batches <= 1, "train.batches = {} needs train.inductive = true (a transductive graph is one batch)", cfg.batches);
+        let rows = Tensor::from_vec(train.clone(), train.len(), dev)?;
+        return Ok(vec![Part { a: full.0.clone(), lambda: full.1, u: full.2.clone(), rows, targets: targets_for(task, train, dev)? }]);
+    }
+    let sub = task.graph.induced(train);
+    let mut comps = sub.components();
+    // Largest first, each to the currently smallest group: balanced, deterministic groups.
+    comps.sort_by_key(|c| std::cmp::Reverse(c.len()));
+    let groups = cfg.batches.max(1).min(comps.len().max(1));
+    let mut members: Vec<Vec<u32>> = vec![Vec::new(); groups];
+    for c in comps {
+        let g = (0..groups).min_by_key(|&g| members[g].len()).unwrap_or(0);
+        members[g].extend(c.into_iter().map(|local| train[local as usize]));
+    }
+    members
+        .into_iter()
+        .filter(|m| !m.is_empty())
+        .map(|mut nodes| {
+            nodes.sort_unstable();
+            let (norm, lambda) = normalize(&task.graph.induced(&nodes), &cfg.adjacency)?;
+            let all = Tensor::arange(0u32, nodes.len() as u32, dev)?;
+            Ok(Part { a: norm.tensors(DType::F32, dev)?, lambda, u: rows_of(task, &nodes, dev)?, rows: all, targets: targets_for(task, &nodes, dev)? })
+        })
+        .collect()
+}
+
+fn loss_of(labels: &Labels, logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    Ok(match labels {
+        Labels::Single(_) => candle_nn::loss::cross_entropy(logits, targets)?,
+        Labels::Multi(_) => deq_train::bce_with_logits(logits, targets)?,
+    })
+}
+
+/// Scores of every split from full-graph logits.
+pub fn scores(task: &NodeTask, logits: &Tensor) -> Result<[f64; 3]> {
+    let ids = [&task.split.0, &task.split.1, &task.split.2];
+    Ok(match &task.labels {
+        Labels::Single(l) => {
+            let pred = logits.argmax(1)?.to_vec1::<u32>()?;
+            ids.map(|s| if s.is_empty() { 0.0 } else { s.iter().filter(|&&i| pred[i as usize] == l[i as usize]).count() as f64 / s.len() as f64 })
+        }
+        Labels::Multi(t) => {
+            let lg = logits.flatten_all()?.to_vec1::<f32>()?;
+            ids.map(|s| deq_train::micro_f1(&lg, t, task.classes, Some(s)))
+        }
+    })
+}
+
+/// Evaluates `model` on the whole normalised graph.
+pub fn evaluate(model: &NodeModel, task: &NodeTask, u: &Tensor, a: &EdgeTensors, lambda_pf: f64, epoch: usize, start: std::time::Instant) -> Result<NodeResult> {
     let (logits, stats) = model.forward(u, a, lambda_pf, None)?;
-    Ok(NodeResult {
-        train_acc: accuracy(&logits, &task.labels, &task.split.0)?,
-        val_acc: accuracy(&logits, &task.labels, &task.split.1)?,
-        test_acc: accuracy(&logits, &task.labels, &task.split.2)?,
-        nfe: stats.map(|s| s.nfe).unwrap_or(0),
-        seconds: start.elapsed().as_secs_f64(),
+    let [train, val, test] = scores(task, &logits)?;
+    Ok(NodeResult { epoch, train, val, test, nfe: stats.map(|s| s.nfe).unwrap_or(0), seconds: start.elapsed().as_secs_f64() })
+}
+
+fn state_tensors(model: &NodeModel, opt: &Adam) -> Result<Vec<(String, Tensor)>> {
+    let mut t: Vec<(String, Tensor)> = model.named_vars().into_iter().map(|(n, v)| (format!("model.{n}"), v.as_tensor().clone())).collect();
+    t.extend(opt.state()?.into_iter().map(|(n, v)| (format!("optim.{n}"), v)));
+    Ok(t)
+}
+
+/// Trains `cfg.model` on `task` and reports the scores of the last evaluation (or of the best
+/// validation score with `select_by_val`). `on_epoch(epoch, mean training loss)` is called
+/// after every epoch.
+pub fn train_nodes(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig, opts: &RunOptions, mut on_epoch: impl FnMut(usize, f64)) -> Result<NodeResult> {
+    let start = std::time::Instant::now();
+    let dev = Device::Cpu;
+    let (norm, lambda_pf) = normalize(&task.graph, &cfg.adjacency)?;
+    let a = norm.tensors(DType::F32, &dev)?;
+    let u = Tensor::from_vec(task.features.clone(), (task.graph.n, task.feature_dim), &dev)?;
+    let parts = training_parts(task, cfg, (&a, lambda_pf, &u), &dev)?;
+    let mut rng = DeqRng::new(cfg.seed);
+    let model = build_model(task, cfg, deq, &mut rng, &dev)?;
+    let mut opt = Adam::new(model.named_vars(), cfg.lr, (0.9, 0.999), 1e-8, cfg.weight_decay, false)?;
+    let vars: Vec<_> = model.named_vars().into_iter().map(|(_, v)| v).collect();
+    let cfg_json = serde_json::to_value(cfg)?;
+
+    let mut files = match &opts.out_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            Some((Checkpointer::new(d.join("checkpoints"), 2)?, Checkpointer::new(d.join("best"), 1)?, MetricsWriter::open(d.join("metrics.jsonl"))?))
+        }
+        None => None,
+    };
+    let mut best: Option<NodeResult> = None;
+    let mut epoch0 = 0;
+    if opts.resume {
+        let (ck, _, _) = files.as_ref().context("--resume needs an output folder")?;
+        match ck.load_latest(&dev)? {
+            Some(c) => {
+                deq_train::load_vars(&model.named_vars(), &c, "model.")?;
+                let optim: std::collections::HashMap<String, Tensor> = c.tensors.iter().filter_map(|(k, v)| k.strip_prefix("optim.").map(|s| (s.to_string(), v.clone()))).collect();
+                opt.load_state(&optim)?;
+                epoch0 = c.meta["epoch"].as_u64().context("checkpoint has no epoch")? as usize;
+                rng = DeqRng::from_state(c.meta["rng_state"].as_str().and_then(|s| s.parse().ok()).context("checkpoint has no rng_state")?);
+                best = serde_json::from_value(c.meta["best"].clone()).ok();
+                tracing::info!(epoch = epoch0, "resumed from {}", c.path.display());
+            }
+            None => tracing::warn!("--resume: no checkpoint in {}, starting fresh", ck.dir().display()),
+        }
+    }
+
+    let mut bar = Progress::new(format!("{} epochs", cfg.model), cfg.epochs.saturating_sub(epoch0), true);
+    let mut last = None;
+    let mut order: Vec<usize> = (0..parts.len()).collect();
+    for epoch in epoch0..cfg.epochs {
+        if parts.len() > 1 {
+            for i in (1..order.len()).rev() {
+                order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+            }
+        }
+        let mut loss_sum = 0.0;
+        for &pi in &order {
+            let part = &parts[pi];
+            let u_in = crate::model::dropout(&part.u, cfg.input_dropout, &mut rng)?;
+            let (logits, _) = model.forward(&u_in, &part.a, part.lambda, Some(&mut rng))?;
+            let loss = loss_of(&task.labels, &logits.index_select(&part.rows, 0)?, &part.targets)?;
+            let lv = loss.to_scalar::<f32>()? as f64;
+            check_finite("training loss", lv, epoch)?;
+            let mut grads = deq_core::grad::backward(&loss)?;
+            if cfg.clip_per_param > 0.0 {
+                for v in &vars {
+                    deq_train::clip_grad_norm(&mut grads, std::slice::from_ref(v), cfg.clip_per_param)?;
+                }
+            }
+            opt.step(&grads)?;
+            loss_sum += lv;
+        }
+        let loss = loss_sum / parts.len() as f64;
+        on_epoch(epoch, loss);
+        bar.inc(1, &format!("loss {loss:.4}"));
+        if (epoch + 1) % cfg.eval_every.max(1) != 0 && epoch + 1 != cfg.epochs {
+            continue;
+        }
+        let r = evaluate(&model, task, &u, &a, lambda_pf, epoch + 1, start)?;
+        let improved = best.map_or(true, |b| r.val > b.val);
+        if improved {
+            best = Some(r);
+        }
+        last = Some(r);
+        tracing::debug!(epoch = epoch + 1, loss, train = r.train, val = r.val, test = r.test, nfe = r.nfe);
+        if let Some((ck, best_ck, metrics)) = files.as_mut() {
+            let record = serde_json::json!({"epoch": epoch + 1, "train_loss": loss, "metric": metric_name(&task.labels), "train": r.train, "val": r.val, "test": r.test, "eval_nfe": r.nfe, "elapsed_seconds": r.seconds});
+            metrics.write(&record)?;
+            let meta = serde_json::json!({"epoch": epoch + 1, "rng_state": rng.state().to_string(), "best": best, "config": cfg_json, "metrics": record});
+            let tensors = state_tensors(&model, &opt)?;
+            if improved && cfg.select_by_val {
+                best_ck.save(epoch + 1, &tensors, meta.clone())?;
+            }
+            ck.save(epoch + 1, &tensors, meta)?;
+        }
+    }
+    let last = match last {
+        Some(l) => l,
+        None => evaluate(&model, task, &u, &a, lambda_pf, cfg.epochs, start)?,
+    };
+    Ok(match best {
+        Some(b) if cfg.select_by_val && b.val > last.val => NodeResult { seconds: last.seconds, ..b },
+        _ => last,
     })
 }

@@ -6,6 +6,7 @@
 //! | [`idx`] | IDX reader (MNIST), raw or gzipped |
 //! | [`cifar`] | CIFAR-10 binary reader and writer |
 //! | [`image_folder`] | ImageNet-style `root/<class>/*.png|jpg` reader |
+//! | [`npy`] | NumPy `.npy` reader and writer |
 //! | [`augment`] | seeded augmentations on CHW `f32` samples |
 //! | [`loader`] | shuffling, sharded, prefetching [`Loader`] producing candle batches |
 //!
@@ -22,6 +23,7 @@ pub mod dataset;
 pub mod idx;
 pub mod image_folder;
 pub mod loader;
+pub mod npy;
 
 use std::path::PathBuf;
 
@@ -29,6 +31,7 @@ pub use cifar::{load_cifar10, read_cifar10_file, write_cifar10_file};
 pub use dataset::ImageDataset;
 pub use idx::{load_mnist, read_idx_images, read_idx_labels};
 pub use image_folder::{load_image, load_image_folder, scan_image_folder};
+pub use npy::{read_npy, write_npy_f32, NpyArray};
 pub use loader::{AugmentFn, Batch, EpochIter, Loader, LoaderConfig, Shard};
 
 /// The folder of dataset `name`: `$DEQ_DATA_DIR/<name>` if `DEQ_DATA_DIR` is set and that
