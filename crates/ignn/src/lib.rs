@@ -13,6 +13,7 @@
 //! | [`layer`] | the implicit graph layer |
 //! | [`model`] | node classifiers: IGNN, the stacked PPI model, GCN |
 //! | [`graph_model`] | the graph classifier (implicit layers, sum pooling, MLP) |
+//! | [`config`] | the run configuration (`[data]`, `[train]`, `[deq]`) |
 //! | [`chains`] | the chains dataset |
 //! | [`planetoid`] | the plain-text Planetoid format (Cora, CiteSeer; any graph) |
 //! | [`ppi`] | the GraphSAGE format (PPI) |
@@ -23,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod chains;
+pub mod config;
 pub mod error;
 pub mod graph;
 pub mod graph_model;

@@ -4,10 +4,10 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use deq_core::{DeqArgs, DeqConfig};
-use ignn::graph_train::{evaluate_fold, train_graphs, GraphTrainConfig};
-use ignn::train::{build_model, evaluate, metric_name, normalize, train_nodes, NodeTask, NodeTrainConfig, RunOptions};
-use serde::Deserialize;
+use deq_core::DeqArgs;
+use ignn::graph_train::{evaluate_fold, train_graphs};
+use ignn::train::{build_model, evaluate, metric_name, normalize, train_nodes, NodeTask, RunOptions};
+use ignn::config::{data_dir, RunConfig};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser, Debug)]
@@ -64,87 +64,22 @@ enum Cmd {
     },
 }
 
-/// `[data]`: `task` is `chains` (generated), `planetoid` (text format), `graphsage` (PPI
-/// format, `prefix`) or `tu` (graph classification, `name`). Folders: `dir`, else
-/// `$DEQ_DATA_DIR/<name>`, `$DEQ_DATA_DIR/planetoid/<name>` or `datasets/<name>`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct DataConfig {
-    task: String,
-    name: String,
-    dir: String,
-    prefix: String,
-    standardize: bool,
-    length: usize,
-    chains_per_class: usize,
-    classes: usize,
-    feature_dim: usize,
-    train_frac: f64,
-    val_frac: f64,
-    split_seed: u64,
-}
-
-impl Default for DataConfig {
-    fn default() -> Self {
-        Self {
-            task: "chains".into(),
-            name: String::new(),
-            dir: String::new(),
-            prefix: "ppi".into(),
-            standardize: false,
-            length: 10,
-            chains_per_class: 20,
-            classes: 2,
-            feature_dim: 100,
-            train_frac: 0.05,
-            val_frac: 0.1,
-            split_seed: 42,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RunConfig {
-    data: DataConfig,
-    #[serde(default = "empty_table")]
-    train: toml::Value,
-    #[serde(default)]
-    deq: DeqConfig,
-}
-
-fn empty_table() -> toml::Value {
-    toml::Value::Table(Default::default())
-}
-
-fn data_dir(d: &DataConfig) -> Result<PathBuf> {
-    if !d.dir.is_empty() {
-        return Ok(PathBuf::from(&d.dir));
-    }
-    deq_train::data::find_dataset_dir(&d.name)
-        .or_else(|| std::env::var_os("DEQ_DATA_DIR").map(|r| PathBuf::from(r).join("planetoid").join(&d.name)).filter(|p| p.is_dir()))
-        .with_context(|| format!("dataset `{}` not found: set data.dir or DEQ_DATA_DIR", d.name))
-}
-
-fn load_config(c: &Common) -> Result<(RunConfig, toml::Value)> {
-    let text = std::fs::read_to_string(&c.config).with_context(|| format!("reading {}", c.config.display()))?;
-    let mut cfg: RunConfig = toml::from_str(&text).with_context(|| format!("{}", c.config.display()))?;
+fn load_config(c: &Common) -> Result<RunConfig> {
+    let mut cfg = RunConfig::load(&c.config)?;
     if let Some(l) = c.length {
         cfg.data.length = l;
     }
     c.deq.apply(&mut cfg.deq)?;
-    let mut train = cfg.train.clone();
-    let table = train.as_table_mut().with_context(|| format!("{}: [train] must be a table", c.config.display()))?;
     if let Some(m) = &c.model {
-        table.insert("model".into(), toml::Value::String(m.clone()));
+        cfg.set_train("model", toml::Value::String(m.clone()))?;
     }
     if let Some(s) = c.seed {
-        table.insert("seed".into(), toml::Value::Integer(s as i64));
+        cfg.set_train("seed", toml::Value::Integer(s as i64))?;
     }
-    Ok((cfg, train))
+    Ok(cfg)
 }
 
-fn node_task(d: &DataConfig, config: &Path) -> Result<NodeTask> {
+fn node_task(d: &ignn::config::DataConfig, config: &Path) -> Result<NodeTask> {
     Ok(match d.task.as_str() {
         "chains" => ignn::chains::generate(d.classes, d.chains_per_class, d.length, d.feature_dim, d.train_frac, d.val_frac, d.split_seed).into(),
         "planetoid" => ignn::planetoid::load_planetoid(&data_dir(d)?)?,
@@ -153,30 +88,26 @@ fn node_task(d: &DataConfig, config: &Path) -> Result<NodeTask> {
     })
 }
 
-fn parse_train<T: for<'de> Deserialize<'de>>(v: toml::Value, config: &Path) -> Result<T> {
-    v.try_into().with_context(|| format!("{}: [train]", config.display()))
-}
-
 fn main() -> Result<()> {
     tracing_subscriber::fmt().with_writer(std::io::stderr).init();
     let cli = Cli::parse();
     deq_train::runtime::configure_cpu(Some(2));
     match cli.cmd {
         Cmd::Train { common, epochs, out, resume } => {
-            let (cfg, mut train) = load_config(&common)?;
-            if let (Some(e), Some(t)) = (epochs, train.as_table_mut()) {
-                t.insert("epochs".into(), toml::Value::Integer(e as i64));
+            let mut cfg = load_config(&common)?;
+            if let Some(e) = epochs {
+                cfg.set_train("epochs", toml::Value::Integer(e as i64))?;
             }
             let opts = RunOptions { out_dir: out, resume };
             if cfg.data.task == "tu" {
-                let tc: GraphTrainConfig = parse_train(train, &common.config)?;
+                let tc = cfg.graph_train().with_context(|| common.config.display().to_string())?;
                 let ds = ignn::tu::load_tu(&data_dir(&cfg.data)?, &cfg.data.name)?;
                 tracing::info!(graphs = ds.graphs.len(), classes = ds.classes, features = ds.feature_dim, "TU dataset {}", cfg.data.name);
                 let r = deq_train::run_on_pool(|| train_graphs(&ds, &tc, &cfg.deq, &opts, |_, _, _| {}))?;
                 println!("{}", serde_json::json!({"task": "tu", "name": cfg.data.name, "seed": tc.seed, "result": r}));
                 return Ok(());
             }
-            let tc: NodeTrainConfig = parse_train(train, &common.config)?;
+            let tc = cfg.node_train().with_context(|| common.config.display().to_string())?;
             let task = node_task(&cfg.data, &common.config)?;
             let r = deq_train::run_on_pool(|| train_nodes(&task, &tc, &cfg.deq, &opts, |_, _| {}))?;
             println!(
@@ -185,15 +116,15 @@ fn main() -> Result<()> {
             );
         }
         Cmd::Eval { common, checkpoint } => {
-            let (cfg, train) = load_config(&common)?;
+            let cfg = load_config(&common)?;
             if cfg.data.task == "tu" {
-                let tc: GraphTrainConfig = parse_train(train, &common.config)?;
+                let tc = cfg.graph_train().with_context(|| common.config.display().to_string())?;
                 let ds = ignn::tu::load_tu(&data_dir(&cfg.data)?, &cfg.data.name)?;
                 let r = deq_train::run_on_pool(|| evaluate_fold(&ds, &tc, &cfg.deq, &checkpoint))?;
                 println!("{}", serde_json::json!({"task": "tu", "name": cfg.data.name, "result": r}));
                 return Ok(());
             }
-            let tc: NodeTrainConfig = parse_train(train, &common.config)?;
+            let tc = cfg.node_train().with_context(|| common.config.display().to_string())?;
             let task = node_task(&cfg.data, &common.config)?;
             let json = if checkpoint.is_dir() {
                 ["best", "checkpoints"].iter().map(|s| checkpoint.join(s).join("latest.json")).find(|p| p.exists()).with_context(|| format!("{}: no best/ or checkpoints/ with a latest.json", checkpoint.display()))?
