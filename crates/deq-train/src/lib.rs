@@ -12,7 +12,9 @@
 //! | [`schedule`] | cosine with warm-up, step, one-cycle |
 //! | [`clip`] | gradient clipping by global norm and by value |
 //! | [`checkpoint`] | safetensors + JSON sidecar, atomic, resumable |
-//! | [`metrics`] | JSON-lines writer, top-k accuracy |
+//! | [`loss`] | stable BCE with logits |
+//! | [`memory`] | counting allocator and peak RSS for benchmarks |
+//! | [`metrics`] | JSON-lines writer, top-k accuracy, micro-F1 |
 //! | [`progress`] | progress bars (plain lines when not a terminal) |
 //! | [`data`] | IDX, CIFAR-10, image folders, augmentations, the loader |
 //! | [`dist`] | rank / world size, the all-reduce point, rank-0 side effects |
@@ -67,6 +69,7 @@ pub mod data;
 pub mod dist;
 pub mod error;
 pub mod loss;
+pub mod memory;
 pub mod metrics;
 pub mod optim;
 pub mod progress;

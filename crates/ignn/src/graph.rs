@@ -1,7 +1,10 @@
 //! Sparse graphs as weighted edge lists, their normalisations, the Perron-Frobenius eigenvalue,
-//! and message aggregation through `index_select` + `index_add` (never a dense `n x n` matrix).
+//! and message aggregation `A^T X` by a compressed-row kernel (CPU) or `index_select` +
+//! `index_add` (never a dense `n x n` matrix).
 
+use crate::spmm::{Csr, SpMM};
 use candle_core::{DType, Device, Result, Tensor};
+use std::sync::Arc;
 
 /// A directed, weighted graph on `n` nodes: edge `k` goes from `src[k]` to `dst[k]` with
 /// weight `weight[k]` (the adjacency entry `A[src, dst]`).
@@ -161,13 +164,20 @@ impl Graph {
         (g, owner)
     }
 
-    /// The edge tensors on `device` for [`aggregate`].
+    /// The edge tensors on `device` for [`aggregate`] (on the CPU with the compressed-row
+    /// kernels of [`crate::spmm`]).
     pub fn tensors(&self, dtype: DType, device: &Device) -> Result<EdgeTensors> {
+        let spmm = device.is_cpu().then(|| {
+            let at = Csr::from_triplets(self.n, self.n, &self.dst, &self.src, &self.weight);
+            let a = Csr::from_triplets(self.n, self.n, &self.src, &self.dst, &self.weight);
+            SpMM::new(Arc::new(at), Arc::new(a))
+        });
         Ok(EdgeTensors {
             n: self.n,
             src: Tensor::from_vec(self.src.clone(), self.num_edges(), device)?,
             dst: Tensor::from_vec(self.dst.clone(), self.num_edges(), device)?,
             weight: Tensor::from_vec(self.weight.clone(), (self.num_edges(), 1), device)?.to_dtype(dtype)?,
+            spmm,
         })
     }
 }
@@ -183,14 +193,25 @@ pub struct EdgeTensors {
     pub dst: Tensor,
     /// Weights `(E, 1)`.
     pub weight: Tensor,
+    /// The CPU kernel for `A^T X` (None on other devices).
+    pub spmm: Option<SpMM>,
 }
 
 /// `A^T X` for node-major features `x` (`(n, m)`): row `j` of the result is
-/// `sum_{i -> j} A[i, j] x[i]` (in the column convention of the IGNN paper, `X A`). Memory is
-/// proportional to the number of edges times `m`. Differentiable with respect to `x`
-/// (`index_select` and `index_add` have exact backward rules).
+/// `sum_{i -> j} A[i, j] x[i]` (in the column convention of the IGNN paper, `X A`).
+/// Differentiable with respect to `x`. On the CPU (f32/f64) this is the compressed-row kernel
+/// of [`crate::spmm`] (memory: the output); elsewhere [`aggregate_indexed`].
 pub fn aggregate(x: &Tensor, a: &EdgeTensors) -> Result<Tensor> {
-    let msgs = x.index_select(&a.src, 0)?.broadcast_mul(&a.weight)?;
+    match &a.spmm {
+        Some(op) if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) => op.forward(x),
+        _ => aggregate_indexed(x, a),
+    }
+}
+
+/// `A^T X` through `index_select` + `index_add` (any device; memory proportional to the number
+/// of edges times `m`, for the `(E, m)` messages).
+pub fn aggregate_indexed(x: &Tensor, a: &EdgeTensors) -> Result<Tensor> {
+    let msgs = x.contiguous()?.index_select(&a.src, 0)?.broadcast_mul(&a.weight.to_dtype(x.dtype())?)?;
     Tensor::zeros((a.n, x.dim(1)?), x.dtype(), x.device())?.index_add(&a.dst, &msgs, 0)
 }
 

@@ -109,7 +109,7 @@ fn main() -> Result<()> {
             }
             let tc = cfg.node_train().with_context(|| common.config.display().to_string())?;
             let task = node_task(&cfg.data, &common.config)?;
-            let r = deq_train::run_on_pool(|| train_nodes(&task, &tc, &cfg.deq, &opts, |_, _| {}))?;
+            let r = deq_train::run_on_pool(|| train_nodes(&task, &tc, &cfg.deq, &opts, |_, _, _| {}))?;
             println!(
                 "{}",
                 serde_json::json!({"task": cfg.data.task, "name": cfg.data.name, "length": cfg.data.length, "model": tc.model, "seed": tc.seed, "metric": metric_name(&task.labels), "result": r})

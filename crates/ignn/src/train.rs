@@ -274,9 +274,9 @@ fn state_tensors(model: &NodeModel, opt: &Adam) -> Result<Vec<(String, Tensor)>>
 }
 
 /// Trains `cfg.model` on `task` and reports the scores of the last evaluation (or of the best
-/// validation score with `select_by_val`). `on_epoch(epoch, mean training loss)` is called
-/// after every epoch.
-pub fn train_nodes(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig, opts: &RunOptions, mut on_epoch: impl FnMut(usize, f64)) -> Result<NodeResult> {
+/// validation score with `select_by_val`). `on_epoch(epoch, mean training loss, mean forward
+/// NFE)` is called after every epoch.
+pub fn train_nodes(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig, opts: &RunOptions, mut on_epoch: impl FnMut(usize, f64, f64)) -> Result<NodeResult> {
     let start = std::time::Instant::now();
     let dev = Device::Cpu;
     let (norm, lambda_pf) = normalize(&task.graph, &cfg.adjacency)?;
@@ -323,11 +323,12 @@ pub fn train_nodes(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig, opts
                 order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
             }
         }
-        let mut loss_sum = 0.0;
+        let (mut loss_sum, mut nfe_sum) = (0.0, 0usize);
         for &pi in &order {
             let part = &parts[pi];
             let u_in = crate::model::dropout(&part.u, cfg.input_dropout, &mut rng)?;
-            let (logits, _) = model.forward(&u_in, &part.a, part.lambda, Some(&mut rng))?;
+            let (logits, stats) = model.forward(&u_in, &part.a, part.lambda, Some(&mut rng))?;
+            nfe_sum += stats.map_or(0, |s| s.nfe);
             let loss = loss_of(&task.labels, &logits.index_select(&part.rows, 0)?, &part.targets)?;
             let lv = loss.to_scalar::<f32>()? as f64;
             check_finite("training loss", lv, epoch)?;
@@ -341,7 +342,7 @@ pub fn train_nodes(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig, opts
             loss_sum += lv;
         }
         let loss = loss_sum / parts.len() as f64;
-        on_epoch(epoch, loss);
+        on_epoch(epoch, loss, nfe_sum as f64 / parts.len() as f64);
         bar.inc(1, &format!("loss {loss:.4}"));
         if (epoch + 1) % cfg.eval_every.max(1) != 0 && epoch + 1 != cfg.epochs {
             continue;

@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use deq_core::rng::DeqRng;
 use deq_core::DeqConfig;
 use ignn::projection::inf_norm;
-use ignn::{aggregate, Graph, ImplicitGraph};
+use ignn::{aggregate, aggregate_indexed, Graph, ImplicitGraph};
 
 fn random_graph(n: usize, e: usize, seed: u64) -> Graph {
     let mut rng = DeqRng::new(seed);
@@ -28,13 +28,53 @@ fn sparse_aggregation_equals_the_dense_product() {
     let g = random_graph(30, 120, 1);
     let a = g.tensors(DType::F64, &Device::Cpu).unwrap();
     let x = DeqRng::new(2).randn((30, 5), DType::F64, &Device::Cpu).unwrap();
-    let got = aggregate(&x, &a).unwrap().to_vec2::<f64>().unwrap();
     let ad = dense(&g);
     let xv = x.to_vec2::<f64>().unwrap();
-    for j in 0..30 {
-        for c in 0..5 {
-            let want: f64 = (0..30).map(|i| ad[i * 30 + j] * xv[i][c]).sum();
-            assert!((got[j][c] - want).abs() < 1e-9, "({j},{c}): {} vs {want}", got[j][c]);
+    for (path, got) in [("csr", aggregate(&x, &a).unwrap()), ("indexed", aggregate_indexed(&x, &a).unwrap())] {
+        let got = got.to_vec2::<f64>().unwrap();
+        for j in 0..30 {
+            for c in 0..5 {
+                let want: f64 = (0..30).map(|i| ad[i * 30 + j] * xv[i][c]).sum();
+                assert!((got[j][c] - want).abs() < 1e-9, "{path} ({j},{c}): {} vs {want}", got[j][c]);
+            }
+        }
+    }
+    // A strided (transposed) input goes through the kernel too.
+    let xt = DeqRng::new(3).randn((5, 30), DType::F64, &Device::Cpu).unwrap().t().unwrap();
+    let d = (aggregate(&xt, &a).unwrap() - aggregate_indexed(&xt, &a).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+    assert!(d < 1e-12, "{d}");
+}
+
+#[test]
+fn sparse_kernel_gradients_match_finite_differences_and_second_order() {
+    // d/dx sum(c * A^T x) = A c, by the kernel's backward (the transposed kernel), against
+    // finite differences; and the backward of the backward (second order) against A^T.
+    let g = random_graph(20, 70, 21);
+    let a = g.tensors(DType::F64, &Device::Cpu).unwrap();
+    let mut rng = DeqRng::new(22);
+    let x = Var::from_tensor(&rng.randn((20, 3), DType::F64, &Device::Cpu).unwrap()).unwrap();
+    let c = rng.randn((20, 3), DType::F64, &Device::Cpu).unwrap();
+    let loss = |x: &Tensor| (aggregate(x, &a).unwrap() * &c).unwrap().sum_all().unwrap();
+    let grad = loss(x.as_tensor()).backward().unwrap().get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let base = x.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    for k in [0, 17, 31, 59] {
+        let at = |s: f64| {
+            let mut p = base.clone();
+            p[k] += s;
+            loss(&Tensor::from_vec(p, (20, 3), &Device::Cpu).unwrap()).to_scalar::<f64>().unwrap()
+        };
+        let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
+        assert!((grad[k] - fd).abs() < 1e-8, "x[{k}]: {} vs {fd}", grad[k]);
+    }
+    // Second order: v -> backward of <A^T x, c> w.r.t. x gives A c; differentiate <A v, d> in v.
+    let v = Var::from_tensor(&rng.randn((20, 3), DType::F64, &Device::Cpu).unwrap()).unwrap();
+    let d = rng.randn((20, 3), DType::F64, &Device::Cpu).unwrap();
+    let op = a.spmm.clone().unwrap().transposed();
+    let gv = (op.forward(v.as_tensor()).unwrap() * &d).unwrap().sum_all().unwrap().backward().unwrap().get(v.as_tensor()).unwrap().to_vec2::<f64>().unwrap();
+    let want = aggregate_indexed(&d, &a).unwrap().to_vec2::<f64>().unwrap();
+    for i in 0..20 {
+        for j in 0..3 {
+            assert!((gv[i][j] - want[i][j]).abs() < 1e-12);
         }
     }
 }

@@ -16,7 +16,7 @@ fn cora_loads_with_the_public_split() {
     assert_eq!((t.split.0.len(), t.split.1.len(), t.split.2.len()), (140, 500, 1000));
     let mut per_class = [0usize; 7];
     for &i in &t.split.0 {
-        per_class[t.labels[i as usize] as usize] += 1;
+        per_class[t.labels.single().unwrap()[i as usize] as usize] += 1;
     }
     assert_eq!(per_class, [20; 7]);
     // Row-normalised features.

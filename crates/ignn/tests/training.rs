@@ -27,11 +27,11 @@ fn resumed_chains_run_is_bit_identical_and_eval_reproduces_it() {
     let task: ignn::train::NodeTask = ignn::chains::generate(2, 10, 8, 20, 0.1, 0.1, 1).into();
     let (full_dir, part_dir) = (tmp("full"), tmp("part"));
     let mut losses = Vec::new();
-    let full = train_nodes(&task, &chains_cfg(20), &deq(), &RunOptions { out_dir: Some(full_dir.clone()), resume: false }, |_, l| losses.push(l)).unwrap();
+    let full = train_nodes(&task, &chains_cfg(20), &deq(), &RunOptions { out_dir: Some(full_dir.clone()), resume: false }, |_, l, _| losses.push(l)).unwrap();
     assert!(losses[19] < losses[0], "loss falls: {losses:?}");
-    train_nodes(&task, &chains_cfg(10), &deq(), &RunOptions { out_dir: Some(part_dir.clone()), resume: false }, |_, _| {}).unwrap();
+    train_nodes(&task, &chains_cfg(10), &deq(), &RunOptions { out_dir: Some(part_dir.clone()), resume: false }, |_, _, _| {}).unwrap();
     let mut resumed_losses = Vec::new();
-    let resumed = train_nodes(&task, &chains_cfg(20), &deq(), &RunOptions { out_dir: Some(part_dir.clone()), resume: true }, |e, l| resumed_losses.push((e, l))).unwrap();
+    let resumed = train_nodes(&task, &chains_cfg(20), &deq(), &RunOptions { out_dir: Some(part_dir.clone()), resume: true }, |e, l, _| resumed_losses.push((e, l))).unwrap();
     assert_eq!(resumed_losses.first().map(|x| x.0), Some(10), "resumes after epoch 10");
     assert_eq!(resumed_losses.iter().map(|x| x.1).collect::<Vec<_>>(), losses[10..].to_vec(), "same losses after resuming");
     assert_eq!((full.train, full.val, full.test, full.epoch), (resumed.train, resumed.val, resumed.test, resumed.epoch));
@@ -62,12 +62,12 @@ fn stacked_ppi_model_learns_multilabel_targets_inductively() {
     let deq = DeqConfig { norm_type: deq_core::NormType::SpectralNorm, norm_clip: true, grad: vec![5], tau: 0.5, ift: false, f_solver: "fixed_point_iter".into(), ..Default::default() };
     let cfg = NodeTrainConfig { model: "ignn_stack".into(), hidden: 4, kappa: 0.98, adjacency: "raw".into(), skip_input: true, lr: 0.005, weight_decay: 0.0, clip_per_param: 0.0, epochs: 30, eval_every: 10, inductive: true, batches: 2, dropout: 0.0, ..Default::default() };
     let mut losses = Vec::new();
-    let r = train_nodes(&task, &cfg, &deq, &RunOptions::default(), |_, l| losses.push(l)).unwrap();
+    let r = train_nodes(&task, &cfg, &deq, &RunOptions::default(), |_, l, _| losses.push(l)).unwrap();
     assert!(losses[29] < 0.8 * losses[0], "BCE falls: {:.4} -> {:.4}", losses[0], losses[29]);
     assert!(r.train > 0.5 && r.nfe > 0, "{r:?}");
     // batches without inductive is a configuration error naming the key.
     let bad = NodeTrainConfig { inductive: false, ..cfg };
-    let e = train_nodes(&task, &bad, &deq, &RunOptions::default(), |_, _| {}).unwrap_err().to_string();
+    let e = train_nodes(&task, &bad, &deq, &RunOptions::default(), |_, _, _| {}).unwrap_err().to_string();
     assert!(e.contains("train.batches") && e.contains("train.inductive"), "{e}");
 }
 
