@@ -182,9 +182,8 @@ impl DeqConfig {
     pub fn validate(&self) -> Result<()> {
         get_solver(&self.f_solver).map_err(|e| bad("f_solver", e.to_string()))?;
         get_solver(&self.b_solver).map_err(|e| bad("b_solver", e.to_string()))?;
-        if self.f_max_iter == 0 {
-            return Err(bad("f_max_iter", "must be at least 1"));
-        }
+        // f_max_iter = 0 is allowed: the solver is skipped and the state is z0 (warm-started,
+        // amortised steps, as TorchDEQ's `solver_kwargs={'f_max_iter': 0}`).
         for (k, v) in [("f_tol", self.f_tol), ("b_tol", self.b_tol)] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(bad(k, format!("must be a finite non-negative number, got {v}")));

@@ -158,6 +158,37 @@ fn phantom_gradient_equals_backprop_through_damped_steps() {
 }
 
 #[test]
+fn zero_solver_iterations_warm_start_takes_only_the_gradient_steps() {
+    // f_max_iter = 0 (an amortised step from a cached state): the state is z0 followed by the
+    // phantom steps, and f is evaluated exactly `grad` times; gradients equal backprop through
+    // those steps from the detached z0.
+    let s = setup(2, 4, 7);
+    let deq = Deq::new(DeqConfig { f_solver: "fixed_point_iter".into(), f_max_iter: 0, grad: vec![3], tau: 1.0, ..Default::default() }).unwrap();
+    let z0 = s.c.affine(0.1, 0.0).unwrap();
+    let calls = std::cell::Cell::new(0usize);
+    let out = deq
+        .forward1(
+            |z, x| {
+                calls.set(calls.get() + 1);
+                f(z, x, s.w.as_tensor(), s.u.as_tensor())
+            },
+            std::slice::from_ref(&s.x),
+            &z0,
+        )
+        .unwrap();
+    assert_eq!(calls.get(), 3, "f evaluations of an amortised step");
+    let g = loss_of(out.z(), &s.c).backward().unwrap();
+    let mut z = z0.clone();
+    for _ in 0..3 {
+        z = f(&z, std::slice::from_ref(&s.x), s.w.as_tensor(), s.u.as_tensor()).unwrap();
+    }
+    let g2 = loss_of(&z, &s.c).backward().unwrap();
+    assert!(rel_err(&grad_vec(&g, &s.w), &grad_vec(&g2, &s.w)) < 1e-12);
+    let d = (out.z() - &z).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+    assert!(d < 1e-14, "{d}");
+}
+
+#[test]
 fn jacobian_regulariser_gradient_matches_finite_differences() {
     let s = setup(2, 4, 4);
     let z = s.c.affine(0.3, 0.0).unwrap();

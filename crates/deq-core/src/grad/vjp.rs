@@ -233,6 +233,21 @@ fn sum_blocks_2d(g: &Tensor, h: usize, w: usize) -> candle_core::Result<Tensor> 
     g.contiguous()?.reshape((n, c, h, th / h, w, tw / w))?.sum(5)?.sum(3)
 }
 
+/// `x.sum_keepdim(d)` for a contiguous `x`; a reduction over a leading block of many rows (a
+/// bias gradient over a large batch) is a product with a ones row, which runs on the GEMM
+/// kernels instead of candle's single-threaded strided fold.
+fn sum_keepdim_dim(x: &Tensor, d: usize) -> candle_core::Result<Tensor> {
+    let dims = x.dims();
+    let (pre, n, post): (usize, usize, usize) = (dims[..d].iter().product(), dims[d], dims[d + 1..].iter().product());
+    if pre == 1 && post > 1 && n >= 1024 && x.device().is_cpu() && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64) {
+        let ones = Tensor::ones((1, n), x.dtype(), x.device())?;
+        let mut shape = dims.to_vec();
+        shape[d] = 1;
+        return ones.matmul(&x.reshape((n, post))?)?.reshape(shape);
+    }
+    x.sum_keepdim(d)
+}
+
 fn backprop(node: &Tensor, op: &Op, g: &Tensor, grads: &mut Grads<'_>) -> candle_core::Result<()> {
     let d = |t: &Tensor| t.detach();
     match op {
@@ -351,7 +366,7 @@ fn backprop(node: &Tensor, op: &Op, g: &Tensor, grads: &mut Grads<'_>) -> candle
                 // the largest cost of backpropagating through group and batch norm).
                 let mut s = g.clone();
                 for &d in sum_dims.iter().rev() {
-                    s = s.contiguous()?.sum_keepdim(d)?;
+                    s = sum_keepdim_dim(&s.contiguous()?, d)?;
                 }
                 for _ in 0..left {
                     s = s.squeeze(0)?;

@@ -1,0 +1,111 @@
+//! Run configuration: `[data]`, `[model]` (the DEQ-INR), `[siren]` (the baseline), `[fit]` and
+//! `[deq]` (deq-core's options: solver, `f_max_iter`, `grad`, norm). Unknown keys are errors
+//! naming the key.
+
+use crate::error::{InrError, Result};
+use crate::fit::FitConfig;
+use crate::model::InrModelConfig;
+use deq_core::DeqConfig;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// `[data]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// `image`, `audio` or `video`.
+    pub kind: String,
+    /// File (image, audio) or folder of frames (video). Relative paths are tried as given,
+    /// then under `$DEQ_DATA_DIR/inr/`, then under the repository's `datasets/inr/`.
+    pub path: String,
+    /// Images: resize to `size x size` first (0: keep).
+    pub size: usize,
+    /// Images: `representation` (all pixels train and test) or `generalization` (train on the
+    /// even grid, test on the odd grid).
+    pub task: String,
+    /// Video: use at most this many frames (0: all).
+    pub max_frames: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self { kind: "image".into(), path: "images/camera.png".into(), size: 256, task: "representation".into(), max_frames: 0 }
+    }
+}
+
+/// `[siren]`: the explicit baseline, sized to the DEQ's parameter count.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SirenConfig {
+    /// Sine layers.
+    pub layers: usize,
+    /// Frequency of the first layer.
+    pub omega_first: f64,
+    /// Frequency of the later layers.
+    pub omega: f64,
+}
+
+impl Default for SirenConfig {
+    fn default() -> Self {
+        Self { layers: 3, omega_first: 30.0, omega: 30.0 }
+    }
+}
+
+/// A whole configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// `[data]`.
+    #[serde(default)]
+    pub data: DataConfig,
+    /// `[model]`.
+    #[serde(default)]
+    pub model: InrModelConfig,
+    /// `[siren]`.
+    #[serde(default)]
+    pub siren: SirenConfig,
+    /// `[fit]`.
+    #[serde(default)]
+    pub fit: FitConfig,
+    /// `[deq]`.
+    #[serde(default = "default_deq")]
+    pub deq: DeqConfig,
+}
+
+fn default_deq() -> DeqConfig {
+    crate::model::zoo_deq(100)
+}
+
+impl RunConfig {
+    /// Reads `path`; errors name the file and the offending key.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| InrError::io(path, e))?;
+        toml::from_str(&text).map_err(|e| InrError::format(path, e.to_string()))
+    }
+
+    /// The configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// The data file or folder (see [`DataConfig::path`]).
+    pub fn data_path(&self) -> Result<PathBuf> {
+        resolve(&self.data.path)
+    }
+}
+
+/// Resolves a data path: as given, then `$DEQ_DATA_DIR/inr/<p>`, then `datasets/inr/<p>`.
+pub fn resolve(p: &str) -> Result<PathBuf> {
+    let given = PathBuf::from(p);
+    let mut tried = vec![given.clone()];
+    if given.is_relative() {
+        if let Some(root) = std::env::var_os("DEQ_DATA_DIR") {
+            tried.push(PathBuf::from(root).join("inr").join(p));
+        }
+        tried.push(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../datasets/inr")).join(p));
+    }
+    tried.iter().find(|c| c.exists()).cloned().ok_or_else(|| InrError::Config {
+        key: "data.path".into(),
+        message: format!("`{p}` not found (tried {})", tried.iter().map(|t| t.display().to_string()).collect::<Vec<_>>().join(", ")),
+    })
+}

@@ -1,0 +1,207 @@
+//! The fitting loop shared by the DEQ-INR and the SIREN baseline: Adam on the MSE, full batch
+//! with the amortised fixed-point cache (images, audio) or random minibatches of coordinates
+//! solved from zeros (video), a training-time budget, periodic evaluation (PSNR), metrics as
+//! JSON lines, and checkpoints (model, Adam state, cache, RNG) that resume bit-identically.
+
+use crate::error::{InrError, Result};
+use crate::net::InrNet;
+use crate::task::Samples;
+use candle_core::{Device, Tensor};
+use deq_core::rng::DeqRng;
+use deq_train::{Adam, Checkpointer, MetricsWriter, Optimizer, Progress};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Optimisation settings (`[fit]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FitConfig {
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Adam learning rate (constant, as the zoo).
+    pub lr: f64,
+    /// Stop when the training time (evaluation excluded) reaches this many seconds (0: none).
+    pub max_seconds: f64,
+    /// Evaluate (PSNR on train and test, metrics, checkpoint) every this many steps and at the end.
+    pub eval_every: usize,
+    /// Coordinates per step (0: all, with the amortised cache).
+    pub batch_size: usize,
+    /// Clip gradients by value (0: off; the zoo's video uses 0.1).
+    pub clip_value: f64,
+    /// Seed of initialisation and minibatches.
+    pub seed: u64,
+    /// Points per chunk at evaluation.
+    pub eval_chunk: usize,
+}
+
+impl Default for FitConfig {
+    fn default() -> Self {
+        Self { steps: 5000, lr: 1e-3, max_seconds: 0.0, eval_every: 500, batch_size: 0, clip_value: 0.0, seed: 0, eval_chunk: 65_536 }
+    }
+}
+
+/// One evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EvalPoint {
+    /// Steps done.
+    pub step: usize,
+    /// Training seconds so far (evaluation excluded).
+    pub train_seconds: f64,
+    /// PSNR on the training samples (dB).
+    pub train_psnr: f64,
+    /// PSNR on the test samples (dB).
+    pub test_psnr: f64,
+    /// Mean solver steps of the evaluation (DEQ).
+    pub eval_solver_steps: f64,
+    /// Mean training loss since the previous evaluation.
+    pub train_loss: f64,
+}
+
+/// Result of a fit.
+#[derive(Debug, Clone, Serialize)]
+pub struct FitResult {
+    /// `deq` or `siren`.
+    pub model: String,
+    /// Trainable parameters.
+    pub params: usize,
+    /// Evaluations, in order; the last is the final model.
+    pub curve: Vec<EvalPoint>,
+    /// Evaluations of `f` per training step (DEQ; 0 for SIREN), averaged after the first step.
+    pub f_evals_per_step: f64,
+    /// Final test predictions (model space, `(N, C)` row-major).
+    #[serde(skip)]
+    pub test_pred: Vec<f32>,
+}
+
+impl FitResult {
+    /// The final evaluation.
+    pub fn last(&self) -> EvalPoint {
+        *self.curve.last().expect("a fit evaluates at least once")
+    }
+}
+
+/// Where a fit writes (none: nothing).
+#[derive(Debug, Clone, Default)]
+pub struct FitOptions {
+    /// Output folder: `metrics.jsonl`, `checkpoints/`.
+    pub out_dir: Option<PathBuf>,
+    /// Continue from the latest checkpoint in `out_dir`.
+    pub resume: bool,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+fn mse(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
+    Ok((pred - target)?.sqr()?.mean_all()?)
+}
+
+/// Evaluates `net` on `train` and `test`; returns the point and the test predictions.
+pub fn evaluate(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, dev: &Device) -> Result<(f64, f64, f64, Vec<f32>)> {
+    let (tr, _) = net.predict(&train.coords_tensor(dev)?, cfg.eval_chunk)?;
+    let (te, steps) = net.predict(&test.coords_tensor(dev)?, cfg.eval_chunk)?;
+    Ok((train.psnr(&tr), test.psnr(&te), steps, te))
+}
+
+/// Fits `net` to `train`, evaluating on `test`.
+pub fn fit(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, opts: &FitOptions) -> Result<FitResult> {
+    let dev = Device::Cpu;
+    let x = train.coords_tensor(&dev)?;
+    let y = train.targets_tensor(&dev)?;
+    let n = train.len();
+    let full = cfg.batch_size == 0 || cfg.batch_size >= n;
+    let mut opt = Adam::new(net.named_vars(), cfg.lr, (0.9, 0.999), 1e-8, 0.0, false)?;
+    let mut rng = DeqRng::new(cfg.seed ^ 0x5EED_F17);
+    let mut cache: Option<Tensor> = None;
+    let (mut step0, mut train_seconds) = (0usize, 0.0f64);
+    let mut curve: Vec<EvalPoint> = Vec::new();
+    let files = match &opts.out_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).map_err(|e| InrError::io(d, e))?;
+            Some((Checkpointer::new(d.join("checkpoints"), 2)?, MetricsWriter::open(d.join("metrics.jsonl"))?))
+        }
+        None => None,
+    };
+    let mut files = files;
+    if opts.resume {
+        let (ck, _) = files.as_ref().ok_or_else(|| InrError::Config { key: "--resume".into(), message: "needs an output folder".into() })?;
+        if let Some(c) = ck.load_latest(&dev)? {
+            deq_train::load_vars(&net.named_vars(), &c, "model.")?;
+            let optim: std::collections::HashMap<String, Tensor> = c.tensors.iter().filter_map(|(k, v)| k.strip_prefix("optim.").map(|s| (s.to_string(), v.clone()))).collect();
+            opt.load_state(&optim)?;
+            cache = c.tensors.get("cache").cloned();
+            step0 = c.step;
+            train_seconds = c.meta["train_seconds"].as_f64().unwrap_or(0.0);
+            rng = DeqRng::from_state(c.meta["rng_state"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0));
+            curve = serde_json::from_value(c.meta["curve"].clone()).unwrap_or_default();
+            tracing::info!(step = step0, "resumed from {}", c.path.display());
+        }
+    }
+    let vars: Vec<_> = net.named_vars().into_iter().map(|(_, v)| v).collect();
+    let mut bar = Progress::new(format!("fit {}", net.kind()), cfg.steps.saturating_sub(step0), opts.progress);
+    let (mut loss_sum, mut loss_n) = (0.0, 0usize);
+    let (mut evals_after_first, mut steps_after_first) = (0usize, 0usize);
+    let mut step = step0;
+    let mut last_pred = Vec::new();
+    while step < cfg.steps && !(cfg.max_seconds > 0.0 && train_seconds >= cfg.max_seconds) {
+        let t0 = Instant::now();
+        let evals_before = net.f_evals();
+        let (xb, yb) = if full {
+            (x.clone(), y.clone())
+        } else {
+            let mut idx: Vec<u32> = (0..cfg.batch_size).map(|_| (rng.next_u64() % n as u64) as u32).collect();
+            idx.sort_unstable();
+            let it = Tensor::from_vec(idx, cfg.batch_size, &dev)?;
+            (x.index_select(&it, 0)?, y.index_select(&it, 0)?)
+        };
+        let fw = net.train_forward(&xb, if full { Some(&mut cache) } else { None })?;
+        let loss = mse(&fw.pred, &yb)?;
+        let lv = loss.to_scalar::<f32>()? as f64;
+        deq_train::check_finite("training loss", lv, step)?;
+        let mut grads = deq_core::grad::backward(&loss)?;
+        if cfg.clip_value > 0.0 {
+            deq_train::clip_grad_value(&mut grads, &vars, cfg.clip_value)?;
+        }
+        opt.step(&grads)?;
+        if step > step0 {
+            evals_after_first += net.f_evals() - evals_before;
+            steps_after_first += 1;
+        }
+        train_seconds += t0.elapsed().as_secs_f64();
+        step += 1;
+        loss_sum += lv;
+        loss_n += 1;
+        bar.inc(1, &format!("loss {lv:.3e} {:.0}s", train_seconds));
+        let out_of_time = cfg.max_seconds > 0.0 && train_seconds >= cfg.max_seconds;
+        if step % cfg.eval_every.max(1) == 0 || step == cfg.steps || out_of_time {
+            let (train_psnr, test_psnr, eval_steps, pred) = evaluate(net, train, test, cfg, &dev)?;
+            let p = EvalPoint { step, train_seconds, train_psnr, test_psnr, eval_solver_steps: eval_steps, train_loss: loss_sum / loss_n.max(1) as f64 };
+            (loss_sum, loss_n) = (0.0, 0);
+            tracing::info!(step, train_seconds, train_psnr, test_psnr, eval_steps, "{}", net.kind());
+            curve.push(p);
+            last_pred = pred;
+            if let Some((ck, metrics)) = files.as_mut() {
+                metrics.write(&serde_json::to_value(p).unwrap_or_default())?;
+                let mut tensors: Vec<(String, Tensor)> = net.named_vars().into_iter().map(|(k, v)| (format!("model.{k}"), v.as_tensor().clone())).collect();
+                tensors.extend(opt.state()?.into_iter().map(|(k, v)| (format!("optim.{k}"), v)));
+                if let Some(c) = &cache {
+                    tensors.push(("cache".into(), c.clone()));
+                }
+                let meta = serde_json::json!({"train_seconds": train_seconds, "rng_state": rng.state().to_string(), "curve": curve, "model": net.kind()});
+                ck.save(step, &tensors, meta)?;
+            }
+        }
+    }
+    if curve.last().map_or(true, |p| p.step != step) {
+        let (train_psnr, test_psnr, eval_steps, pred) = evaluate(net, train, test, cfg, &dev)?;
+        curve.push(EvalPoint { step, train_seconds, train_psnr, test_psnr, eval_solver_steps: eval_steps, train_loss: loss_sum / loss_n.max(1) as f64 });
+        last_pred = pred;
+    }
+    Ok(FitResult {
+        model: net.kind().into(),
+        params: net.num_params(),
+        curve,
+        f_evals_per_step: evals_after_first as f64 / steps_after_first.max(1) as f64,
+        test_pred: last_pred,
+    })
+}

@@ -1,0 +1,104 @@
+//! A fitted representation: the DEQ-INR or the explicit SIREN baseline, behind one interface
+//! for the trainer (amortised training forward, chunked prediction, parameters).
+
+use crate::error::Result;
+use crate::model::{DeqInr, SolveMode};
+use crate::siren::Siren;
+use candle_core::{Tensor, Var};
+use deq_core::SolverStats;
+
+/// The network being fitted.
+#[derive(Debug)]
+pub enum InrNet {
+    /// (Implicit)^2.
+    Deq(DeqInr),
+    /// Explicit SIREN.
+    Siren(Siren),
+}
+
+/// One training forward: predictions and, for the DEQ, the solver statistics.
+#[derive(Debug)]
+pub struct TrainForward {
+    /// Predictions `(N, C)` with their graph.
+    pub pred: Tensor,
+    /// Solver statistics (DEQ only).
+    pub stats: Option<SolverStats>,
+}
+
+impl InrNet {
+    /// `deq` or `siren`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            InrNet::Deq(_) => "deq",
+            InrNet::Siren(_) => "siren",
+        }
+    }
+
+    /// Training forward on coordinates `x`. For the DEQ, `cache` is the amortised state: when
+    /// `Some(Some(z))` the step starts from `z` without solver iterations; `Some(None)` solves
+    /// from zeros and fills it; `None` (minibatches) solves from zeros without a cache.
+    pub fn train_forward(&self, x: &Tensor, cache: Option<&mut Option<Tensor>>) -> Result<TrainForward> {
+        match self {
+            InrNet::Siren(s) => Ok(TrainForward { pred: s.forward(x)?, stats: None }),
+            InrNet::Deq(m) => match cache {
+                Some(c) => {
+                    let mode = if c.is_some() { SolveMode::Amortised } else { SolveMode::Full };
+                    let (pred, z, stats) = m.forward(x, c.as_ref(), mode)?;
+                    *c = Some(z);
+                    Ok(TrainForward { pred, stats: Some(stats) })
+                }
+                None => {
+                    let (pred, _, stats) = m.forward(x, None, SolveMode::Full)?;
+                    Ok(TrainForward { pred, stats: Some(stats) })
+                }
+            },
+        }
+    }
+
+    /// Predictions for `x` (`(N, k)`), `chunk` points at a time (the DEQ solves each chunk
+    /// from zeros), row-major `(N, C)`; also the mean solver steps of the DEQ.
+    pub fn predict(&self, x: &Tensor, chunk: usize) -> Result<(Vec<f32>, f64)> {
+        let n = x.dim(0)?;
+        let chunk = if chunk == 0 { n.max(1) } else { chunk };
+        let mut out = Vec::new();
+        let (mut steps, mut parts) = (0.0, 0usize);
+        let mut start = 0;
+        while start < n {
+            let len = chunk.min(n - start);
+            let xs = x.narrow(0, start, len)?;
+            let y = match self {
+                InrNet::Siren(s) => s.forward(&xs)?.detach(),
+                InrNet::Deq(m) => {
+                    let (y, _, st) = m.forward(&xs, None, SolveMode::Eval)?;
+                    steps += st.nstep.iter().copied().max().unwrap_or(0) as f64;
+                    parts += 1;
+                    y
+                }
+            };
+            out.extend(y.flatten_all()?.to_vec1::<f32>()?);
+            start += len;
+        }
+        Ok((out, if parts > 0 { steps / parts as f64 } else { 0.0 }))
+    }
+
+    /// Trainable variables with names.
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        match self {
+            InrNet::Deq(m) => m.named_vars(),
+            InrNet::Siren(s) => s.named_vars(),
+        }
+    }
+
+    /// Number of trainable parameters.
+    pub fn num_params(&self) -> usize {
+        self.named_vars().iter().map(|(_, v)| v.as_tensor().elem_count()).sum()
+    }
+
+    /// Evaluations of `f` so far (DEQ; 0 for SIREN).
+    pub fn f_evals(&self) -> usize {
+        match self {
+            InrNet::Deq(m) => m.f_evals(),
+            InrNet::Siren(_) => 0,
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! One complete fit as the binary runs it: load the signal, build the network, fit, write the
+//! reconstruction, the error map, the f16 model and a summary.
+
+use crate::compress;
+use crate::config::RunConfig;
+use crate::error::{InrError, Result};
+use crate::fit::{fit, FitOptions, FitResult};
+use crate::image_io::Image;
+use crate::model::DeqInr;
+use crate::net::InrNet;
+use crate::siren::Siren;
+use crate::task::{self, Layout, Samples};
+use crate::wav::Audio;
+use candle_core::{DType, Device};
+use deq_core::rng::DeqRng;
+use serde::Serialize;
+use std::path::Path;
+
+/// Loads the training and test samples of `cfg.data`.
+pub fn load_task(cfg: &RunConfig) -> Result<(Samples, Samples)> {
+    let path = cfg.data_path()?;
+    match cfg.data.kind.as_str() {
+        "image" => {
+            let img = Image::read(&path)?;
+            match cfg.data.task.as_str() {
+                "representation" => Ok(task::image_representation(&img, cfg.data.size)),
+                "generalization" => {
+                    let img = if cfg.data.size > 0 { img.resized(cfg.data.size, cfg.data.size) } else { img };
+                    Ok(task::image_generalization(&img))
+                }
+                other => Err(InrError::Config { key: "data.task".into(), message: format!("`{other}` is not representation or generalization") }),
+            }
+        }
+        "audio" => task::audio_task(&Audio::read(&path)?, &path),
+        "video" => task::video_task(&path, cfg.data.max_frames),
+        other => Err(InrError::Config { key: "data.kind".into(), message: format!("`{other}` is not image, audio or video") }),
+    }
+}
+
+/// Builds the DEQ-INR of `cfg` for `layout`.
+pub fn build_deq(cfg: &RunConfig, layout: &Layout) -> Result<DeqInr> {
+    let mut rng = DeqRng::new(cfg.fit.seed);
+    DeqInr::new(cfg.model.clone(), layout.coord_dim(), layout.channels(), cfg.deq.clone(), &mut rng, DType::F32, &Device::Cpu)
+}
+
+/// Builds the network `kind` (`deq` or `siren`, the latter with the DEQ's parameter count).
+pub fn build_net(cfg: &RunConfig, layout: &Layout, kind: &str) -> Result<InrNet> {
+    let deq = build_deq(cfg, layout)?;
+    match kind {
+        "deq" => Ok(InrNet::Deq(deq)),
+        "siren" => {
+            let mut rng = DeqRng::new(cfg.fit.seed ^ 0x51_4E);
+            let mut s = Siren::matching(deq.num_params(), layout.coord_dim(), cfg.siren.layers, layout.channels(), &mut rng, DType::F32, &Device::Cpu)?;
+            if cfg.siren.omega_first != 30.0 || cfg.siren.omega != 30.0 {
+                let mut rng = DeqRng::new(cfg.fit.seed ^ 0x51_4E);
+                s = Siren::new(layout.coord_dim(), s.width(), cfg.siren.layers, layout.channels(), cfg.siren.omega_first, cfg.siren.omega, &mut rng, DType::F32, &Device::Cpu)?;
+            }
+            Ok(InrNet::Siren(s))
+        }
+        other => Err(InrError::Config { key: "--model".into(), message: format!("`{other}` is not deq or siren") }),
+    }
+}
+
+/// What a run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// `deq` or `siren`.
+    pub model: String,
+    /// Trainable parameters.
+    pub params: usize,
+    /// Steps done.
+    pub steps: usize,
+    /// Training seconds (evaluation excluded).
+    pub train_seconds: f64,
+    /// Final PSNR on the training samples.
+    pub train_psnr: f64,
+    /// Final PSNR on the test samples.
+    pub test_psnr: f64,
+    /// Evaluations of `f` per training step after the first (DEQ).
+    pub f_evals_per_step: f64,
+    /// Size of the f16 model file.
+    pub f16_bytes: u64,
+    /// Bits per sample (pixel, audio sample, video pixel) of the f16 model file.
+    pub bits_per_sample: f64,
+    /// Test PSNR with the parameters rounded to f16.
+    pub test_psnr_f16: f64,
+    /// Per-frame test PSNR (video).
+    pub frame_psnr: Vec<f64>,
+}
+
+/// Writes the reconstruction of `test` (PNG + error map, WAV, or frames) into `dir`.
+pub fn write_outputs(dir: &Path, test: &Samples, pred: &[f32]) -> Result<()> {
+    match &test.layout {
+        Layout::Image { .. } => {
+            let img = task::to_image(pred, &test.layout).expect("image layout");
+            img.write_png(&dir.join("reconstruction.png"))?;
+            let target = task::to_image(&test.targets, &test.layout).expect("image layout");
+            img.error_map(&target, 10.0).write_png(&dir.join("error.png"))?;
+        }
+        Layout::Audio { .. } => {
+            task::to_audio(pred, &test.layout).expect("audio layout").write(&dir.join("reconstruction.wav"), true)?;
+            let err: Vec<f32> = pred.iter().zip(&test.targets).map(|(a, b)| a - b).collect();
+            task::to_audio(&err, &test.layout).expect("audio layout").write(&dir.join("error.wav"), true)?;
+        }
+        Layout::Video { frames, .. } => {
+            let fd = dir.join("frames");
+            std::fs::create_dir_all(&fd).map_err(|e| InrError::io(&fd, e))?;
+            for f in 0..*frames {
+                task::video_frame(pred, &test.layout, f).expect("video layout").write_png(&fd.join(format!("{f:04}.png")))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fits `kind` and writes everything under `dir`.
+pub fn run_one(cfg: &RunConfig, kind: &str, train: &Samples, test: &Samples, dir: &Path, resume: bool) -> Result<(Summary, FitResult)> {
+    std::fs::create_dir_all(dir).map_err(|e| InrError::io(dir, e))?;
+    let cfg_path = dir.join("config.toml");
+    std::fs::write(&cfg_path, format!("# model = \"{kind}\"\n{}", cfg.to_toml())).map_err(|e| InrError::io(&cfg_path, e))?;
+    let net = build_net(cfg, &train.layout, kind)?;
+    tracing::info!(model = kind, params = net.num_params(), samples = train.len(), "fitting");
+    let r = fit(&net, train, test, &cfg.fit, &FitOptions { out_dir: Some(dir.to_path_buf()), resume, progress: true })?;
+    write_outputs(dir, test, &r.test_pred)?;
+    let bytes = compress::save_f16(&net, &dir.join("model_f16.safetensors"))?;
+    let saved = compress::quantize_f16(&net)?;
+    let (pred16, _) = net.predict(&test.coords_tensor(&Device::Cpu)?, cfg.fit.eval_chunk)?;
+    compress::restore(&net, &saved)?;
+    let last = r.last();
+    let s = Summary {
+        model: kind.into(),
+        params: r.params,
+        steps: last.step,
+        train_seconds: last.train_seconds,
+        train_psnr: last.train_psnr,
+        test_psnr: last.test_psnr,
+        f_evals_per_step: r.f_evals_per_step,
+        f16_bytes: bytes,
+        bits_per_sample: compress::bits_per_sample(bytes, test.len()),
+        test_psnr_f16: test.psnr(&pred16),
+        frame_psnr: test.frame_psnr(&r.test_pred),
+    };
+    let sp = dir.join("summary.json");
+    std::fs::write(&sp, serde_json::to_string_pretty(&s).unwrap_or_default()).map_err(|e| InrError::io(&sp, e))?;
+    Ok((s, r))
+}
