@@ -115,12 +115,18 @@ impl DeqInr {
         Ok(u)
     }
 
-    /// Outputs `(N, channels)` for coordinates `x` (`(N, k)`) from the state `z0` (zeros when
-    /// `None`), the last state (detached: the next step's cache) and the solver statistics.
-    pub fn forward(&self, x: &Tensor, z0: Option<&Tensor>, mode: SolveMode) -> Result<(Tensor, Tensor, SolverStats)> {
+    /// Recomputes the weight-normalised `A_i` from their parameters (done by `forward`).
+    pub fn reset_norms(&self) -> Result<()> {
         for m in &self.z_maps {
             m.reset()?;
         }
+        Ok(())
+    }
+
+    /// Outputs `(N, channels)` for coordinates `x` (`(N, k)`) from the state `z0` (zeros when
+    /// `None`), the last state (detached: the next step's cache) and the solver statistics.
+    pub fn forward(&self, x: &Tensor, z0: Option<&Tensor>, mode: SolveMode) -> Result<(Tensor, Tensor, SolverStats)> {
+        self.reset_norms()?;
         let u = self.inputs(x)?;
         let z0 = match z0 {
             Some(z) => z.clone(),
