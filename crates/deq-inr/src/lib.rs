@@ -12,6 +12,7 @@
 //! |---|---|
 //! | [`filter`] | filter kinds and the injection |
 //! | [`model`] | the DEQ-INR and its configuration |
+//! | [`kernels`] | the fused `sin(a + c + u)` of siren-like layers |
 //! | [`siren`] | the SIREN baseline |
 //! | [`net`] | one interface over both for the trainer |
 //! | [`fit`] | the fitting loop, PSNR evaluation, checkpoints |
@@ -54,6 +55,7 @@ pub mod error;
 pub mod filter;
 pub mod fit;
 pub mod image_io;
+pub mod kernels;
 pub mod model;
 pub mod net;
 pub mod run;

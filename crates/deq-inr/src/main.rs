@@ -2,11 +2,11 @@
 //! video, and render fitted models.
 //! `cargo run --release -p deq-inr -- fit image --config configs/deq-inr/image-siren_like-1L256D.toml`.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use deq_core::DeqArgs;
 use deq_inr::config::RunConfig;
-use deq_inr::run::{build_net, load_task, run_one, write_outputs};
+use deq_inr::run::{load_task, render, run_one};
 use std::path::PathBuf;
 
 // jemalloc keeps freed pages mapped and reuses them: the 64 MiB activations of a full-image
@@ -134,38 +134,12 @@ fn main() -> Result<()> {
             }
         }
         Cmd::Render { run, out, height, width, f16 } => {
-            let cfg_path = run.join("config.toml");
-            let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
-            let kind = text.lines().next().and_then(|l| l.strip_prefix("# model = \"")).and_then(|l| l.strip_suffix('"')).unwrap_or("deq").to_string();
-            let cfg = RunConfig::load(&cfg_path)?;
-            let (_, mut test) = load_task(&cfg)?;
-            let net = build_net(&cfg, &test.layout, &kind)?;
-            if f16 {
-                deq_inr::compress::load(&net, &run.join("model_f16.safetensors"))?;
-            } else {
-                let ck = deq_train::Checkpointer::load(&run.join("checkpoints/latest.json"), &candle_core::Device::Cpu)?;
-                deq_train::load_vars(&net.named_vars(), &ck, "model.")?;
-            }
-            if let deq_inr::task::Layout::Image { height: h0, width: w0, channels } = test.layout {
-                let (h, w) = (height.unwrap_or(h0), width.unwrap_or(w0));
-                if (h, w) != (h0, w0) {
-                    test = deq_inr::task::Samples {
-                        coords: deq_inr::task::image_coords(h, w, 0, 0, 1),
-                        targets: vec![0.0; h * w * channels],
-                        layout: deq_inr::task::Layout::Image { height: h, width: w, channels },
-                    };
-                }
-            }
-            let (pred, _) = deq_train::run_on_pool(|| net.predict(&test.coords_tensor(&candle_core::Device::Cpu)?, cfg.fit.eval_chunk))?;
-            match &test.layout {
-                deq_inr::task::Layout::Image { .. } => deq_inr::task::to_image(&pred, &test.layout).expect("image").write_png(&out)?,
-                deq_inr::task::Layout::Audio { .. } => deq_inr::task::to_audio(&pred, &test.layout).expect("audio").write(&out, true)?,
-                deq_inr::task::Layout::Video { .. } => {
-                    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-                    write_outputs(&out, &test, &pred)?;
-                }
-            }
-            println!("{}", serde_json::json!({"rendered": out, "model": kind, "psnr": test.psnr(&pred)}));
+            let size = match (height, width) {
+                (None, None) => None,
+                (h, w) => Some((h.unwrap_or(0), w.unwrap_or(0))),
+            };
+            let r = deq_train::run_on_pool(|| render(&run, &out, size, f16))?;
+            println!("{}", serde_json::to_string(&r)?);
         }
     }
     Ok(())

@@ -97,10 +97,13 @@ impl DeqInr {
         self.f_evals.fetch_add(1, Ordering::Relaxed);
         let mut h = (z + &u[0])?;
         for (i, m) in self.z_maps.iter().enumerate() {
-            let a = m.forward(&h)?;
             h = match self.cfg.filter {
-                FilterKind::SirenLike => deq_core::ops::sin(&(a + &u[i + 1])?)?,
-                FilterKind::Fourier | FilterKind::Gabor => (a * &u[i + 1])?,
+                // One fused pass: sin(h A^T + c + u).
+                FilterKind::SirenLike => {
+                    let bias = m.named_vars().into_iter().find(|(n, _)| *n == "bias").map(|(_, v)| v).expect("z_map has a bias");
+                    crate::kernels::sin_bias_add(&h.matmul(&m.weight().weight().t()?)?, bias.as_tensor(), &u[i + 1])?
+                }
+                FilterKind::Fourier | FilterKind::Gabor => (m.forward(&h)? * &u[i + 1])?,
             };
         }
         Ok(h)

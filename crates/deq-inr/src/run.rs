@@ -144,3 +144,50 @@ pub fn run_one(cfg: &RunConfig, kind: &str, train: &Samples, test: &Samples, dir
     std::fs::write(&sp, serde_json::to_string_pretty(&s).unwrap_or_default()).map_err(|e| InrError::io(&sp, e))?;
     Ok((s, r))
 }
+
+/// What `render` produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rendered {
+    /// The output file or folder.
+    pub out: std::path::PathBuf,
+    /// `deq` or `siren`.
+    pub model: String,
+    /// PSNR against the test samples (only when rendered on the test grid).
+    pub psnr: Option<f64>,
+}
+
+/// Renders the model in `run` (a folder written by [`run_one`]): its last checkpoint, or the
+/// f16 file with `f16`, on the test grid, or for images on a `(height, width)` grid (0 keeps
+/// that side) into `out` (`.png`, `.wav`, or a folder of frames for video).
+pub fn render(run: &Path, out: &Path, size: Option<(usize, usize)>, f16: bool) -> Result<Rendered> {
+    let cfg_path = run.join("config.toml");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| InrError::io(&cfg_path, e))?;
+    let kind = text.lines().next().and_then(|l| l.strip_prefix("# model = \"")).and_then(|l| l.strip_suffix('"')).unwrap_or("deq").to_string();
+    let cfg = RunConfig::load(&cfg_path)?;
+    let (_, mut test) = load_task(&cfg)?;
+    let net = build_net(&cfg, &test.layout, &kind)?;
+    if f16 {
+        compress::load(&net, &run.join("model_f16.safetensors"))?;
+    } else {
+        let ck = deq_train::Checkpointer::load(&run.join("checkpoints").join("latest.json"), &Device::Cpu)?;
+        deq_train::load_vars(&net.named_vars(), &ck, "model.")?;
+    }
+    let mut on_test_grid = true;
+    if let (Layout::Image { height: h0, width: w0, channels }, Some((h, w))) = (test.layout.clone(), size) {
+        let (h, w) = (if h == 0 { h0 } else { h }, if w == 0 { w0 } else { w });
+        if (h, w) != (h0, w0) {
+            on_test_grid = false;
+            test = Samples { coords: task::image_coords(h, w, 0, 0, 1), targets: vec![0.0; h * w * channels], layout: Layout::Image { height: h, width: w, channels } };
+        }
+    }
+    let (pred, _) = net.predict(&test.coords_tensor(&Device::Cpu)?, cfg.fit.eval_chunk)?;
+    match &test.layout {
+        Layout::Image { .. } => task::to_image(&pred, &test.layout).expect("image layout").write_png(out)?,
+        Layout::Audio { .. } => task::to_audio(&pred, &test.layout).expect("audio layout").write(out, true)?,
+        Layout::Video { .. } => {
+            std::fs::create_dir_all(out).map_err(|e| InrError::io(out, e))?;
+            write_outputs(out, &test, &pred)?;
+        }
+    }
+    Ok(Rendered { out: out.to_path_buf(), model: kind, psnr: on_test_grid.then(|| test.psnr(&pred)) })
+}

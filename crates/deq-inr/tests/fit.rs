@@ -97,3 +97,32 @@ fn f16_model_reloads_to_the_quantised_model() {
     assert!(e.contains("m.safetensors") && e.contains("shape"), "{e}");
     let _ = std::fs::remove_dir_all(d);
 }
+
+#[test]
+fn a_run_folder_renders_at_its_psnr_and_at_other_sizes() {
+    // A complete run as the binary does it, on a 24 x 24 PNG, then `render`.
+    let d = tmp("run");
+    std::fs::create_dir_all(&d).unwrap();
+    image().write_png(&d.join("img.png")).unwrap();
+    let mut cfg = deq_inr::config::RunConfig::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/deq-inr/image-siren_like-1L256D.toml")).unwrap();
+    cfg.data.path = d.join("img.png").display().to_string();
+    cfg.data.size = 0;
+    cfg.model.width = 16;
+    cfg.model.input_scale = 24.0;
+    cfg.fit = FitConfig { steps: 8, eval_every: 8, ..Default::default() };
+    cfg.deq.f_max_iter = 20;
+    let (train, test) = deq_inr::run::load_task(&cfg).unwrap();
+    let (s, _) = deq_inr::run::run_one(&cfg, "deq", &train, &test, &d.join("deq"), false).unwrap();
+    for f in ["reconstruction.png", "error.png", "model_f16.safetensors", "summary.json", "metrics.jsonl", "config.toml"] {
+        assert!(d.join("deq").join(f).exists(), "{f}");
+    }
+    let r = deq_inr::run::render(&d.join("deq"), &d.join("again.png"), None, false).unwrap();
+    assert!((r.psnr.unwrap() - s.test_psnr).abs() < 1e-9, "{:?} vs {}", r.psnr, s.test_psnr);
+    let r16 = deq_inr::run::render(&d.join("deq"), &d.join("f16.png"), None, true).unwrap();
+    assert!((r16.psnr.unwrap() - s.test_psnr_f16).abs() < 1e-9);
+    let big = deq_inr::run::render(&d.join("deq"), &d.join("big.png"), Some((48, 48)), false).unwrap();
+    assert!(big.psnr.is_none());
+    let img = Image::read(&d.join("big.png")).unwrap();
+    assert_eq!((img.height, img.width), (48, 48));
+    let _ = std::fs::remove_dir_all(d);
+}
