@@ -33,11 +33,13 @@ impl Default for DataConfig {
     }
 }
 
-/// `[siren]`: the explicit baseline, sized to the DEQ's parameter count.
+/// `[siren]`: the explicit baseline, sized to the DEQ's parameter count. `layers = 0` means
+/// `L + 1` sine layers: the depth of one pass of the DEQ's `f` (the zoo's explicit
+/// counterpart, a one-pass network with the same filters).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SirenConfig {
-    /// Sine layers.
+    /// Sine layers (0: the DEQ's `L + 1`).
     pub layers: usize,
     /// Frequency of the first layer.
     pub omega_first: f64,
@@ -47,7 +49,7 @@ pub struct SirenConfig {
 
 impl Default for SirenConfig {
     fn default() -> Self {
-        Self { layers: 3, omega_first: 30.0, omega: 30.0 }
+        Self { layers: 0, omega_first: 30.0, omega: 30.0 }
     }
 }
 

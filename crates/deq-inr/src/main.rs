@@ -72,6 +72,9 @@ enum Cmd {
         /// Override fit.seed.
         #[arg(long)]
         seed: Option<u64>,
+        /// Override siren.layers (sine layers of the baseline; 0: the DEQ's L + 1).
+        #[arg(long)]
+        siren_layers: Option<usize>,
         /// Continue from the checkpoints in the output folder.
         #[arg(long)]
         resume: bool,
@@ -105,7 +108,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     deq_train::runtime::configure_cpu(Some(2));
     match cli.cmd {
-        Cmd::Fit { kind, config, input, out, model, steps, max_seconds, seed, resume, deq } => {
+        Cmd::Fit { kind, config, input, out, model, steps, max_seconds, seed, siren_layers, resume, deq } => {
             let mut cfg = RunConfig::load(&config)?;
             let want = format!("{kind:?}").to_lowercase();
             anyhow::ensure!(cfg.data.kind == want, "{}: data.kind is `{}`, but `fit {want}` was asked", config.display(), cfg.data.kind);
@@ -120,6 +123,9 @@ fn main() -> Result<()> {
             }
             if let Some(s) = seed {
                 cfg.fit.seed = s;
+            }
+            if let Some(l) = siren_layers {
+                cfg.siren.layers = l;
             }
             deq.apply(&mut cfg.deq)?;
             let (train, test) = load_task(&cfg)?;

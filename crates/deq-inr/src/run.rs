@@ -49,11 +49,12 @@ pub fn build_net(cfg: &RunConfig, layout: &Layout, kind: &str) -> Result<InrNet>
     match kind {
         "deq" => Ok(InrNet::Deq(deq)),
         "siren" => {
+            let layers = if cfg.siren.layers == 0 { cfg.model.layers.max(1) + 1 } else { cfg.siren.layers };
             let mut rng = DeqRng::new(cfg.fit.seed ^ 0x51_4E);
-            let mut s = Siren::matching(deq.num_params(), layout.coord_dim(), cfg.siren.layers, layout.channels(), &mut rng, DType::F32, &Device::Cpu)?;
+            let mut s = Siren::matching(deq.num_params(), layout.coord_dim(), layers, layout.channels(), &mut rng, DType::F32, &Device::Cpu)?;
             if cfg.siren.omega_first != 30.0 || cfg.siren.omega != 30.0 {
                 let mut rng = DeqRng::new(cfg.fit.seed ^ 0x51_4E);
-                s = Siren::new(layout.coord_dim(), s.width(), cfg.siren.layers, layout.channels(), cfg.siren.omega_first, cfg.siren.omega, &mut rng, DType::F32, &Device::Cpu)?;
+                s = Siren::new(layout.coord_dim(), s.width(), layers, layout.channels(), cfg.siren.omega_first, cfg.siren.omega, &mut rng, DType::F32, &Device::Cpu)?;
             }
             Ok(InrNet::Siren(s))
         }

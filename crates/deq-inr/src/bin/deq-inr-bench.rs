@@ -1,0 +1,77 @@
+//! `deq-inr-bench`: time of one amortised DEQ-INR training step (siren_like, a full
+//! `size x size` grid as one batch, no solver iterations, 3 phantom-gradient steps, MSE, Adam),
+//! the workload of `scripts/bench_inr_torch.py`; `scripts/bench_inr_compare.sh` runs both.
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use clap::Parser;
+use deq_core::rng::DeqRng;
+use deq_inr::model::{zoo_deq, DeqInr, InrModelConfig, SolveMode};
+use deq_train::{Adam, Optimizer};
+use std::time::Instant;
+
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// The same jemalloc options as the `deq-inr` binary.
+#[export_name = "_rjem_malloc_conf"]
+pub static MALLOC_CONF: &u8 = &b"oversize_threshold:0,dirty_decay_ms:30000,muzzy_decay_ms:30000\0"[0];
+
+#[derive(Parser, Debug)]
+#[command(name = "deq-inr-bench", about = "DEQ-INR amortised training-step time")]
+struct Args {
+    /// Width D.
+    #[arg(long, default_value_t = 256)]
+    width: usize,
+    /// Layers L inside f.
+    #[arg(long, default_value_t = 1)]
+    layers: usize,
+    /// Grid side.
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    deq_train::runtime::configure_cpu(Some(a.threads));
+    let dev = Device::Cpu;
+    let coords = deq_inr::task::image_coords(a.size, a.size, 0, 0, 1);
+    let target: Vec<f32> = coords.chunks(2).map(|p| (3.0 * p[0]).sin() * (2.0 * p[1]).cos()).collect();
+    let n = a.size * a.size;
+    let x = Tensor::from_vec(coords, (n, 2), &dev)?;
+    let y = Tensor::from_vec(target, (n, 1), &dev)?;
+    let cfg = InrModelConfig { layers: a.layers, width: a.width, ..Default::default() };
+    let model = DeqInr::new(cfg, 2, 1, zoo_deq(100), &mut DeqRng::new(0), DType::F32, &dev)?;
+    let mut opt = Adam::new(model.named_vars(), 1e-3, (0.9, 0.999), 1e-8, 0.0, false)?;
+    let times = deq_train::run_on_pool(|| -> Result<Vec<f64>> {
+        let mut cache: Option<Tensor> = None;
+        let mut times = Vec::new();
+        for i in 0..a.steps + 2 {
+            let t0 = Instant::now();
+            let mode = if cache.is_none() { SolveMode::Full } else { SolveMode::Amortised };
+            let (pred, z, _) = model.forward(&x, cache.as_ref(), mode)?;
+            cache = Some(z);
+            let loss = (pred - &y)?.sqr()?.mean_all()?;
+            let grads = deq_core::grad::backward(&loss)?;
+            opt.step(&grads)?;
+            if i >= 2 {
+                times.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        Ok(times)
+    })?;
+    let mut s = times.clone();
+    s.sort_by(|p, q| p.total_cmp(q));
+    println!(
+        "{}",
+        serde_json::json!({"impl": "deq-zoo-rs", "workload": format!("inr/siren_like-{}L{}D/{}x{}/amortised_step", a.layers, a.width, a.size, a.size),
+            "median_s": s[s.len() / 2], "min_s": s[0], "steps": s.len(), "threads": a.threads})
+    );
+    Ok(())
+}

@@ -1,0 +1,98 @@
+"""One amortised DEQ-INR training step on PyTorch + TorchDEQ (CPU), the counterpart of
+`deq-inr-bench`: the zoo's siren_like model (injection Linear(2 -> D (L + 1)), weight-normed
+Linear(D, D) layers, sin filters, linear readout), a full 256 x 256 coordinate grid as one
+batch, the solver skipped (f_max_iter 0, warm start from a cached state) and 3 phantom-gradient
+steps, MSE, Adam. Prints one JSON line.
+
+    python3 scripts/bench_inr_torch.py --width 256 --threads 2
+"""
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn as nn
+
+try:
+    from torchdeq import get_deq
+    from torchdeq.norm import apply_norm, reset_norm
+except ImportError:  # pragma: no cover
+    sys.exit("torchdeq is not installed: pip install torch torchdeq")
+
+
+class F(nn.Module):
+    def __init__(self, width, layers):
+        super().__init__()
+        self.maps = nn.ModuleList([nn.Linear(width, width) for _ in range(layers)])
+
+    def forward(self, z, us):
+        h = z + torch.sin(us[0])
+        for i, m in enumerate(self.maps):
+            h = torch.sin(m(h) + us[i + 1])
+        return h
+
+
+class DeqInr(nn.Module):
+    def __init__(self, width, layers, scale):
+        super().__init__()
+        self.inj = nn.Linear(2, width * (layers + 1))
+        with torch.no_grad():
+            self.inj.weight.mul_(scale / math.sqrt(layers + 1))
+            self.inj.bias.uniform_(-math.pi, math.pi)
+        self.f = F(width, layers)
+        apply_norm(self.f, norm_type="weight_norm")
+        self.out = nn.Linear(width, 1)
+        self.layers = layers
+        self.deq = get_deq(f_solver="fixed_point_iter", f_max_iter=100, f_tol=1e-3, grad=3, tau=1.0, ift=False)
+
+    def forward(self, x, z0, skip):
+        reset_norm(self.f)
+        us = self.inj(x).chunk(self.layers + 1, dim=-1)
+        kwargs = {"f_max_iter": 0} if skip else {}
+        z, _ = self.deq(lambda z: self.f(z, us), z0, solver_kwargs=kwargs)
+        return self.out(z[-1]), z[-1].detach()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--width", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=1)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    v = torch.linspace(-1, 1, args.size)
+    x = torch.stack(torch.meshgrid(v, v, indexing="xy"), -1).reshape(-1, 2)
+    y = torch.sin(3 * x[:, :1]) * torch.cos(2 * x[:, 1:])
+    model = DeqInr(args.width, args.layers, 256.0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    cache = torch.zeros(x.shape[0], args.width)
+
+    def step(skip):
+        nonlocal cache
+        opt.zero_grad()
+        pred, cache = model(x, cache, skip)
+        loss = ((pred - y) ** 2).mean()
+        loss.backward()
+        opt.step()
+
+    step(False)  # the full first solve
+    step(True)  # warm-up
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        step(True)
+        times.append(time.perf_counter() - t0)
+    print(json.dumps({"impl": "torchdeq", "workload": f"inr/siren_like-{args.layers}L{args.width}D/{args.size}x{args.size}/amortised_step",
+                      "median_s": statistics.median(times), "min_s": min(times), "steps": len(times), "threads": args.threads,
+                      "torch": torch.__version__}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
