@@ -94,22 +94,7 @@ impl CustomOp1 for FastTanh {
             .contiguous_offsets()
             .ok_or_else(|| candle_core::Error::Msg("fast tanh expects a contiguous input".into()))?;
         let out = match s {
-            CpuStorage::F32(v) => {
-                let src = &v[a..b];
-                let mut dst = vec![0f32; src.len()];
-                // Large tensors: split across threads in chunks.
-                const CHUNK: usize = 1 << 16;
-                if src.len() > 2 * CHUNK {
-                    std::thread::scope(|sc| {
-                        for (sch, dch) in src.chunks(CHUNK).zip(dst.chunks_mut(CHUNK)) {
-                            sc.spawn(move || tanh_slice(sch, dch));
-                        }
-                    });
-                } else {
-                    tanh_slice(src, &mut dst);
-                }
-                CpuStorage::F32(dst)
-            }
+            CpuStorage::F32(v) => CpuStorage::F32(map_chunks(&v[a..b], tanh_slice)),
             CpuStorage::F64(v) => CpuStorage::F64(v[a..b].iter().map(|x| x.tanh()).collect()),
             _ => candle_core::bail!("fast tanh supports f32 and f64"),
         };

@@ -115,14 +115,13 @@ pub fn fit(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, opts:
     let mut cache: Option<Tensor> = None;
     let (mut step0, mut train_seconds) = (0usize, 0.0f64);
     let mut curve: Vec<EvalPoint> = Vec::new();
-    let files = match &opts.out_dir {
+    let mut files = match &opts.out_dir {
         Some(d) => {
             std::fs::create_dir_all(d).map_err(|e| InrError::io(d, e))?;
             Some((Checkpointer::new(d.join("checkpoints"), 2)?, MetricsWriter::open(d.join("metrics.jsonl"))?))
         }
         None => None,
     };
-    let mut files = files;
     if opts.resume {
         let (ck, _) = files.as_ref().ok_or_else(|| InrError::Config { key: "--resume".into(), message: "needs an output folder".into() })?;
         if let Some(c) = ck.load_latest(&dev)? {

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use deq_core::rng::DeqRng;
 use deq_core::DeqConfig;
-use deq_train::{check_finite, Adam, Checkpointer, MetricsWriter, Optimizer, Progress};
+use deq_train::{check_finite, Adam, Checkpointer, MetricsWriter, Progress};
 use serde::{Deserialize, Serialize};
 
 /// Settings of a graph-classification run (`[train]` when `data.task = "tu"`).
@@ -220,13 +220,7 @@ pub fn train_graphs(ds: &GraphDataset, cfg: &GraphTrainConfig, deq: &DeqConfig, 
                 let loss = candle_nn::loss::cross_entropy(&logits, &b.labels)?;
                 let lv = loss.to_scalar::<f32>()? as f64;
                 check_finite("training loss", lv, epoch)?;
-                let mut grads = deq_core::grad::backward(&loss)?;
-                if cfg.clip_per_param > 0.0 {
-                    for v in &vars {
-                        deq_train::clip_grad_norm(&mut grads, std::slice::from_ref(v), cfg.clip_per_param)?;
-                    }
-                }
-                opt.step(&grads)?;
+                crate::train::backward_and_step(&loss, &vars, cfg.clip_per_param, &mut opt)?;
                 loss_sum += lv * b.count as f64;
                 seen += b.count;
             }

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use deq_core::DeqArgs;
 use ignn::graph_train::{evaluate_fold, train_graphs};
-use ignn::train::{build_model, evaluate, metric_name, normalize, train_nodes, NodeTask, RunOptions};
+use ignn::train::{build_model, evaluate, full_graph, metric_name, train_nodes, NodeTask, RunOptions};
 use ignn::config::{data_dir, RunConfig};
 use std::path::{Path, PathBuf};
 
@@ -136,9 +136,7 @@ fn main() -> Result<()> {
             let r = deq_train::run_on_pool(|| -> Result<_> {
                 let model = build_model(&task, &tc, &cfg.deq, &mut deq_core::rng::DeqRng::new(0), &dev)?;
                 deq_train::load_vars(&model.named_vars(), &ck, "model.")?;
-                let (norm, lambda) = normalize(&task.graph, &tc.adjacency)?;
-                let a = norm.tensors(candle_core::DType::F32, &dev)?;
-                let u = candle_core::Tensor::from_vec(task.features.clone(), (task.graph.n, task.feature_dim), &dev)?;
+                let (a, lambda, u) = full_graph(&task, &tc.adjacency, &dev)?;
                 let epoch = ck.meta["epoch"].as_u64().unwrap_or(0) as usize;
                 evaluate(&model, &task, &u, &a, lambda, epoch, std::time::Instant::now())
             })?;

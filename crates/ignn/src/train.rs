@@ -168,6 +168,27 @@ pub fn normalize(g: &Graph, adjacency: &str) -> Result<(Graph, f64)> {
     Ok((norm, lambda))
 }
 
+/// Backpropagates `loss`, clips each parameter's gradient norm to `clip_per_param` (0: off)
+/// and takes an optimiser step.
+pub(crate) fn backward_and_step(loss: &Tensor, vars: &[candle_core::Var], clip_per_param: f64, opt: &mut Adam) -> Result<()> {
+    let mut grads = deq_core::grad::backward(loss)?;
+    if clip_per_param > 0.0 {
+        for v in vars {
+            deq_train::clip_grad_norm(&mut grads, std::slice::from_ref(v), clip_per_param)?;
+        }
+    }
+    opt.step(&grads)?;
+    Ok(())
+}
+
+/// The whole graph of `task` normalised as `adjacency` says, as edge tensors, with its
+/// `lambda_pf` and the node features `(n, p)`: the inputs of full-graph evaluation.
+pub fn full_graph(task: &NodeTask, adjacency: &str, dev: &Device) -> Result<(EdgeTensors, f64, Tensor)> {
+    let (norm, lambda) = normalize(&task.graph, adjacency)?;
+    let u = Tensor::from_vec(task.features.clone(), (task.graph.n, task.feature_dim), dev)?;
+    Ok((norm.tensors(DType::F32, dev)?, lambda, u))
+}
+
 /// Builds the configured model for `task`.
 pub fn build_model(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig, rng: &mut DeqRng, dev: &Device) -> Result<NodeModel> {
     let (p, c) = (task.feature_dim, task.classes);
@@ -279,9 +300,7 @@ fn state_tensors(model: &NodeModel, opt: &Adam) -> Result<Vec<(String, Tensor)>>
 pub fn train_nodes(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig, opts: &RunOptions, mut on_epoch: impl FnMut(usize, f64, f64)) -> Result<NodeResult> {
     let start = std::time::Instant::now();
     let dev = Device::Cpu;
-    let (norm, lambda_pf) = normalize(&task.graph, &cfg.adjacency)?;
-    let a = norm.tensors(DType::F32, &dev)?;
-    let u = Tensor::from_vec(task.features.clone(), (task.graph.n, task.feature_dim), &dev)?;
+    let (a, lambda_pf, u) = full_graph(task, &cfg.adjacency, &dev)?;
     let parts = training_parts(task, cfg, (&a, lambda_pf, &u), &dev)?;
     let mut rng = DeqRng::new(cfg.seed);
     let model = build_model(task, cfg, deq, &mut rng, &dev)?;
@@ -332,13 +351,7 @@ pub fn train_nodes(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig, opts
             let loss = loss_of(&task.labels, &logits.index_select(&part.rows, 0)?, &part.targets)?;
             let lv = loss.to_scalar::<f32>()? as f64;
             check_finite("training loss", lv, epoch)?;
-            let mut grads = deq_core::grad::backward(&loss)?;
-            if cfg.clip_per_param > 0.0 {
-                for v in &vars {
-                    deq_train::clip_grad_norm(&mut grads, std::slice::from_ref(v), cfg.clip_per_param)?;
-                }
-            }
-            opt.step(&grads)?;
+            backward_and_step(&loss, &vars, cfg.clip_per_param, &mut opt)?;
             loss_sum += lv;
         }
         let loss = loss_sum / parts.len() as f64;

@@ -43,9 +43,7 @@ fn resumed_chains_run_is_bit_identical_and_eval_reproduces_it() {
     let ck = deq_train::Checkpointer::load(&full_dir.join("best/latest.json"), &candle_core::Device::Cpu).unwrap();
     let model = ignn::train::build_model(&task, &chains_cfg(20), &deq(), &mut deq_core::rng::DeqRng::new(0), &candle_core::Device::Cpu).unwrap();
     deq_train::load_vars(&model.named_vars(), &ck, "model.").unwrap();
-    let (norm, lam) = ignn::train::normalize(&task.graph, "aug_normalized").unwrap();
-    let a = norm.tensors(candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
-    let u = candle_core::Tensor::from_vec(task.features.clone(), (task.graph.n, task.feature_dim), &candle_core::Device::Cpu).unwrap();
+    let (a, lam, u) = ignn::train::full_graph(&task, "aug_normalized", &candle_core::Device::Cpu).unwrap();
     let r = ignn::train::evaluate(&model, &task, &u, &a, lam, 0, std::time::Instant::now()).unwrap();
     assert_eq!((r.train, r.val, r.test), (full.train, full.val, full.test));
     for d in [full_dir, part_dir] {
