@@ -85,6 +85,28 @@ impl RunConfig {
         toml::from_str(&text).map_err(|e| InrError::format(path, e.to_string()))
     }
 
+    /// Reads `path` and applies `section.key=value` overrides (values in TOML syntax; a bare
+    /// word is a string), e.g. `fit.lr=3e-3`, `model.input_scale=128`, `fit.lr_schedule=cosine`.
+    /// Unknown sections or keys are errors naming them.
+    pub fn load_with(path: &Path, sets: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| InrError::io(path, e))?;
+        let mut doc: toml::Table = toml::from_str(&text).map_err(|e| InrError::format(path, e.to_string()))?;
+        for set in sets {
+            let bad = |message: String| InrError::Config { key: set.clone(), message };
+            let (key, value) = set.split_once('=').ok_or_else(|| bad("expected section.key=value".into()))?;
+            let (section, name) = key.trim().split_once('.').ok_or_else(|| bad("expected section.key=value".into()))?;
+            let value = value.trim();
+            let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(value.to_string()));
+            let table = doc.entry(section.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let table = table.as_table_mut().ok_or_else(|| bad(format!("`{section}` is not a table")))?;
+            table.insert(name.to_string(), parsed);
+        }
+        toml::Value::Table(doc).try_into().map_err(|e: toml::de::Error| InrError::format(path, format!("after the overrides {sets:?}: {e}")))
+    }
+
     /// The configuration as TOML.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_default()

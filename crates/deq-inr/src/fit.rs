@@ -8,7 +8,7 @@ use crate::net::InrNet;
 use crate::task::Samples;
 use candle_core::{Device, Tensor};
 use deq_core::rng::DeqRng;
-use deq_train::{Adam, Checkpointer, MetricsWriter, Optimizer, Progress};
+use deq_train::{Adam, Checkpointer, MetricsWriter, Optimizer, Progress, Schedule};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -19,8 +19,15 @@ use std::time::Instant;
 pub struct FitConfig {
     /// Optimiser steps.
     pub steps: usize,
-    /// Adam learning rate (constant, as the zoo).
+    /// Adam learning rate (the peak rate of a schedule).
     pub lr: f64,
+    /// `constant` (the zoo) or `cosine`: linear warm-up over `warmup_steps`, then a cosine decay
+    /// to `min_lr` at `steps`.
+    pub lr_schedule: String,
+    /// Warm-up steps of the cosine schedule.
+    pub warmup_steps: usize,
+    /// Final rate of the cosine schedule.
+    pub min_lr: f64,
     /// Stop when the training time (evaluation excluded) reaches this many seconds (0: none).
     pub max_seconds: f64,
     /// Evaluate (PSNR on train and test, metrics, checkpoint) every this many steps and at the end.
@@ -35,9 +42,20 @@ pub struct FitConfig {
     pub eval_chunk: usize,
 }
 
+impl FitConfig {
+    /// The learning-rate schedule; errors name `fit.lr_schedule` when it is unknown.
+    pub fn schedule(&self) -> Result<Schedule> {
+        match self.lr_schedule.as_str() {
+            "constant" => Ok(Schedule::Constant),
+            "cosine" => Ok(Schedule::Cosine { warmup_steps: self.warmup_steps, total_steps: self.steps, min_lr: self.min_lr }),
+            other => Err(InrError::Config { key: "fit.lr_schedule".into(), message: format!("unknown schedule `{other}` (constant, cosine)") }),
+        }
+    }
+}
+
 impl Default for FitConfig {
     fn default() -> Self {
-        Self { steps: 5000, lr: 1e-3, max_seconds: 0.0, eval_every: 500, batch_size: 0, clip_value: 0.0, seed: 0, eval_chunk: 65_536 }
+        Self { steps: 5000, lr: 1e-3, lr_schedule: "constant".into(), warmup_steps: 0, min_lr: 0.0, max_seconds: 0.0, eval_every: 500, batch_size: 0, clip_value: 0.0, seed: 0, eval_chunk: 65_536 }
     }
 }
 
@@ -110,6 +128,7 @@ pub fn fit(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, opts:
     let y = train.targets_tensor(&dev)?;
     let n = train.len();
     let full = cfg.batch_size == 0 || cfg.batch_size >= n;
+    let schedule = cfg.schedule()?;
     let mut opt = Adam::new(net.named_vars(), cfg.lr, (0.9, 0.999), 1e-8, 0.0, false)?;
     let mut rng = DeqRng::new(cfg.seed ^ 0x5EED_F17);
     let mut cache: Option<Tensor> = None;
@@ -144,6 +163,7 @@ pub fn fit(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, opts:
     let mut last_pred = Vec::new();
     while step < cfg.steps && !(cfg.max_seconds > 0.0 && train_seconds >= cfg.max_seconds) {
         let t0 = Instant::now();
+        opt.set_lr(schedule.lr_at(cfg.lr, step));
         let evals_before = net.f_evals();
         let (xb, yb) = if full {
             (x.clone(), y.clone())

@@ -15,10 +15,13 @@ use std::path::PathBuf;
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// jemalloc options: no separate eagerly-purged arena for large allocations, and freed pages
-/// kept for 30 s, so that a step's 64 MiB tensors reuse already-mapped memory.
+/// jemalloc options: no separate eagerly-purged arena for large allocations, freed pages kept
+/// for 30 s, so that a step's 64 MiB tensors reuse already-mapped memory, and transparent huge
+/// pages for the heap (`thp:always`; the kernel's default is `madvise`). Huge pages take a DEQ-INR
+/// step from 0.97 s to 0.58 s: with 4 KiB pages a third of the time went to page faults, TLB
+/// shootdowns and jemalloc's zeroing of `calloc`ed gradients by purging.
 #[export_name = "_rjem_malloc_conf"]
-pub static MALLOC_CONF: &u8 = &b"oversize_threshold:0,dirty_decay_ms:30000,muzzy_decay_ms:30000\0"[0];
+pub static MALLOC_CONF: &u8 = &b"oversize_threshold:0,dirty_decay_ms:30000,muzzy_decay_ms:30000,thp:always\0"[0];
 
 #[derive(Parser, Debug)]
 #[command(name = "deq-inr", version, about = "(Implicit)^2: deep equilibrium implicit neural representations")]
@@ -75,6 +78,10 @@ enum Cmd {
         /// Override siren.layers (sine layers of the baseline; 0: the DEQ's L + 1).
         #[arg(long)]
         siren_layers: Option<usize>,
+        /// Set any configuration key, `section.key=value` (repeatable), e.g.
+        /// `--set fit.lr=3e-3 --set fit.lr_schedule=cosine --set model.input_scale=128`.
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        sets: Vec<String>,
         /// Continue from the checkpoints in the output folder.
         #[arg(long)]
         resume: bool,
@@ -108,8 +115,8 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     deq_train::runtime::configure_cpu(Some(2));
     match cli.cmd {
-        Cmd::Fit { kind, config, input, out, model, steps, max_seconds, seed, siren_layers, resume, deq } => {
-            let mut cfg = RunConfig::load(&config)?;
+        Cmd::Fit { kind, config, input, out, model, steps, max_seconds, seed, siren_layers, sets, resume, deq } => {
+            let mut cfg = RunConfig::load_with(&config, &sets)?;
             let want = format!("{kind:?}").to_lowercase();
             anyhow::ensure!(cfg.data.kind == want, "{}: data.kind is `{}`, but `fit {want}` was asked", config.display(), cfg.data.kind);
             if let Some(i) = input {

@@ -161,6 +161,7 @@ fn every_config_parses_and_unknown_keys_are_named() {
         let p = e.unwrap().path();
         let c = deq_inr::config::RunConfig::load(&p).unwrap_or_else(|e| panic!("{e}"));
         c.deq.validate().unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        c.fit.schedule().unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         n += 1;
     }
     assert!(n >= 11, "{n} configs");
@@ -168,4 +169,27 @@ fn every_config_parses_and_unknown_keys_are_named() {
     std::fs::write(d.join("c.toml"), "[model]\nwidht = 3\n").unwrap();
     let e = deq_inr::config::RunConfig::load(&d.join("c.toml")).unwrap_err().to_string();
     assert!(e.contains("c.toml") && e.contains("widht"), "{e}");
+}
+
+#[test]
+fn command_line_overrides_set_keys_and_name_unknown_ones() {
+    use deq_inr::config::RunConfig;
+    let d = tmp("sets");
+    let p = d.join("c.toml");
+    std::fs::write(&p, "[model]\nwidth = 64\n[fit]\nlr = 1e-3\n").unwrap();
+    let sets = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let c = RunConfig::load_with(&p, &sets(&["fit.lr=3e-3", "fit.lr_schedule=cosine", "model.input_scale = 128", "deq.f_max_iter=7"])).unwrap();
+    assert_eq!(c.fit.lr, 3e-3);
+    assert_eq!(c.fit.lr_schedule, "cosine");
+    assert_eq!(c.model.input_scale, 128.0);
+    assert_eq!(c.model.width, 64, "keys not set keep the file's value");
+    assert_eq!(c.deq.f_max_iter, 7);
+    let sched = c.fit.schedule().unwrap();
+    assert!(sched.lr_at(c.fit.lr, c.fit.steps) < 1e-12, "cosine decays to min_lr at fit.steps");
+    let e = RunConfig::load_with(&p, &sets(&["fit.learning_rate=1"])).unwrap_err().to_string();
+    assert!(e.contains("learning_rate") && e.contains("c.toml"), "{e}");
+    let e = RunConfig::load_with(&p, &sets(&["lr=1"])).unwrap_err().to_string();
+    assert!(e.contains("section.key=value"), "{e}");
+    let c = RunConfig::load_with(&p, &sets(&["fit.lr_schedule=linear"])).unwrap();
+    assert!(c.fit.schedule().unwrap_err().to_string().contains("fit.lr_schedule"));
 }

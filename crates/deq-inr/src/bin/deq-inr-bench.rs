@@ -15,7 +15,7 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// The same jemalloc options as the `deq-inr` binary.
 #[export_name = "_rjem_malloc_conf"]
-pub static MALLOC_CONF: &u8 = &b"oversize_threshold:0,dirty_decay_ms:30000,muzzy_decay_ms:30000\0"[0];
+pub static MALLOC_CONF: &u8 = &b"oversize_threshold:0,dirty_decay_ms:30000,muzzy_decay_ms:30000,thp:always\0"[0];
 
 #[derive(Parser, Debug)]
 #[command(name = "deq-inr-bench", about = "DEQ-INR amortised training-step time")]
