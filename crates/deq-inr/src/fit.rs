@@ -21,8 +21,10 @@ pub struct FitConfig {
     pub steps: usize,
     /// Adam learning rate (the peak rate of a schedule).
     pub lr: f64,
-    /// `constant` (the zoo) or `cosine`: linear warm-up over `warmup_steps`, then a cosine decay
-    /// to `min_lr` at `steps`.
+    /// `constant` (the zoo); `cosine`: linear warm-up over `warmup_steps`, then a cosine decay
+    /// to `min_lr` at `steps`; `cosine_time`: the same decay over `max_seconds` of training time
+    /// (for equal-time comparisons of models whose steps cost differently; the rate then
+    /// depends on the machine's speed, as the number of steps in the budget already does).
     pub lr_schedule: String,
     /// Warm-up steps of the cosine schedule.
     pub warmup_steps: usize,
@@ -43,12 +45,27 @@ pub struct FitConfig {
 }
 
 impl FitConfig {
-    /// The learning-rate schedule; errors name `fit.lr_schedule` when it is unknown.
+    /// The learning rate of step `step` after `train_seconds` of training.
+    pub fn lr_at(&self, step: usize, train_seconds: f64) -> Result<f64> {
+        if self.lr_schedule == "cosine_time" && self.max_seconds > 0.0 {
+            if step < self.warmup_steps {
+                return Ok(self.lr * (step + 1) as f64 / self.warmup_steps as f64);
+            }
+            let progress = (train_seconds / self.max_seconds).clamp(0.0, 1.0);
+            return Ok(self.min_lr + 0.5 * (self.lr - self.min_lr) * (1.0 + (std::f64::consts::PI * progress).cos()));
+        }
+        Ok(self.schedule()?.lr_at(self.lr, step))
+    }
+
+    /// The step-indexed learning-rate schedule (`cosine_time` is time-indexed: use
+    /// [`FitConfig::lr_at`]); errors name `fit.lr_schedule` when it is unknown.
     pub fn schedule(&self) -> Result<Schedule> {
         match self.lr_schedule.as_str() {
             "constant" => Ok(Schedule::Constant),
             "cosine" => Ok(Schedule::Cosine { warmup_steps: self.warmup_steps, total_steps: self.steps, min_lr: self.min_lr }),
-            other => Err(InrError::Config { key: "fit.lr_schedule".into(), message: format!("unknown schedule `{other}` (constant, cosine)") }),
+            "cosine_time" if self.max_seconds > 0.0 => Ok(Schedule::Constant),
+            "cosine_time" => Err(InrError::Config { key: "fit.lr_schedule".into(), message: "`cosine_time` needs fit.max_seconds > 0".into() }),
+            other => Err(InrError::Config { key: "fit.lr_schedule".into(), message: format!("unknown schedule `{other}` (constant, cosine, cosine_time)") }),
         }
     }
 }
@@ -128,7 +145,7 @@ pub fn fit(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, opts:
     let y = train.targets_tensor(&dev)?;
     let n = train.len();
     let full = cfg.batch_size == 0 || cfg.batch_size >= n;
-    let schedule = cfg.schedule()?;
+    cfg.schedule()?;
     let mut opt = Adam::new(net.named_vars(), cfg.lr, (0.9, 0.999), 1e-8, 0.0, false)?;
     let mut rng = DeqRng::new(cfg.seed ^ 0x5EED_F17);
     let mut cache: Option<Tensor> = None;
@@ -163,7 +180,7 @@ pub fn fit(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, opts:
     let mut last_pred = Vec::new();
     while step < cfg.steps && !(cfg.max_seconds > 0.0 && train_seconds >= cfg.max_seconds) {
         let t0 = Instant::now();
-        opt.set_lr(schedule.lr_at(cfg.lr, step));
+        opt.set_lr(cfg.lr_at(step, train_seconds)?);
         let evals_before = net.f_evals();
         let (xb, yb) = if full {
             (x.clone(), y.clone())

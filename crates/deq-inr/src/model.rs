@@ -5,7 +5,8 @@
 //! Solving is amortised as in the zoo: the first training step solves from zeros (up to
 //! `f_max_iter` fixed-point steps) and later steps start from the cached state of the previous
 //! step and only take the phantom-gradient steps (`grad`, damping `tau`), so one training step
-//! costs `grad` evaluations of `f`. Evaluation always solves from zeros.
+//! costs `grad` evaluations of `f` (plus `amortised_iters` graph-free solver steps, 0 in the
+//! zoo). Evaluation always solves from zeros.
 
 use crate::error::Result;
 use crate::filter::{FilterKind, Injection};
@@ -30,11 +31,18 @@ pub struct InrModelConfig {
     pub input_scale: f64,
     /// Shape of the Gamma prior of the gabor scales.
     pub gabor_alpha: f64,
+    /// Solver steps (without graph) of an amortised training step before its phantom-gradient
+    /// steps (0: the zoo, which only takes the `grad` steps from the cached state).
+    pub amortised_iters: usize,
+    /// Multiplies the initial `A_i` (PyTorch's default `Linear` init, as the zoo; with weight
+    /// norm the gain goes into the scales `g`). Above 1, `f` starts less contractive and mixes
+    /// more: `sin` of larger pre-activations, as in SIREN's hidden layers.
+    pub z_map_gain: f64,
 }
 
 impl Default for InrModelConfig {
     fn default() -> Self {
-        Self { filter: FilterKind::SirenLike, layers: 1, width: 256, input_scale: 256.0, gabor_alpha: 3.0 }
+        Self { filter: FilterKind::SirenLike, layers: 1, width: 256, input_scale: 256.0, gabor_alpha: 3.0, amortised_iters: 0, z_map_gain: 1.0 }
     }
 }
 
@@ -71,11 +79,19 @@ impl DeqInr {
         let injection = Injection::new(cfg.filter, k, d, l + 1, cfg.input_scale, cfg.gabor_alpha, rng, dtype, dev)?;
         let opts = NormOptions::from_config(&deq);
         let z_maps = (0..l).map(|_| NormLinear::new(d, d, true, opts, rng, dtype, dev)).collect::<deq_core::Result<Vec<_>>>()?;
+        if cfg.z_map_gain != 1.0 {
+            for m in &z_maps {
+                let w = m.weight();
+                let v = w.scale().unwrap_or(w.raw());
+                v.set(&v.as_tensor().affine(cfg.z_map_gain, 0.0)?)?;
+                m.reset()?;
+            }
+        }
         let s = 1.0 / (d as f64).sqrt();
         let out_w = Var::from_tensor(&rng.rand((channels, d), -s, s, dtype, dev)?)?;
         let out_b = Var::from_tensor(&rng.rand(channels, -s, s, dtype, dev)?)?;
         let deq_full = Deq::new(deq.clone())?;
-        let deq_amortised = Deq::new(DeqConfig { f_max_iter: 0, ..deq.clone() })?;
+        let deq_amortised = Deq::new(DeqConfig { f_max_iter: cfg.amortised_iters, ..deq.clone() })?;
         let mut deq_eval = Deq::new(deq)?;
         deq_eval.set_training(false);
         Ok(Self { cfg, injection, z_maps, out_w, out_b, deq_full, deq_amortised, deq_eval, f_evals: AtomicUsize::new(0) })

@@ -192,4 +192,11 @@ fn command_line_overrides_set_keys_and_name_unknown_ones() {
     assert!(e.contains("section.key=value"), "{e}");
     let c = RunConfig::load_with(&p, &sets(&["fit.lr_schedule=linear"])).unwrap();
     assert!(c.fit.schedule().unwrap_err().to_string().contains("fit.lr_schedule"));
+    let c = RunConfig::load_with(&p, &sets(&["fit.lr_schedule=cosine_time"])).unwrap();
+    assert!(c.fit.schedule().unwrap_err().to_string().contains("max_seconds"), "a time schedule needs a time budget");
+    let c = RunConfig::load_with(&p, &sets(&["fit.lr_schedule=cosine_time", "fit.max_seconds=100", "fit.min_lr=1e-5"])).unwrap();
+    assert_eq!(c.fit.lr_at(3, 0.0).unwrap(), 1e-3);
+    assert!((c.fit.lr_at(3, 50.0).unwrap() - (1e-5 + 0.5 * (1e-3 - 1e-5))).abs() < 1e-15);
+    assert!((c.fit.lr_at(3, 100.0).unwrap() - 1e-5).abs() < 1e-15);
+    assert!((c.fit.lr_at(3, 500.0).unwrap() - 1e-5).abs() < 1e-15);
 }

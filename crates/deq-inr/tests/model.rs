@@ -70,7 +70,7 @@ fn gamma_sampler_has_the_right_mean_and_variance() {
 }
 
 fn model(kind: FilterKind, layers: usize, grad: usize) -> DeqInr {
-    let cfg = InrModelConfig { filter: kind, layers, width: 4, input_scale: 3.0, gabor_alpha: 3.0 };
+    let cfg = InrModelConfig { filter: kind, layers, width: 4, input_scale: 3.0, gabor_alpha: 3.0, amortised_iters: 0, z_map_gain: 1.0 };
     let mut deq = zoo_deq(30);
     deq.grad = vec![grad];
     DeqInr::new(cfg, 2, 2, deq, &mut DeqRng::new(5), DType::F64, &DEV).unwrap()
@@ -136,6 +136,14 @@ fn amortised_steps_evaluate_f_exactly_grad_times() {
         assert_eq!(m.f_evals() - before, 3);
         assert_eq!(z2.dims(), &[6, 4]);
     }
+    // With solver steps before the gradient steps: exactly that many more.
+    let mut rng = DeqRng::new(3);
+    let cfg = InrModelConfig { width: 4, input_scale: 3.0, amortised_iters: 2, ..Default::default() };
+    let tight = deq_core::DeqConfig { f_tol: 1e-30, ..zoo_deq(30) };
+    let m2 = DeqInr::new(cfg, 2, 1, tight, &mut rng, DType::F64, &DEV).unwrap();
+    let before = m2.f_evals();
+    m2.forward(&x, Some(&z), SolveMode::Amortised).unwrap();
+    assert_eq!(m2.f_evals() - before, 2 + 3);
 }
 
 #[test]
