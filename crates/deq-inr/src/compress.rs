@@ -1,24 +1,24 @@
 //! Compression: the model's parameters stored as f16 safetensors, the bit rate per sample, and
-//! the quality after quantisation (parameters rounded to f16 and back). The weight that
-//! multiplies the coordinates ([`InrNet::coordinate_weight`], `2 x D` or `k x D` values) stays in
-//! f32: its rounding error is multiplied by the frequency scale (25000 for audio, where f16 cost
-//! 8.6 dB of PSNR).
+//! the quality after quantisation (parameters rounded to f16 and back). The parameters
+//! that set phases ([`InrNet::phase_params`]: the coordinate weight, a few hundred values) stay
+//! in f32: their rounding error is multiplied by the frequency scale (25000 for audio, where f16
+//! cost the DEQ 8.6 dB of PSNR).
 
 use crate::error::{InrError, Result};
 use crate::net::InrNet;
 use candle_core::{DType, Tensor};
 use std::path::Path;
 
-/// The storage type of parameter `name`: f32 for the coordinate weight, f16 otherwise.
+/// The storage type of parameter `name`: f32 for the phase parameters, f16 otherwise.
 fn storage_dtype(net: &InrNet, name: &str) -> DType {
-    if name == net.coordinate_weight() {
+    if net.phase_params().contains(&name) {
         DType::F32
     } else {
         DType::F16
     }
 }
 
-/// Writes the parameters of `net` as f16 (the coordinate weight as f32) into a safetensors file
+/// Writes the parameters of `net` as f16 (the phase parameters as f32) into a safetensors file
 /// (atomically) and returns its size in bytes.
 pub fn save_f16(net: &InrNet, path: &Path) -> Result<u64> {
     let tensors: Vec<(String, Tensor)> = net.named_vars().into_iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().to_dtype(storage_dtype(net, &k))?))).collect::<Result<_>>()?;

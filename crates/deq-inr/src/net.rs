@@ -89,17 +89,17 @@ impl InrNet {
         }
     }
 
-    /// The parameter that multiplies the raw coordinates (the injection of the DEQ, the first
-    /// layer of the SIREN). Its values times the frequency scale are phases, so
-    /// [`crate::compress`] keeps it in f32: f16's relative error of 5e-4 at audio's scale
-    /// 25000 is a phase error of several radians.
-    pub fn coordinate_weight(&self) -> &'static str {
+    /// The parameters whose rounding becomes a phase error: the weight that multiplies the raw
+    /// coordinates (the DEQ's injection, the SIREN's first layer) and, for the SIREN, the first
+    /// bias, which is also multiplied by the first-layer frequency. [`crate::compress`] keeps
+    /// them in f32: f16's relative error of 5e-4 at audio's scale (25000, or 3000 for SIREN) is a
+    /// phase error of radians.
+    pub fn phase_params(&self) -> &'static [&'static str] {
         match self {
-            InrNet::Deq(_) => "injection.weight",
-            InrNet::Siren(_) => "layer.0.weight",
+            InrNet::Deq(_) => &["injection.weight"],
+            InrNet::Siren(_) => &["layer.0.weight", "layer.0.bias"],
         }
     }
-
     /// Number of trainable parameters.
     pub fn num_params(&self) -> usize {
         self.named_vars().iter().map(|(_, v)| v.as_tensor().elem_count()).sum()

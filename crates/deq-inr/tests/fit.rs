@@ -84,16 +84,22 @@ fn f16_model_reloads_to_the_quantised_model() {
     assert!(bytes as usize >= 2 * net.num_params() && (bytes as usize) < 2 * net.num_params() + 4096, "{bytes} bytes for {} params", net.num_params());
     let x = test.coords_tensor(&Device::Cpu).unwrap();
     let saved = deq_inr::compress::quantize_f16(&net).unwrap();
-    // The coordinate weight stays exact (f32); the other parameters are rounded to f16.
+    // The phase parameters stay exact (f32); the other parameters are rounded to f16.
     for ((k, v), orig) in net.named_vars().into_iter().zip(&saved) {
         let (now, was) = (v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap(), orig.flatten_all().unwrap().to_vec1::<f32>().unwrap());
-        if k == net.coordinate_weight() {
+        if net.phase_params().contains(&k.as_str()) {
             assert_eq!(now, was, "{k} is kept in f32");
         } else {
             assert!(now.iter().zip(&was).all(|(a, b)| *a == half::f16::from_f32(*b).to_f32()), "{k} is rounded to f16");
         }
     }
     let (q, _) = net.predict(&x, 0).unwrap();
+    // Both networks name phase parameters that exist.
+    let siren = InrNet::Siren(Siren::matching(500, 2, 2, 1, &mut DeqRng::new(1), DType::F32, &Device::Cpu).unwrap());
+    for n in [&net, &siren] {
+        let names: Vec<String> = n.named_vars().into_iter().map(|(k, _)| k).collect();
+        assert!(n.phase_params().iter().all(|p| names.iter().any(|k| k == p)), "{:?} in {names:?}", n.phase_params());
+    }
     deq_inr::compress::restore(&net, &saved).unwrap();
     let other = deq_net(99);
     deq_inr::compress::load(&other, &d.join("m.safetensors")).unwrap();
