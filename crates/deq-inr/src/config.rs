@@ -81,8 +81,7 @@ fn default_deq() -> DeqConfig {
 impl RunConfig {
     /// Reads `path`; errors name the file and the offending key.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| InrError::io(path, e))?;
-        toml::from_str(&text).map_err(|e| InrError::format(path, e.to_string()))
+        Self::load_with(path, &[])
     }
 
     /// Reads `path` and applies `section.key=value` overrides (values in TOML syntax; a bare
@@ -90,6 +89,10 @@ impl RunConfig {
     /// Unknown sections or keys are errors naming them.
     pub fn load_with(path: &Path, sets: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| InrError::io(path, e))?;
+        if sets.is_empty() {
+            // Straight from the text: the errors keep their line numbers.
+            return toml::from_str(&text).map_err(|e| InrError::format(path, e.to_string()));
+        }
         let mut doc: toml::Table = toml::from_str(&text).map_err(|e| InrError::format(path, e.to_string()))?;
         for set in sets {
             let bad = |message: String| InrError::Config { key: set.clone(), message };

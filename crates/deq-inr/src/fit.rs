@@ -8,6 +8,7 @@ use crate::net::InrNet;
 use crate::task::Samples;
 use candle_core::{Device, Tensor};
 use deq_core::rng::DeqRng;
+use deq_train::schedule::cosine_decay;
 use deq_train::{Adam, Checkpointer, MetricsWriter, Optimizer, Progress, Schedule};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -45,27 +46,17 @@ pub struct FitConfig {
 }
 
 impl FitConfig {
-    /// The learning rate of step `step` after `train_seconds` of training.
+    /// The learning rate of step `step` after `train_seconds` of training; errors name
+    /// `fit.lr_schedule` when it is unknown, or `cosine_time` without a time budget.
     pub fn lr_at(&self, step: usize, train_seconds: f64) -> Result<f64> {
-        if self.lr_schedule == "cosine_time" && self.max_seconds > 0.0 {
-            if step < self.warmup_steps {
-                return Ok(self.lr * (step + 1) as f64 / self.warmup_steps as f64);
-            }
-            let progress = (train_seconds / self.max_seconds).clamp(0.0, 1.0);
-            return Ok(self.min_lr + 0.5 * (self.lr - self.min_lr) * (1.0 + (std::f64::consts::PI * progress).cos()));
-        }
-        Ok(self.schedule()?.lr_at(self.lr, step))
-    }
-
-    /// The step-indexed learning-rate schedule (`cosine_time` is time-indexed: use
-    /// [`FitConfig::lr_at`]); errors name `fit.lr_schedule` when it is unknown.
-    pub fn schedule(&self) -> Result<Schedule> {
+        let bad = |message: String| InrError::Config { key: "fit.lr_schedule".into(), message };
         match self.lr_schedule.as_str() {
-            "constant" => Ok(Schedule::Constant),
-            "cosine" => Ok(Schedule::Cosine { warmup_steps: self.warmup_steps, total_steps: self.steps, min_lr: self.min_lr }),
-            "cosine_time" if self.max_seconds > 0.0 => Ok(Schedule::Constant),
-            "cosine_time" => Err(InrError::Config { key: "fit.lr_schedule".into(), message: "`cosine_time` needs fit.max_seconds > 0".into() }),
-            other => Err(InrError::Config { key: "fit.lr_schedule".into(), message: format!("unknown schedule `{other}` (constant, cosine, cosine_time)") }),
+            "constant" => Ok(self.lr),
+            "cosine" => Ok(Schedule::Cosine { warmup_steps: self.warmup_steps, total_steps: self.steps, min_lr: self.min_lr }.lr_at(self.lr, step)),
+            "cosine_time" if self.max_seconds <= 0.0 => Err(bad("`cosine_time` needs fit.max_seconds > 0".into())),
+            "cosine_time" if step < self.warmup_steps => Ok(self.lr * (step + 1) as f64 / self.warmup_steps as f64),
+            "cosine_time" => Ok(cosine_decay(self.lr, self.min_lr, train_seconds / self.max_seconds)),
+            other => Err(bad(format!("unknown schedule `{other}` (constant, cosine, cosine_time)"))),
         }
     }
 }
@@ -145,7 +136,7 @@ pub fn fit(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, opts:
     let y = train.targets_tensor(&dev)?;
     let n = train.len();
     let full = cfg.batch_size == 0 || cfg.batch_size >= n;
-    cfg.schedule()?;
+    cfg.lr_at(0, 0.0)?;
     let mut opt = Adam::new(net.named_vars(), cfg.lr, (0.9, 0.999), 1e-8, 0.0, false)?;
     let mut rng = DeqRng::new(cfg.seed ^ 0x5EED_F17);
     let mut cache: Option<Tensor> = None;

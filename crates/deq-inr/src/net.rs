@@ -100,6 +100,7 @@ impl InrNet {
             InrNet::Siren(_) => &["layer.0.weight", "layer.0.bias"],
         }
     }
+
     /// Number of trainable parameters.
     pub fn num_params(&self) -> usize {
         self.named_vars().iter().map(|(_, v)| v.as_tensor().elem_count()).sum()

@@ -161,7 +161,7 @@ fn every_config_parses_and_unknown_keys_are_named() {
         let p = e.unwrap().path();
         let c = deq_inr::config::RunConfig::load(&p).unwrap_or_else(|e| panic!("{e}"));
         c.deq.validate().unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        c.fit.schedule().unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        c.fit.lr_at(0, 0.0).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         n += 1;
     }
     assert!(n >= 11, "{n} configs");
@@ -184,16 +184,15 @@ fn command_line_overrides_set_keys_and_name_unknown_ones() {
     assert_eq!(c.model.input_scale, 128.0);
     assert_eq!(c.model.width, 64, "keys not set keep the file's value");
     assert_eq!(c.deq.f_max_iter, 7);
-    let sched = c.fit.schedule().unwrap();
-    assert!(sched.lr_at(c.fit.lr, c.fit.steps) < 1e-12, "cosine decays to min_lr at fit.steps");
+    assert!(c.fit.lr_at(c.fit.steps, 0.0).unwrap() < 1e-12, "cosine decays to min_lr at fit.steps");
     let e = RunConfig::load_with(&p, &sets(&["fit.learning_rate=1"])).unwrap_err().to_string();
     assert!(e.contains("learning_rate") && e.contains("c.toml"), "{e}");
     let e = RunConfig::load_with(&p, &sets(&["lr=1"])).unwrap_err().to_string();
     assert!(e.contains("section.key=value"), "{e}");
     let c = RunConfig::load_with(&p, &sets(&["fit.lr_schedule=linear"])).unwrap();
-    assert!(c.fit.schedule().unwrap_err().to_string().contains("fit.lr_schedule"));
+    assert!(c.fit.lr_at(0, 0.0).unwrap_err().to_string().contains("fit.lr_schedule"));
     let c = RunConfig::load_with(&p, &sets(&["fit.lr_schedule=cosine_time"])).unwrap();
-    assert!(c.fit.schedule().unwrap_err().to_string().contains("max_seconds"), "a time schedule needs a time budget");
+    assert!(c.fit.lr_at(0, 0.0).unwrap_err().to_string().contains("max_seconds"), "a time schedule needs a time budget");
     let c = RunConfig::load_with(&p, &sets(&["fit.lr_schedule=cosine_time", "fit.max_seconds=100", "fit.min_lr=1e-5"])).unwrap();
     assert_eq!(c.fit.lr_at(3, 0.0).unwrap(), 1e-3);
     assert!((c.fit.lr_at(3, 50.0).unwrap() - (1e-5 + 0.5 * (1e-3 - 1e-5))).abs() < 1e-15);

@@ -159,3 +159,25 @@ fn siren_baseline_matches_the_parameter_count_and_differentiates() {
     let loss = || (s.forward(&x).unwrap() * &c).unwrap().sum_all().unwrap();
     check(&s.named_vars(), &loss, &|| loss().to_scalar::<f64>().unwrap(), 1e-5, "siren");
 }
+
+#[test]
+fn z_map_gain_scales_the_initial_maps_and_nothing_else() {
+    let vars = |gain: f64, norm: deq_core::NormType| {
+        let cfg = InrModelConfig { width: 4, input_scale: 3.0, z_map_gain: gain, ..Default::default() };
+        let deq = deq_core::DeqConfig { norm_type: norm, ..zoo_deq(5) };
+        let m = DeqInr::new(cfg, 2, 1, deq, &mut DeqRng::new(8), DType::F64, &DEV).unwrap();
+        m.named_vars().into_iter().map(|(k, v)| (k, v.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap())).collect::<Vec<_>>()
+    };
+    // With weight norm the gain goes into g; without a norm, into the weight itself.
+    for (norm, scaled) in [(deq_core::NormType::WeightNorm, "z_map.0.weight_g"), (deq_core::NormType::None, "z_map.0.weight_v")] {
+        let (one, more) = (vars(1.0, norm), vars(2.5, norm));
+        assert!(one.iter().any(|(k, _)| k == scaled), "{scaled} in {:?}", one.iter().map(|(k, _)| k).collect::<Vec<_>>());
+        for ((k, a), (_, b)) in one.iter().zip(&more) {
+            if k == scaled {
+                assert!(a.iter().zip(b).all(|(x, y)| (2.5 * x - y).abs() < 1e-12), "{k} scaled by the gain");
+            } else {
+                assert_eq!(a, b, "{k} unchanged");
+            }
+        }
+    }
+}

@@ -56,6 +56,13 @@ fn default_final_div() -> f64 {
     1e4
 }
 
+/// Cosine decay from `base` at `progress = 0` to `min_lr` at `progress = 1` (clamped), the
+/// decay of [`Schedule::Cosine`]; trainers whose progress is not a step count (a time budget)
+/// call it directly.
+pub fn cosine_decay(base: f64, min_lr: f64, progress: f64) -> f64 {
+    min_lr + 0.5 * (base - min_lr) * (1.0 + (std::f64::consts::PI * progress.clamp(0.0, 1.0)).cos())
+}
+
 impl Default for Schedule {
     fn default() -> Self {
         Schedule::Constant
@@ -73,7 +80,7 @@ impl Schedule {
                 }
                 let span = total_steps.saturating_sub(warmup_steps).max(1) as f64;
                 let progress = ((step - warmup_steps) as f64 / span).min(1.0);
-                min_lr + 0.5 * (base - min_lr) * (1.0 + (std::f64::consts::PI * progress).cos())
+                cosine_decay(base, min_lr, progress)
             }
             Schedule::Step { step_size, gamma } => base * gamma.powi((step / step_size.max(1)) as i32),
             Schedule::OneCycle { total_steps, pct_start, div_factor, final_div_factor } => {
