@@ -15,7 +15,7 @@
 //! | [`config`] | `DeqConfig` (TOML, validation) and `DeqArgs` (clap flags) |
 //! | [`deq`] | the DEQ layer: sliced and indexing cores, train/eval budgets |
 //! | [`solver`] | solvers, statistics, registry, small batched linear solves |
-//! | [`grad`] | implicit differentiation (custom op) and phantom gradients |
+//! | [`grad`] | implicit differentiation (custom op), phantom gradients, amortised implicit gradients with a carried adjoint |
 //! | [`recompute`] | checkpointed training steps (no graph of `f` kept between passes) |
 //! | [`loss`] | fixed-point correction, Jacobian regulariser, power method |
 //! | [`norm`] | weight/spectral-normalised Linear and Conv2d |

@@ -343,3 +343,49 @@ fn wrong_output_shape_is_a_shape_error() {
     let r = deq.forward1(|z, _| z.narrow(1, 0, 3), &[], &z0);
     assert!(matches!(r, Err(deq_core::DeqError::Shape { .. })), "{r:?}");
 }
+
+/// The carried-adjoint recursion with the parameters held still: `steps` rounds of `k` tracked
+/// steps from the previous state, each backward adding the carried adjoint at the last state.
+fn carried_gradient(s: &Setup, k: usize, tau: f64, steps: usize) -> (Vec<f64>, Vec<f64>) {
+    use deq_core::grad::{backward, AdjointCarry};
+    let inputs = std::slice::from_ref(&s.x);
+    let mut carry = AdjointCarry::new(None);
+    let mut z = Tensor::zeros(s.c.shape(), DType::F64, &Device::Cpu).unwrap();
+    let mut last = (Vec::new(), Vec::new());
+    for _ in 0..steps {
+        let zk = carry.unroll(&mut |z: &Tensor| f(z, inputs, s.w.as_tensor(), s.u.as_tensor()), &z, k, tau).unwrap();
+        let mut loss = loss_of(&zk, &s.c);
+        if let Some(t) = carry.seed(&zk).unwrap() {
+            loss = (loss + t).unwrap();
+        }
+        let grads = backward(&loss).unwrap();
+        carry.update(&grads).unwrap();
+        assert!(carry.adjoint().is_some(), "the leaf received a gradient");
+        last = (grad_vec(&grads, &s.w), grad_vec(&grads, &s.u));
+        z = zk.detach();
+    }
+    last
+}
+
+#[test]
+fn carried_adjoint_gradient_converges_to_the_implicit_gradient() {
+    let s = setup(3, 5, 4);
+    let (fw, fu) = (fd_grad(&s, 0), fd_grad(&s, 1));
+    for (k, tau) in [(1, 1.0), (2, 0.7), (3, 1.0)] {
+        let (gw, gu) = carried_gradient(&s, k, tau, 400 / k);
+        assert!(rel_err(&gw, &fw) < 1e-6, "k={k} tau={tau}: W carried vs fd {}", rel_err(&gw, &fw));
+        assert!(rel_err(&gu, &fu) < 1e-6, "k={k} tau={tau}: U carried vs fd {}", rel_err(&gu, &fu));
+    }
+    // Without the carry, one step is the Jacobian-free gradient: visibly biased here.
+    let (gw1, _) = carried_gradient(&s, 1, 1.0, 1);
+    assert!(rel_err(&gw1, &fw) > 1e-2, "the first step (no carry yet) is the biased JFB gradient");
+}
+
+#[test]
+fn carried_adjoint_update_without_unroll_is_an_error() {
+    let mut carry = deq_core::grad::AdjointCarry::new(None);
+    let grads = candle_core::backprop::GradStore::default();
+    assert!(carry.update(&grads).is_err());
+    let z = Tensor::zeros((2, 3), DType::F64, &Device::Cpu).unwrap();
+    assert!(carry.unroll(&mut |z: &Tensor| Ok(z.clone()), &z, 0, 1.0).is_err());
+}

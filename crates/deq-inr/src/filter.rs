@@ -104,21 +104,28 @@ impl Injection {
     /// The filter inputs `u_0 .. u_L`, each `(N, D)` and contiguous, for coordinates `x`
     /// (`(N, k)`).
     pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
-        let lin = x.matmul(&self.weight.as_tensor().t()?)?.broadcast_add(self.bias.as_tensor())?;
-        let u = match self.kind {
-            FilterKind::SirenLike => lin,
-            FilterKind::Fourier => deq_core::ops::sin(&lin)?,
-            FilterKind::Gabor => {
-                let (mu, gamma) = (self.mu.as_ref().expect("gabor mu"), self.gamma.as_ref().expect("gabor gamma"));
-                // ||x - mu_j||^2 = ||x||^2 + ||mu_j||^2 - 2 x . mu_j
-                let x2 = x.sqr()?.sum_keepdim(D::Minus1)?;
-                let m2 = mu.as_tensor().sqr()?.sum(D::Minus1)?;
-                let d2 = (x.matmul(&mu.as_tensor().t()?)?.affine(-2.0, 0.0)?.broadcast_add(&x2)?).broadcast_add(&m2)?;
-                let env = d2.broadcast_mul(gamma.as_tensor())?.affine(-0.5, 0.0)?.exp()?;
-                (deq_core::ops::sin(&lin)? * env)?
-            }
-        };
-        Ok((0..self.filters).map(|i| u.narrow(1, i * self.width, self.width)?.contiguous()).collect::<candle_core::Result<Vec<_>>>()?)
+        let x2 = if self.kind == FilterKind::Gabor { Some(x.sqr()?.sum_keepdim(D::Minus1)?) } else { None };
+        // One product per filter with its rows of the weight: each `u_i` comes out contiguous,
+        // and the backward pads only the small weight slices (slicing the `(N, D (L + 1))`
+        // product instead copies it and pads each gradient to that size).
+        let mut us = Vec::with_capacity(self.filters);
+        for i in 0..self.filters {
+            let rows = |t: &Tensor| t.narrow(0, i * self.width, self.width);
+            let lin = x.matmul(&rows(self.weight.as_tensor())?.t()?)?.broadcast_add(&rows(self.bias.as_tensor())?)?;
+            us.push(match self.kind {
+                FilterKind::SirenLike => lin,
+                FilterKind::Fourier => deq_core::ops::sin(&lin)?,
+                FilterKind::Gabor => {
+                    let (mu, gamma) = (rows(self.mu.as_ref().expect("gabor mu").as_tensor())?, rows(self.gamma.as_ref().expect("gabor gamma").as_tensor())?);
+                    // ||x - mu_j||^2 = ||x||^2 + ||mu_j||^2 - 2 x . mu_j
+                    let m2 = mu.sqr()?.sum(D::Minus1)?;
+                    let d2 = (x.matmul(&mu.t()?)?.affine(-2.0, 0.0)?.broadcast_add(x2.as_ref().expect("gabor |x|^2"))?).broadcast_add(&m2)?;
+                    let env = d2.broadcast_mul(&gamma)?.affine(-0.5, 0.0)?.exp()?;
+                    (deq_core::ops::sin(&lin)? * env)?
+                }
+            });
+        }
+        Ok(us)
     }
 
     /// Trainable variables with names.

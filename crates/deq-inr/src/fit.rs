@@ -4,7 +4,7 @@
 //! JSON lines, and checkpoints (model, Adam state, cache, RNG) that resume bit-identically.
 
 use crate::error::{InrError, Result};
-use crate::net::InrNet;
+use crate::net::{AmortisedCache, InrNet};
 use crate::task::Samples;
 use candle_core::{Device, Tensor};
 use deq_core::rng::DeqRng;
@@ -139,7 +139,7 @@ pub fn fit(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, opts:
     cfg.lr_at(0, 0.0)?;
     let mut opt = Adam::new(net.named_vars(), cfg.lr, (0.9, 0.999), 1e-8, 0.0, false)?;
     let mut rng = DeqRng::new(cfg.seed ^ 0x5EED_F17);
-    let mut cache: Option<Tensor> = None;
+    let mut cache = AmortisedCache::default();
     let (mut step0, mut train_seconds) = (0usize, 0.0f64);
     let mut curve: Vec<EvalPoint> = Vec::new();
     let mut files = match &opts.out_dir {
@@ -155,7 +155,7 @@ pub fn fit(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, opts:
             deq_train::load_vars(&net.named_vars(), &c, "model.")?;
             let optim: std::collections::HashMap<String, Tensor> = c.tensors.iter().filter_map(|(k, v)| k.strip_prefix("optim.").map(|s| (s.to_string(), v.clone()))).collect();
             opt.load_state(&optim)?;
-            cache = c.tensors.get("cache").cloned();
+            cache = AmortisedCache::restore(c.tensors.get("cache").cloned(), c.tensors.get("cache_adjoint").cloned());
             step0 = c.step;
             train_seconds = c.meta["train_seconds"].as_f64().unwrap_or(0.0);
             rng = DeqRng::from_state(c.meta["rng_state"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0));
@@ -182,10 +182,14 @@ pub fn fit(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, opts:
             (x.index_select(&it, 0)?, y.index_select(&it, 0)?)
         };
         let fw = net.train_forward(&xb, if full { Some(&mut cache) } else { None })?;
-        let loss = mse(&fw.pred, &yb)?;
+        let mut loss = mse(&fw.pred, &yb)?;
         let lv = loss.to_scalar::<f32>()? as f64;
         deq_train::check_finite("training loss", lv, step)?;
+        if let Some(seed) = &fw.seed {
+            loss = (loss + seed)?;
+        }
         let mut grads = deq_core::grad::backward(&loss)?;
+        net.finish_step(&grads, if full { Some(&mut cache) } else { None })?;
         if cfg.clip_value > 0.0 {
             deq_train::clip_grad_value(&mut grads, &vars, cfg.clip_value)?;
         }
@@ -211,8 +215,11 @@ pub fn fit(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, opts:
                 metrics.write(&serde_json::to_value(p).unwrap_or_default())?;
                 let mut tensors: Vec<(String, Tensor)> = net.named_vars().into_iter().map(|(k, v)| (format!("model.{k}"), v.as_tensor().clone())).collect();
                 tensors.extend(opt.state()?.into_iter().map(|(k, v)| (format!("optim.{k}"), v)));
-                if let Some(c) = &cache {
+                if let Some(c) = &cache.z {
                     tensors.push(("cache".into(), c.clone()));
+                }
+                if let Some(a) = cache.carry.adjoint() {
+                    tensors.push(("cache_adjoint".into(), a.clone()));
                 }
                 let meta = serde_json::json!({"train_seconds": train_seconds, "rng_state": rng.state().to_string(), "curve": curve, "model": net.kind()});
                 ck.save(step, &tensors, meta)?;

@@ -7,10 +7,16 @@
 //! step and only take the phantom-gradient steps (`grad`, damping `tau`), so one training step
 //! costs `grad` evaluations of `f` (plus `amortised_iters` graph-free solver steps, 0 in the
 //! zoo). Evaluation always solves from zeros.
+//!
+//! With `amortised_grad = "carried_adjoint"` the tracked steps of an amortised step are
+//! differentiated with a warm-started adjoint ([`deq_core::grad::AdjointCarry`]): the same cost,
+//! but the gradient converges to the implicit one instead of staying a `grad`-step phantom
+//! gradient.
 
 use crate::error::Result;
 use crate::filter::{FilterKind, Injection};
 use candle_core::{DType, Device, Module, Tensor, Var};
+use deq_core::grad::AdjointCarry;
 use deq_core::norm::{NormLinear, NormOptions};
 use deq_core::rng::DeqRng;
 use deq_core::{Deq, DeqConfig, NormType, SolverStats};
@@ -38,11 +44,26 @@ pub struct InrModelConfig {
     /// norm the gain goes into the scales `g`). Above 1, `f` starts less contractive and mixes
     /// more: `sin` of larger pre-activations, as in SIREN's hidden layers.
     pub z_map_gain: f64,
+    /// Gradient of the amortised steps: `phantom` (the zoo) or `carried_adjoint` (implicit
+    /// gradient with an adjoint warm-started from the previous step, at the same cost).
+    pub amortised_grad: AmortisedGrad,
+}
+
+/// Gradient of an amortised training step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AmortisedGrad {
+    /// Backpropagation through the `grad` damped steps from the cached state (the zoo).
+    #[default]
+    Phantom,
+    /// The same steps, with the previous step's adjoint added at the last state and the
+    /// gradient at the cached state carried to the next step ([`AdjointCarry`]).
+    CarriedAdjoint,
 }
 
 impl Default for InrModelConfig {
     fn default() -> Self {
-        Self { filter: FilterKind::SirenLike, layers: 1, width: 256, input_scale: 256.0, gabor_alpha: 3.0, amortised_iters: 0, z_map_gain: 1.0 }
+        Self { filter: FilterKind::SirenLike, layers: 1, width: 256, input_scale: 256.0, gabor_alpha: 3.0, amortised_iters: 0, z_map_gain: 1.0, amortised_grad: AmortisedGrad::Phantom }
     }
 }
 
@@ -160,6 +181,29 @@ impl DeqInr {
         let z = out.z().clone();
         let y = z.matmul(&self.out_w.as_tensor().t()?)?.broadcast_add(self.out_b.as_tensor())?;
         Ok((y, z.detach(), out.stats))
+    }
+
+    /// An amortised training step with a carried adjoint from the cached state `z0`:
+    /// `amortised_iters` graph-free solver steps, then `grad` tracked damped steps through
+    /// `carry`. Returns the outputs, the last state (detached: the next cache) and the term to
+    /// add to the loss before `backward` (then call [`AdjointCarry::update`]).
+    pub fn forward_carried(&self, x: &Tensor, z0: &Tensor, carry: &mut AdjointCarry) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        self.reset_norms()?;
+        let u = self.inputs(x)?;
+        let mut z = z0.detach();
+        if self.cfg.amortised_iters > 0 {
+            let ud: Vec<Tensor> = u.iter().map(|t| t.detach()).collect();
+            for _ in 0..self.cfg.amortised_iters {
+                z = self.f(&z, &ud)?.detach();
+            }
+        }
+        let dcfg = self.deq_amortised.config();
+        let k = dcfg.grad.first().copied().unwrap_or(1).max(1);
+        let mut step = |z: &Tensor| self.f(z, &u).map_err(|e| candle_core::Error::Msg(e.to_string()));
+        let zk = carry.unroll(&mut step, &z, k, dcfg.tau)?;
+        let seed = carry.seed(&zk)?;
+        let y = zk.matmul(&self.out_w.as_tensor().t()?)?.broadcast_add(self.out_b.as_tensor())?;
+        Ok((y, zk.detach(), seed))
     }
 
     /// Trainable variables with names.

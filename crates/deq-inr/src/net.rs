@@ -2,10 +2,30 @@
 //! for the trainer (amortised training forward, chunked prediction, parameters).
 
 use crate::error::Result;
-use crate::model::{DeqInr, SolveMode};
+use crate::model::{AmortisedGrad, DeqInr, SolveMode};
 use crate::siren::Siren;
+use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
+use deq_core::grad::AdjointCarry;
 use deq_core::SolverStats;
+
+/// The DEQ's state between full-batch training steps: the last fixed-point estimate and, with
+/// `amortised_grad = "carried_adjoint"`, the carried adjoint.
+#[derive(Debug, Clone, Default)]
+pub struct AmortisedCache {
+    /// Last state (none before the first step: that step solves from zeros).
+    pub z: Option<Tensor>,
+    /// Carried adjoint.
+    pub carry: AdjointCarry,
+    pending: bool,
+}
+
+impl AmortisedCache {
+    /// A cache restored from a checkpoint.
+    pub fn restore(z: Option<Tensor>, adjoint: Option<Tensor>) -> Self {
+        Self { z, carry: AdjointCarry::new(adjoint), pending: false }
+    }
+}
 
 /// The network being fitted.
 #[derive(Debug)]
@@ -23,6 +43,8 @@ pub struct TrainForward {
     pub pred: Tensor,
     /// Solver statistics (DEQ only).
     pub stats: Option<SolverStats>,
+    /// Term to add to the loss before `backward` (carried adjoint; its value is not a loss).
+    pub seed: Option<Tensor>,
 }
 
 impl InrNet {
@@ -34,25 +56,49 @@ impl InrNet {
         }
     }
 
-    /// Training forward on coordinates `x`. For the DEQ, `cache` is the amortised state: when
-    /// `Some(Some(z))` the step starts from `z` without solver iterations; `Some(None)` solves
-    /// from zeros and fills it; `None` (minibatches) solves from zeros without a cache.
-    pub fn train_forward(&self, x: &Tensor, cache: Option<&mut Option<Tensor>>) -> Result<TrainForward> {
+    /// Training forward on coordinates `x`. For the DEQ, `cache` is the amortised state: with
+    /// a state the step starts from it without solver iterations; without one it solves from
+    /// zeros and fills it; `None` (minibatches) solves from zeros without a cache. Add
+    /// [`TrainForward::seed`] to the loss, and call [`InrNet::finish_step`] after `backward`.
+    pub fn train_forward(&self, x: &Tensor, cache: Option<&mut AmortisedCache>) -> Result<TrainForward> {
         match self {
-            InrNet::Siren(s) => Ok(TrainForward { pred: s.forward(x)?, stats: None }),
+            InrNet::Siren(s) => Ok(TrainForward { pred: s.forward(x)?, stats: None, seed: None }),
             InrNet::Deq(m) => match cache {
-                Some(c) => {
-                    let mode = if c.is_some() { SolveMode::Amortised } else { SolveMode::Full };
-                    let (pred, z, stats) = m.forward(x, c.as_ref(), mode)?;
-                    *c = Some(z);
-                    Ok(TrainForward { pred, stats: Some(stats) })
-                }
+                Some(c) => match (&c.z, m.config().amortised_grad) {
+                    (Some(z0), AmortisedGrad::CarriedAdjoint) => {
+                        let (pred, z, seed) = m.forward_carried(x, z0, &mut c.carry)?;
+                        c.z = Some(z);
+                        c.pending = true;
+                        Ok(TrainForward { pred, stats: None, seed })
+                    }
+                    (z0, _) => {
+                        let mode = if z0.is_some() { SolveMode::Amortised } else { SolveMode::Full };
+                        let (pred, z, stats) = m.forward(x, z0.as_ref(), mode)?;
+                        if mode == SolveMode::Full {
+                            c.carry.reset();
+                        }
+                        c.z = Some(z);
+                        Ok(TrainForward { pred, stats: Some(stats), seed: None })
+                    }
+                },
                 None => {
                     let (pred, _, stats) = m.forward(x, None, SolveMode::Full)?;
-                    Ok(TrainForward { pred, stats: Some(stats) })
+                    Ok(TrainForward { pred, stats: Some(stats), seed: None })
                 }
             },
         }
+    }
+
+    /// After `backward` of a step of [`InrNet::train_forward`]: advances the carried adjoint
+    /// (nothing for other steps).
+    pub fn finish_step(&self, grads: &GradStore, cache: Option<&mut AmortisedCache>) -> Result<()> {
+        if let Some(c) = cache {
+            if c.pending {
+                c.carry.update(grads)?;
+                c.pending = false;
+            }
+        }
+        Ok(())
     }
 
     /// Predictions for `x` (`(N, k)`), `chunk` points at a time (the DEQ solves each chunk

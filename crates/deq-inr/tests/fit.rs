@@ -6,7 +6,7 @@ use candle_core::{DType, Device};
 use deq_core::rng::DeqRng;
 use deq_inr::fit::{fit, FitConfig, FitOptions};
 use deq_inr::image_io::Image;
-use deq_inr::model::{zoo_deq, DeqInr, InrModelConfig};
+use deq_inr::model::{zoo_deq, AmortisedGrad, DeqInr, InrModelConfig};
 use deq_inr::net::InrNet;
 use deq_inr::siren::Siren;
 use deq_inr::task::image_representation;
@@ -17,7 +17,11 @@ fn image() -> Image {
 }
 
 fn deq_net(seed: u64) -> InrNet {
-    let cfg = InrModelConfig { width: 32, input_scale: 24.0, ..Default::default() };
+    deq_net_with(seed, AmortisedGrad::Phantom)
+}
+
+fn deq_net_with(seed: u64, grad: AmortisedGrad) -> InrNet {
+    let cfg = InrModelConfig { width: 32, input_scale: 24.0, amortised_grad: grad, ..Default::default() };
     InrNet::Deq(DeqInr::new(cfg, 2, 1, zoo_deq(30), &mut DeqRng::new(seed), DType::F32, &Device::Cpu).unwrap())
 }
 
@@ -37,6 +41,23 @@ fn deq_and_siren_fits_improve_and_the_deq_step_costs_three_evaluations() {
     assert!(r.curve[2].train_loss < r.curve[0].train_loss, "{:?}", r.curve);
     assert!(r.last().test_psnr > r.curve[0].test_psnr, "{:?}", r.curve);
     assert_eq!(r.f_evals_per_step, 3.0);
+    // The carried adjoint: one evaluation a step (grad 1) and the loss still falls.
+    let carried = InrNet::Deq(
+        DeqInr::new(
+            InrModelConfig { width: 32, input_scale: 24.0, amortised_grad: AmortisedGrad::CarriedAdjoint, ..Default::default() },
+            2,
+            1,
+            deq_core::DeqConfig { grad: vec![1], ..zoo_deq(30) },
+            &mut DeqRng::new(0),
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap(),
+    );
+    let rc = fit(&carried, &train, &test, &cfg, &FitOptions::default()).unwrap();
+    assert_eq!(rc.f_evals_per_step, 1.0);
+    assert!(rc.curve[2].train_loss < rc.curve[0].train_loss, "{:?}", rc.curve);
+    assert!(rc.last().test_psnr > rc.curve[0].test_psnr, "{:?}", rc.curve);
     let InrNet::Deq(m) = &net else { unreachable!() };
     let s = InrNet::Siren(Siren::matching(m.num_params(), 2, 3, 1, &mut DeqRng::new(1), DType::F32, &Device::Cpu).unwrap());
     let rs = fit(&s, &train, &test, &cfg, &FitOptions::default()).unwrap();
@@ -46,12 +67,19 @@ fn deq_and_siren_fits_improve_and_the_deq_step_costs_three_evaluations() {
 
 #[test]
 fn resumed_fit_is_bit_identical() {
+    for grad in [AmortisedGrad::Phantom, AmortisedGrad::CarriedAdjoint] {
+        resumed_fit_is_bit_identical_with(grad);
+    }
+}
+
+fn resumed_fit_is_bit_identical_with(grad: AmortisedGrad) {
     let (train, test) = image_representation(&image(), 0);
     let cfg = |steps| FitConfig { steps, lr: 2e-3, eval_every: 5, ..Default::default() };
-    let (a, b) = (tmp("a"), tmp("b"));
-    let full = fit(&deq_net(3), &train, &test, &cfg(20), &FitOptions { out_dir: Some(a.clone()), ..Default::default() }).unwrap();
-    fit(&deq_net(3), &train, &test, &cfg(10), &FitOptions { out_dir: Some(b.clone()), ..Default::default() }).unwrap();
-    let resumed = fit(&deq_net(3), &train, &test, &cfg(20), &FitOptions { out_dir: Some(b.clone()), resume: true, ..Default::default() }).unwrap();
+    let (a, b) = (tmp(&format!("a{grad:?}")), tmp(&format!("b{grad:?}")));
+    let net = || deq_net_with(3, grad);
+    let full = fit(&net(), &train, &test, &cfg(20), &FitOptions { out_dir: Some(a.clone()), ..Default::default() }).unwrap();
+    fit(&net(), &train, &test, &cfg(10), &FitOptions { out_dir: Some(b.clone()), ..Default::default() }).unwrap();
+    let resumed = fit(&net(), &train, &test, &cfg(20), &FitOptions { out_dir: Some(b.clone()), resume: true, ..Default::default() }).unwrap();
     assert_eq!(full.test_pred, resumed.test_pred, "same final model");
     let (fl, rl) = (full.last(), resumed.last());
     assert_eq!((fl.step, fl.train_psnr, fl.train_loss), (rl.step, rl.train_psnr, rl.train_loss));

@@ -5,7 +5,8 @@
 use candle_core::{DType, Device, Tensor, Var};
 use deq_core::rng::DeqRng;
 use deq_inr::filter::{sample_gamma, FilterKind, Injection};
-use deq_inr::model::{zoo_deq, DeqInr, InrModelConfig, SolveMode};
+use deq_inr::model::{zoo_deq, AmortisedGrad, DeqInr, InrModelConfig, SolveMode};
+use deq_inr::net::{AmortisedCache, InrNet};
 use deq_inr::siren::{siren_params, Siren};
 
 const DEV: Device = Device::Cpu;
@@ -70,7 +71,7 @@ fn gamma_sampler_has_the_right_mean_and_variance() {
 }
 
 fn model(kind: FilterKind, layers: usize, grad: usize) -> DeqInr {
-    let cfg = InrModelConfig { filter: kind, layers, width: 4, input_scale: 3.0, gabor_alpha: 3.0, amortised_iters: 0, z_map_gain: 1.0 };
+    let cfg = InrModelConfig { filter: kind, layers, width: 4, input_scale: 3.0, gabor_alpha: 3.0, ..Default::default() };
     let mut deq = zoo_deq(30);
     deq.grad = vec![grad];
     DeqInr::new(cfg, 2, 2, deq, &mut DeqRng::new(5), DType::F64, &DEV).unwrap()
@@ -177,6 +178,71 @@ fn z_map_gain_scales_the_initial_maps_and_nothing_else() {
                 assert!(a.iter().zip(b).all(|(x, y)| (2.5 * x - y).abs() < 1e-12), "{k} scaled by the gain");
             } else {
                 assert_eq!(a, b, "{k} unchanged");
+            }
+        }
+    }
+}
+
+/// A contractive siren_like model for the carried-adjoint tests (`A` at half PyTorch's scale).
+fn carried_model(layers: usize, grad: usize, amortised_iters: usize) -> InrNet {
+    let cfg = InrModelConfig {
+        layers,
+        width: 4,
+        input_scale: 3.0,
+        z_map_gain: 0.5,
+        amortised_iters,
+        amortised_grad: AmortisedGrad::CarriedAdjoint,
+        ..Default::default()
+    };
+    let deq = deq_core::DeqConfig { f_tol: 1e-15, f_max_iter: 400, eval_f_max_iter: 400, grad: vec![grad], tau: if grad == 2 { 0.8 } else { 1.0 }, ..zoo_deq(400) };
+    InrNet::Deq(DeqInr::new(cfg, 2, 2, deq, &mut DeqRng::new(21), DType::F64, &DEV).unwrap())
+}
+
+#[test]
+fn carried_adjoint_steps_converge_to_the_implicit_gradient_and_cost_grad_evaluations() {
+    let x = coords(5, 2, 22);
+    let c2 = DeqRng::new(23).randn((5, 2), DType::F64, &DEV).unwrap();
+    for (layers, grad, iters) in [(1, 1, 0), (2, 2, 1)] {
+        let net = carried_model(layers, grad, iters);
+        let InrNet::Deq(m) = &net else { unreachable!() };
+        // Parameters held still: the state and the carried adjoint converge, and the gradient
+        // of each step converges to the implicit gradient of the loss at the exact fixed point.
+        let mut cache = AmortisedCache::default();
+        let mut grads = None;
+        for step in 0..300 {
+            let before = m.f_evals();
+            let fw = net.train_forward(&x, Some(&mut cache)).unwrap();
+            if step > 0 {
+                assert_eq!(m.f_evals() - before, iters + grad, "amortised solver steps plus the tracked steps");
+                assert!(fw.stats.is_none());
+            }
+            let mut loss = (fw.pred * &c2).unwrap().sum_all().unwrap();
+            if let Some(s) = &fw.seed {
+                loss = (loss + s).unwrap();
+            }
+            let g = deq_core::grad::backward(&loss).unwrap();
+            net.finish_step(&g, Some(&mut cache)).unwrap();
+            if step > 0 {
+                assert!(cache.carry.adjoint().is_some(), "the adjoint is carried");
+            }
+            grads = Some(g);
+        }
+        let grads = grads.unwrap();
+        let value = || (m.forward(&x, None, SolveMode::Eval).unwrap().0 * &c2).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+        for (name, v) in m.named_vars() {
+            let g = vals(grads.get(v.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}")));
+            let base = vals(v.as_tensor());
+            for k in [0, base.len() / 2, base.len() - 1] {
+                let at = |s: f64| {
+                    let mut p = base.clone();
+                    p[k] += s;
+                    v.set(&Tensor::from_vec(p, v.as_tensor().shape(), &DEV).unwrap()).unwrap();
+                    value()
+                };
+                let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
+                v.set(&Tensor::from_vec(base.clone(), v.as_tensor().shape(), &DEV).unwrap()).unwrap();
+                let err = (g[k] - fd).abs() / fd.abs().max(1e-4);
+                assert!(err < 1e-5, "{layers}L grad {grad}: {name}[{k}] carried {} vs FD of the fixed point {fd} (rel {err:.1e})", g[k]);
             }
         }
     }

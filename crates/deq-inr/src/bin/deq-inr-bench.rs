@@ -1,12 +1,14 @@
 //! `deq-inr-bench`: time of one amortised DEQ-INR training step (siren_like, a full
 //! `size x size` grid as one batch, no solver iterations, 3 phantom-gradient steps, MSE, Adam),
 //! the workload of `scripts/bench_inr_torch.py`; `scripts/bench_inr_compare.sh` runs both.
+//! `--carried --grad 1` times the carried-adjoint step instead.
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
 use deq_core::rng::DeqRng;
-use deq_inr::model::{zoo_deq, DeqInr, InrModelConfig, SolveMode};
+use deq_inr::model::{zoo_deq, AmortisedGrad, DeqInr, InrModelConfig};
+use deq_inr::net::{AmortisedCache, InrNet};
 use deq_train::{Adam, Optimizer};
 use std::time::Instant;
 
@@ -35,6 +37,12 @@ struct Args {
     /// Threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Tracked steps per training step.
+    #[arg(long, default_value_t = 3)]
+    grad: usize,
+    /// Carried-adjoint gradient instead of the phantom gradient.
+    #[arg(long)]
+    carried: bool,
 }
 
 fn main() -> Result<()> {
@@ -46,19 +54,23 @@ fn main() -> Result<()> {
     let n = a.size * a.size;
     let x = Tensor::from_vec(coords, (n, 2), &dev)?;
     let y = Tensor::from_vec(target, (n, 1), &dev)?;
-    let cfg = InrModelConfig { layers: a.layers, width: a.width, ..Default::default() };
-    let model = DeqInr::new(cfg, 2, 1, zoo_deq(100), &mut DeqRng::new(0), DType::F32, &dev)?;
-    let mut opt = Adam::new(model.named_vars(), 1e-3, (0.9, 0.999), 1e-8, 0.0, false)?;
+    let amortised_grad = if a.carried { AmortisedGrad::CarriedAdjoint } else { AmortisedGrad::Phantom };
+    let cfg = InrModelConfig { layers: a.layers, width: a.width, amortised_grad, ..Default::default() };
+    let deq = deq_core::DeqConfig { grad: vec![a.grad], ..zoo_deq(100) };
+    let net = InrNet::Deq(DeqInr::new(cfg, 2, 1, deq, &mut DeqRng::new(0), DType::F32, &dev)?);
+    let mut opt = Adam::new(net.named_vars(), 1e-3, (0.9, 0.999), 1e-8, 0.0, false)?;
     let times = deq_train::run_on_pool(|| -> Result<Vec<f64>> {
-        let mut cache: Option<Tensor> = None;
+        let mut cache = AmortisedCache::default();
         let mut times = Vec::new();
         for i in 0..a.steps + 2 {
             let t0 = Instant::now();
-            let mode = if cache.is_none() { SolveMode::Full } else { SolveMode::Amortised };
-            let (pred, z, _) = model.forward(&x, cache.as_ref(), mode)?;
-            cache = Some(z);
-            let loss = (pred - &y)?.sqr()?.mean_all()?;
+            let fw = net.train_forward(&x, Some(&mut cache))?;
+            let mut loss = (fw.pred - &y)?.sqr()?.mean_all()?;
+            if let Some(s) = &fw.seed {
+                loss = (loss + s)?;
+            }
             let grads = deq_core::grad::backward(&loss)?;
+            net.finish_step(&grads, Some(&mut cache))?;
             opt.step(&grads)?;
             if i >= 2 {
                 times.push(t0.elapsed().as_secs_f64());
@@ -70,7 +82,7 @@ fn main() -> Result<()> {
     s.sort_by(|p, q| p.total_cmp(q));
     println!(
         "{}",
-        serde_json::json!({"impl": "deq-zoo-rs", "workload": format!("inr/siren_like-{}L{}D/{}x{}/amortised_step", a.layers, a.width, a.size, a.size),
+        serde_json::json!({"impl": "deq-zoo-rs", "workload": format!("inr/siren_like-{}L{}D/{}x{}/amortised_step{}", a.layers, a.width, a.size, a.size, if a.carried { format!("/carried_grad{}", a.grad) } else if a.grad != 3 { format!("/grad{}", a.grad) } else { String::new() }),
             "median_s": s[s.len() / 2], "min_s": s[0], "steps": s.len(), "threads": a.threads})
     );
     Ok(())
