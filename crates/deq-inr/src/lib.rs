@@ -5,8 +5,10 @@
 //! `L + 1` filters `u_0 .. u_L` (`siren_like`, `fourier` or `gabor`), the state solves
 //! `z* = f(z*; x)` with `L` weight-normalised layers inside `f`, and a linear map reads the signal
 //! out. Training is amortised: after a first full solve, each step starts from the previous
-//! step's state and takes only the phantom-gradient steps. An explicit SIREN of equal parameter
-//! count is the baseline, trained by the same loop.
+//! step's state and takes only the phantom-gradient steps, or (`amortised_grad =
+//! "carried_adjoint"`) one tracked step differentiated with an adjoint carried from step to step
+//! (`deq_core::grad::AdjointCarry`: the implicit gradient at the cost of a phantom step). An
+//! explicit SIREN of equal parameter count is the baseline, trained by the same loop.
 //!
 //! | module | what it holds |
 //! |---|---|

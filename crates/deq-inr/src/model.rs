@@ -179,8 +179,7 @@ impl DeqInr {
         };
         let out = deq.forward1(|z, inp| self.f(z, inp).map_err(|e| candle_core::Error::Msg(e.to_string())), &u, &z0)?;
         let z = out.z().clone();
-        let y = z.matmul(&self.out_w.as_tensor().t()?)?.broadcast_add(self.out_b.as_tensor())?;
-        Ok((y, z.detach(), out.stats))
+        Ok((self.readout(&z)?, z.detach(), out.stats))
     }
 
     /// An amortised training step with a carried adjoint from the cached state `z0`:
@@ -202,8 +201,12 @@ impl DeqInr {
         let mut step = |z: &Tensor| self.f(z, &u).map_err(|e| candle_core::Error::Msg(e.to_string()));
         let zk = carry.unroll(&mut step, &z, k, dcfg.tau)?;
         let seed = carry.seed(&zk)?;
-        let y = zk.matmul(&self.out_w.as_tensor().t()?)?.broadcast_add(self.out_b.as_tensor())?;
-        Ok((y, zk.detach(), seed))
+        Ok((self.readout(&zk)?, zk.detach(), seed))
+    }
+
+    /// The linear readout `y = B z + d`.
+    fn readout(&self, z: &Tensor) -> Result<Tensor> {
+        Ok(z.matmul(&self.out_w.as_tensor().t()?)?.broadcast_add(self.out_b.as_tensor())?)
     }
 
     /// Trainable variables with names.

@@ -80,10 +80,7 @@ impl AdjointCarry {
     /// the carried adjoint (zero when the loss did not reach it).
     pub fn update(&mut self, grads: &GradStore) -> Result<()> {
         let start = self.start.take().ok_or_else(|| candle_core::Error::Msg("AdjointCarry::update without a preceding unroll".into()))?;
-        self.adjoint = match grads.get(start.as_tensor()) {
-            Some(g) => Some(g.detach()),
-            None => None,
-        };
+        self.adjoint = grads.get(start.as_tensor()).map(|g| g.detach());
         Ok(())
     }
 }
