@@ -388,4 +388,9 @@ fn carried_adjoint_update_without_unroll_is_an_error() {
     assert!(carry.update(&grads).is_err());
     let z = Tensor::zeros((2, 3), DType::F64, &Device::Cpu).unwrap();
     assert!(carry.unroll(&mut |z: &Tensor| Ok(z.clone()), &z, 0, 1.0).is_err());
+    assert!(!carry.is_pending());
+    carry.unroll(&mut |z: &Tensor| Ok(z.clone()), &z, 1, 1.0).unwrap();
+    assert!(carry.is_pending(), "an unroll awaits its update");
+    carry.update(&grads).unwrap();
+    assert!(!carry.is_pending() && carry.adjoint().is_none(), "no gradient reached the leaf: zero adjoint");
 }

@@ -182,13 +182,10 @@ pub fn fit(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, opts:
             (x.index_select(&it, 0)?, y.index_select(&it, 0)?)
         };
         let fw = net.train_forward(&xb, if full { Some(&mut cache) } else { None })?;
-        let mut loss = mse(&fw.pred, &yb)?;
+        let loss = mse(&fw.pred, &yb)?;
         let lv = loss.to_scalar::<f32>()? as f64;
         deq_train::check_finite("training loss", lv, step)?;
-        if let Some(seed) = &fw.seed {
-            loss = (loss + seed)?;
-        }
-        let mut grads = deq_core::grad::backward(&loss)?;
+        let mut grads = deq_core::grad::backward(&fw.backward_target(loss)?)?;
         net.finish_step(&grads, if full { Some(&mut cache) } else { None })?;
         if cfg.clip_value > 0.0 {
             deq_train::clip_grad_value(&mut grads, &vars, cfg.clip_value)?;

@@ -17,13 +17,12 @@ pub struct AmortisedCache {
     pub z: Option<Tensor>,
     /// Carried adjoint.
     pub carry: AdjointCarry,
-    pending: bool,
 }
 
 impl AmortisedCache {
     /// A cache restored from a checkpoint.
     pub fn restore(z: Option<Tensor>, adjoint: Option<Tensor>) -> Self {
-        Self { z, carry: AdjointCarry::new(adjoint), pending: false }
+        Self { z, carry: AdjointCarry::new(adjoint) }
     }
 }
 
@@ -47,6 +46,16 @@ pub struct TrainForward {
     pub seed: Option<Tensor>,
 }
 
+impl TrainForward {
+    /// The tensor to differentiate: `loss` plus [`TrainForward::seed`] when there is one.
+    pub fn backward_target(&self, loss: Tensor) -> Result<Tensor> {
+        Ok(match &self.seed {
+            Some(s) => (loss + s)?,
+            None => loss,
+        })
+    }
+}
+
 impl InrNet {
     /// `deq` or `siren`.
     pub fn kind(&self) -> &'static str {
@@ -68,7 +77,6 @@ impl InrNet {
                     (Some(z0), AmortisedGrad::CarriedAdjoint) => {
                         let (pred, z, seed) = m.forward_carried(x, z0, &mut c.carry)?;
                         c.z = Some(z);
-                        c.pending = true;
                         Ok(TrainForward { pred, stats: None, seed })
                     }
                     (z0, _) => {
@@ -93,9 +101,8 @@ impl InrNet {
     /// (nothing for other steps).
     pub fn finish_step(&self, grads: &GradStore, cache: Option<&mut AmortisedCache>) -> Result<()> {
         if let Some(c) = cache {
-            if c.pending {
+            if c.carry.is_pending() {
                 c.carry.update(grads)?;
-                c.pending = false;
             }
         }
         Ok(())

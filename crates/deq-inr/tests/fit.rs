@@ -17,12 +17,14 @@ fn image() -> Image {
 }
 
 fn deq_net(seed: u64) -> InrNet {
-    deq_net_with(seed, AmortisedGrad::Phantom)
+    deq_net_with(seed, AmortisedGrad::Phantom, 3)
 }
 
-fn deq_net_with(seed: u64, grad: AmortisedGrad) -> InrNet {
-    let cfg = InrModelConfig { width: 32, input_scale: 24.0, amortised_grad: grad, ..Default::default() };
-    InrNet::Deq(DeqInr::new(cfg, 2, 1, zoo_deq(30), &mut DeqRng::new(seed), DType::F32, &Device::Cpu).unwrap())
+/// The test DEQ with `grad` tracked steps differentiated by `mode`.
+fn deq_net_with(seed: u64, mode: AmortisedGrad, grad: usize) -> InrNet {
+    let cfg = InrModelConfig { width: 32, input_scale: 24.0, amortised_grad: mode, ..Default::default() };
+    let deq = deq_core::DeqConfig { grad: vec![grad], ..zoo_deq(30) };
+    InrNet::Deq(DeqInr::new(cfg, 2, 1, deq, &mut DeqRng::new(seed), DType::F32, &Device::Cpu).unwrap())
 }
 
 fn tmp(tag: &str) -> std::path::PathBuf {
@@ -42,18 +44,7 @@ fn deq_and_siren_fits_improve_and_the_deq_step_costs_three_evaluations() {
     assert!(r.last().test_psnr > r.curve[0].test_psnr, "{:?}", r.curve);
     assert_eq!(r.f_evals_per_step, 3.0);
     // The carried adjoint: one evaluation a step (grad 1) and the loss still falls.
-    let carried = InrNet::Deq(
-        DeqInr::new(
-            InrModelConfig { width: 32, input_scale: 24.0, amortised_grad: AmortisedGrad::CarriedAdjoint, ..Default::default() },
-            2,
-            1,
-            deq_core::DeqConfig { grad: vec![1], ..zoo_deq(30) },
-            &mut DeqRng::new(0),
-            DType::F32,
-            &Device::Cpu,
-        )
-        .unwrap(),
-    );
+    let carried = deq_net_with(0, AmortisedGrad::CarriedAdjoint, 1);
     let rc = fit(&carried, &train, &test, &cfg, &FitOptions::default()).unwrap();
     assert_eq!(rc.f_evals_per_step, 1.0);
     assert!(rc.curve[2].train_loss < rc.curve[0].train_loss, "{:?}", rc.curve);
@@ -76,7 +67,7 @@ fn resumed_fit_is_bit_identical_with(grad: AmortisedGrad) {
     let (train, test) = image_representation(&image(), 0);
     let cfg = |steps| FitConfig { steps, lr: 2e-3, eval_every: 5, ..Default::default() };
     let (a, b) = (tmp(&format!("a{grad:?}")), tmp(&format!("b{grad:?}")));
-    let net = || deq_net_with(3, grad);
+    let net = || deq_net_with(3, grad, 3);
     let full = fit(&net(), &train, &test, &cfg(20), &FitOptions { out_dir: Some(a.clone()), ..Default::default() }).unwrap();
     fit(&net(), &train, &test, &cfg(10), &FitOptions { out_dir: Some(b.clone()), ..Default::default() }).unwrap();
     let resumed = fit(&net(), &train, &test, &cfg(20), &FitOptions { out_dir: Some(b.clone()), resume: true, ..Default::default() }).unwrap();

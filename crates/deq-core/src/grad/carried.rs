@@ -44,6 +44,11 @@ impl AdjointCarry {
         self.adjoint.as_ref()
     }
 
+    /// Whether an [`AdjointCarry::unroll`] awaits its [`AdjointCarry::update`].
+    pub fn is_pending(&self) -> bool {
+        self.start.is_some()
+    }
+
     /// Forgets the adjoint (after a fresh solve, when the state no longer matches it).
     pub fn reset(&mut self) {
         self.adjoint = None;

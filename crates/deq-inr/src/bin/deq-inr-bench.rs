@@ -65,11 +65,8 @@ fn main() -> Result<()> {
         for i in 0..a.steps + 2 {
             let t0 = Instant::now();
             let fw = net.train_forward(&x, Some(&mut cache))?;
-            let mut loss = (fw.pred - &y)?.sqr()?.mean_all()?;
-            if let Some(s) = &fw.seed {
-                loss = (loss + s)?;
-            }
-            let grads = deq_core::grad::backward(&loss)?;
+            let loss = (&fw.pred - &y)?.sqr()?.mean_all()?;
+            let grads = deq_core::grad::backward(&fw.backward_target(loss)?)?;
             net.finish_step(&grads, Some(&mut cache))?;
             opt.step(&grads)?;
             if i >= 2 {
