@@ -99,16 +99,19 @@ pub struct DeqConfig {
     /// Number of supervised states (fixed-point correction).
     pub n_states: usize,
     /// Explicit solver steps at which to supervise states.
+    #[serde(deserialize_with = "one_or_many")]
     pub indexing: Vec<usize>,
     /// Fixed-point-correction decay (`gamma^(n-k-1)`).
     pub gamma: f64,
     /// Phantom-gradient steps, one value or one per state.
+    #[serde(deserialize_with = "one_or_many")]
     pub grad: Vec<usize>,
     /// Phantom-gradient damping.
     pub tau: f64,
     /// Phantom-gradient sampling gap (-1: off).
     pub sup_gap: i64,
     /// Phantom-gradient sampling locations.
+    #[serde(deserialize_with = "one_or_many")]
     pub sup_loc: Vec<usize>,
     /// Jacobian-regulariser weight.
     pub jac_loss_weight: f64,
@@ -161,19 +164,48 @@ impl Default for DeqConfig {
     }
 }
 
+/// Reads a list of step counts written either as a list (`[5, 10]`) or, as TorchDEQ's
+/// `get_deq(grad=5)` accepts, as one integer (`5`, the same as `[5]`).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<usize>, D::Error> {
+    struct Steps;
+    impl<'de> serde::de::Visitor<'de> for Steps {
+        type Value = Vec<usize>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a step count or a list of step counts")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<Self::Value, E> {
+            usize::try_from(v).map(|v| vec![v]).map_err(E::custom)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<Self::Value, E> {
+            usize::try_from(v).map(|v| vec![v]).map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(v) = seq.next_element::<usize>()? {
+                out.push(v);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(Steps)
+}
+
 fn bad(key: &str, message: impl Into<String>) -> DeqError {
     DeqError::Config { key: key.to_string(), message: message.into() }
 }
 
 impl DeqConfig {
     /// Parses a TOML table (the `[deq]` section of a model config). Unknown keys are errors.
+    /// (Cargo feature `toml`, on by default.)
+    #[cfg(feature = "toml")]
     pub fn from_toml_str(s: &str) -> Result<Self> {
         let cfg: Self = toml::from_str(s).map_err(|e| DeqError::Toml(e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
     }
 
-    /// Serialises to TOML.
+    /// Serialises to TOML. (Cargo feature `toml`, on by default.)
+    #[cfg(feature = "toml")]
     pub fn to_toml_string(&self) -> Result<String> {
         toml::to_string(self).map_err(|e| DeqError::Toml(e.to_string()))
     }
@@ -258,6 +290,8 @@ impl DeqConfig {
 
 /// Command-line overrides for [`DeqConfig`], with TorchDEQ's flag names (`--f_solver anderson`).
 /// Every flag is optional; [`DeqArgs::apply`] overwrites only what was given.
+/// (Cargo feature `cli`, on by default.)
+#[cfg(feature = "cli")]
 #[derive(Debug, Clone, Default, clap::Args)]
 #[allow(missing_docs)]
 pub struct DeqArgs {
@@ -325,6 +359,7 @@ pub struct DeqArgs {
     pub differentiable_eval: Option<bool>,
 }
 
+#[cfg(feature = "cli")]
 impl DeqArgs {
     /// Overwrites the fields of `cfg` given on the command line, then validates.
     pub fn apply(&self, cfg: &mut DeqConfig) -> Result<()> {
@@ -342,7 +377,7 @@ impl DeqArgs {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "cli", feature = "toml"))]
 mod tests {
     use super::*;
     use clap::Parser;
@@ -378,6 +413,13 @@ mod tests {
         assert!(err.contains("f_solvr"), "{err}");
         let err = DeqConfig::from_toml_str("f_solver = \"newton\"").unwrap_err().to_string();
         assert!(err.contains("f_solver") && err.contains("newton"), "{err}");
+        // TorchDEQ accepts one integer where a list of steps is expected (`get_deq(grad=5)`).
+        let scalar = DeqConfig::from_toml_str("grad = 5\nindexing = 3\nsup_loc = 2\n").unwrap();
+        assert_eq!((scalar.grad.clone(), scalar.indexing.clone(), scalar.sup_loc.clone()), (vec![5], vec![3], vec![2]));
+        let lists = DeqConfig::from_toml_str("grad = [5]\nindexing = [3]\nsup_loc = [2]\n").unwrap();
+        assert_eq!(scalar, lists);
+        let err = DeqConfig::from_toml_str("grad = -1").unwrap_err().to_string();
+        assert!(err.contains("grad"), "{err}");
         let err = DeqConfig::from_toml_str("tau = 1.5").unwrap_err().to_string();
         assert!(err.contains("tau"), "{err}");
     }

@@ -81,7 +81,9 @@ pub mod rng;
 pub mod solver;
 pub mod state;
 
-pub use config::{Core, DeqArgs, DeqConfig, NormType};
+#[cfg(feature = "cli")]
+pub use config::DeqArgs;
+pub use config::{Core, DeqConfig, NormType};
 pub use deq::{Deq, DeqOutput};
 pub use recompute::{RecomputeReport, Recomputed};
 pub use error::{DeqError, Result};

@@ -1,5 +1,6 @@
 //! The pruned vector-Jacobian product against candle's full backward and finite differences,
-//! in f64, over every op family a DEQ function uses.
+//! in f64, over every op family a DEQ function uses (cargo feature `pruned-vjp`).
+#![cfg(feature = "pruned-vjp")]
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use deq_core::grad::{full_vjp, Vjp, VjpPlan};

@@ -85,29 +85,11 @@ impl RunConfig {
     }
 
     /// Reads `path` and applies `section.key=value` overrides (values in TOML syntax; a bare
-    /// word is a string), e.g. `fit.lr=3e-3`, `model.input_scale=128`, `fit.lr_schedule=cosine`.
-    /// Unknown sections or keys are errors naming them.
+    /// word is a string), e.g. `fit.lr=3e-3`, `model.input_scale=128`, `fit.lr_schedule=cosine`
+    /// (the shared rules of `deq_train::cli`). Unknown sections or keys are errors naming them.
     pub fn load_with(path: &Path, sets: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| InrError::io(path, e))?;
-        if sets.is_empty() {
-            // Straight from the text: the errors keep their line numbers.
-            return toml::from_str(&text).map_err(|e| InrError::format(path, e.to_string()));
-        }
-        let mut doc: toml::Table = toml::from_str(&text).map_err(|e| InrError::format(path, e.to_string()))?;
-        for set in sets {
-            let bad = |message: String| InrError::Config { key: set.clone(), message };
-            let (key, value) = set.split_once('=').ok_or_else(|| bad("expected section.key=value".into()))?;
-            let (section, name) = key.trim().split_once('.').ok_or_else(|| bad("expected section.key=value".into()))?;
-            let value = value.trim();
-            let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
-                .ok()
-                .and_then(|mut t| t.remove("v"))
-                .unwrap_or_else(|| toml::Value::String(value.to_string()));
-            let table = doc.entry(section.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            let table = table.as_table_mut().ok_or_else(|| bad(format!("`{section}` is not a table")))?;
-            table.insert(name.to_string(), parsed);
-        }
-        toml::Value::Table(doc).try_into().map_err(|e: toml::de::Error| InrError::format(path, format!("after the overrides {sets:?}: {e}")))
+        let overrides = sets.iter().map(|s| deq_train::cli::Override::parse(s)).collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(deq_train::cli::load_with_overrides(path, &overrides)?)
     }
 
     /// The configuration as TOML.
@@ -135,4 +117,17 @@ pub fn resolve(p: &str) -> Result<PathBuf> {
         key: "data.path".into(),
         message: format!("`{p}` not found (tried {})", tried.iter().map(|t| t.display().to_string()).collect::<Vec<_>>().join(", ")),
     })
+}
+
+impl deq_train::cli::TrainerConfig for RunConfig {
+    const SEED_SECTION: &'static str = "fit";
+    fn deq_mut(&mut self) -> &mut DeqConfig {
+        &mut self.deq
+    }
+    fn validate(&self) -> std::result::Result<(), String> {
+        if !["image", "audio", "video"].contains(&self.data.kind.as_str()) {
+            return Err(format!("data.kind: `{}` is not image, audio or video", self.data.kind));
+        }
+        self.deq.validate().map_err(|e| format!("[deq]: {e}"))
+    }
 }

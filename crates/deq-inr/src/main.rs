@@ -1,12 +1,14 @@
 //! `deq-inr`: fit (Implicit)^2 representations (and the SIREN baseline) to images, audio and
 //! video, and render fitted models.
 //! `cargo run --release -p deq-inr -- fit image --config configs/deq-inr/image-siren_like-1L256D.toml`.
+//! Every flag follows the convention of `deq_train::cli`.
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
-use deq_core::DeqArgs;
 use deq_inr::config::RunConfig;
-use deq_inr::run::{load_task, render, run_one};
+use deq_inr::run::{load_task, render, run_one, saved_kind};
+use deq_train::cli::{init_logging, RunDirArgs, TrainArgs};
+use deq_train::plot::PlotArgs;
 use std::path::PathBuf;
 
 // jemalloc keeps freed pages mapped and reuses them: the 64 MiB activations of a full-image
@@ -49,55 +51,27 @@ enum Which {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Fit a signal; writes <out>/<model>/{reconstruction, error map, metrics.jsonl,
-    /// checkpoints/, model_f16.safetensors, summary.json} and prints the summaries.
+    /// Fit a signal; writes <out>/<model>/{config.toml, reconstruction, error map,
+    /// metrics.jsonl, checkpoints/, model_f16.safetensors, summary.json} and prints the
+    /// summaries. The signal is `data.path` (`--set data.path=images/astronaut.png`); budgets
+    /// are `fit.steps` and `fit.max_seconds`.
     Fit {
         /// What the signal is (must match data.kind of the config).
         kind: Kind,
-        /// Run configuration (TOML: [data], [model], [siren], [fit], [deq]).
-        #[arg(long)]
-        config: PathBuf,
-        /// Override data.path (a file, or a folder of frames for video).
-        #[arg(long)]
-        input: Option<String>,
-        /// Output folder.
-        #[arg(long, default_value = "runs/deq-inr")]
-        out: PathBuf,
-        /// Which network to fit.
+        #[command(flatten)]
+        args: TrainArgs,
+        /// Which network(s) to fit: the DEQ, the SIREN baseline of equal size, or both.
         #[arg(long, value_enum, default_value = "deq")]
         model: Which,
-        /// Override fit.steps.
-        #[arg(long)]
-        steps: Option<usize>,
-        /// Override fit.max_seconds (training-time budget per model).
-        #[arg(long)]
-        max_seconds: Option<f64>,
-        /// Override fit.seed.
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Override siren.layers (sine layers of the baseline; 0: the DEQ's L + 1).
-        #[arg(long)]
-        siren_layers: Option<usize>,
-        /// Set any configuration key, `section.key=value` (repeatable), e.g.
-        /// `--set fit.lr=3e-3 --set fit.lr_schedule=cosine --set model.input_scale=128`.
-        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
-        sets: Vec<String>,
-        /// Continue from the checkpoints in the output folder.
-        #[arg(long)]
-        resume: bool,
-        /// DEQ options with TorchDEQ's flag names.
-        #[command(flatten)]
-        deq: DeqArgs,
     },
-    /// Render a fitted model (a folder written by `fit`, e.g. runs/deq-inr/deq) on its test
-    /// grid, or for images on a `--height x --width` grid.
+    /// Render a fitted model (a model folder written by `fit`, e.g. runs/deq-inr/deq) with its
+    /// saved configuration, on its test grid or for images on a `--height x --width` grid.
     Render {
-        /// The model folder.
-        #[arg(long)]
-        run: PathBuf,
+        #[command(flatten)]
+        run: RunDirArgs,
         /// Output file (.png or .wav) or folder (video).
-        #[arg(long)]
-        out: PathBuf,
+        #[arg(long, value_name = "PATH")]
+        file: PathBuf,
         /// Image height (default: the test grid's).
         #[arg(long)]
         height: Option<usize>,
@@ -108,33 +82,31 @@ enum Cmd {
         #[arg(long)]
         f16: bool,
     },
+    /// Draw training curves and solver diagnostics of a run folder as PNG files.
+    Plot(PlotArgs),
 }
 
+const DEFAULT_OUT: &str = "runs/deq-inr";
+
 fn main() -> Result<()> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    init_logging();
     let cli = Cli::parse();
-    deq_train::runtime::configure_cpu(Some(2));
     match cli.cmd {
-        Cmd::Fit { kind, config, input, out, model, steps, max_seconds, seed, siren_layers, sets, resume, deq } => {
-            let mut cfg = RunConfig::load_with(&config, &sets)?;
+        Cmd::Fit { kind, args, model } => {
+            let cfg = args.config.load::<RunConfig>(None, None, args.seed)?.config;
             let want = format!("{kind:?}").to_lowercase();
-            anyhow::ensure!(cfg.data.kind == want, "{}: data.kind is `{}`, but `fit {want}` was asked", config.display(), cfg.data.kind);
-            if let Some(i) = input {
-                cfg.data.path = i;
+            let source = args.config.config.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+            anyhow::ensure!(cfg.data.kind == want, "{source}: data.kind is `{}`, but `fit {want}` was asked", cfg.data.kind);
+            let out = args.out.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_OUT));
+            args.runtime.device.cpu_only("deq-inr")?;
+            if args.dry_run {
+                let data = cfg.data_path()?;
+                eprintln!("configuration: {source}\nrun folder: {}\ndata: {}", out.display(), data.display());
+                println!("{}", cfg.to_toml());
+                return Ok(());
             }
-            if let Some(s) = steps {
-                cfg.fit.steps = s;
-            }
-            if let Some(m) = max_seconds {
-                cfg.fit.max_seconds = m;
-            }
-            if let Some(s) = seed {
-                cfg.fit.seed = s;
-            }
-            if let Some(l) = siren_layers {
-                cfg.siren.layers = l;
-            }
-            deq.apply(&mut cfg.deq)?;
+            let threads = args.runtime.configure(0);
+            tracing::info!(threads, "fitting into {}", out.display());
             let (train, test) = load_task(&cfg)?;
             let kinds: &[&str] = match model {
                 Which::Deq => &["deq"],
@@ -142,18 +114,31 @@ fn main() -> Result<()> {
                 Which::Both => &["deq", "siren"],
             };
             for k in kinds {
-                let (s, _) = deq_train::run_on_pool(|| run_one(&cfg, k, &train, &test, &out.join(k), resume))?;
+                let (s, _) = deq_train::run_on_pool(|| run_one(&cfg, k, &train, &test, &out.join(k), args.resume))?;
                 println!("{}", serde_json::to_string(&s)?);
             }
         }
-        Cmd::Render { run, out, height, width, f16 } => {
+        Cmd::Render { run, file, height, width, f16 } => {
+            let dir = run.out.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_OUT).join("deq"));
+            let cfg = run.config.load_saved::<RunConfig>(&dir)?.config;
+            let kind = saved_kind(&dir)?;
+            run.runtime.device.cpu_only("deq-inr")?;
             let size = match (height, width) {
                 (None, None) => None,
                 (h, w) => Some((h.unwrap_or(0), w.unwrap_or(0))),
             };
-            let r = deq_train::run_on_pool(|| render(&run, &out, size, f16))?;
+            let model_file = if f16 { dir.join("model_f16.safetensors") } else { dir.join("checkpoints").join("latest.json") };
+            anyhow::ensure!(model_file.exists(), "{}: not found (is --out a model folder written by `fit`?)", model_file.display());
+            if run.dry_run {
+                eprintln!("run folder: {}\nmodel: {kind} ({})\ndata: {}", dir.display(), model_file.display(), cfg.data_path()?.display());
+                println!("{}", cfg.to_toml());
+                return Ok(());
+            }
+            run.runtime.configure(0);
+            let r = deq_train::run_on_pool(|| render(&cfg, &kind, &dir, &file, size, f16))?;
             println!("{}", serde_json::to_string(&r)?);
         }
+        Cmd::Plot(p) => deq_train::plot::run(&p, DEFAULT_OUT)?,
     }
     Ok(())
 }

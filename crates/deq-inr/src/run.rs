@@ -157,16 +157,22 @@ pub struct Rendered {
     pub psnr: Option<f64>,
 }
 
-/// Renders the model in `run` (a folder written by [`run_one`]): its last checkpoint, or the
-/// f16 file with `f16`, on the test grid, or for images on a `(height, width)` grid (0 keeps
-/// that side) into `out` (`.png`, `.wav`, or a folder of frames for video).
-pub fn render(run: &Path, out: &Path, size: Option<(usize, usize)>, f16: bool) -> Result<Rendered> {
+/// The network kind (`deq` or `siren`) a model folder written by [`run_one`] holds, from the
+/// first line of its `config.toml`.
+pub fn saved_kind(run: &Path) -> Result<String> {
     let cfg_path = run.join("config.toml");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| InrError::io(&cfg_path, e))?;
-    let kind = text.lines().next().and_then(|l| l.strip_prefix("# model = \"")).and_then(|l| l.strip_suffix('"')).unwrap_or("deq").to_string();
-    let cfg = RunConfig::load(&cfg_path)?;
-    let (_, mut test) = load_task(&cfg)?;
-    let net = build_net(&cfg, &test.layout, &kind)?;
+    Ok(text.lines().next().and_then(|l| l.strip_prefix("# model = \"")).and_then(|l| l.strip_suffix('"')).unwrap_or("deq").to_string())
+}
+
+/// Renders the `kind` model of `cfg` saved in `run` (a folder written by [`run_one`]; `cfg` is
+/// normally its saved `config.toml`): its last checkpoint, or the f16 file with `f16`, on the
+/// test grid, or for images on a `(height, width)` grid (0 keeps that side) into `out` (`.png`,
+/// `.wav`, or a folder of frames for video).
+pub fn render(cfg: &RunConfig, kind: &str, run: &Path, out: &Path, size: Option<(usize, usize)>, f16: bool) -> Result<Rendered> {
+    let kind = kind.to_string();
+    let (_, mut test) = load_task(cfg)?;
+    let net = build_net(cfg, &test.layout, &kind)?;
     if f16 {
         compress::load(&net, &run.join("model_f16.safetensors"))?;
     } else {

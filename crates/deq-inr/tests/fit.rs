@@ -150,11 +150,16 @@ fn a_run_folder_renders_at_its_psnr_and_at_other_sizes() {
     for f in ["reconstruction.png", "error.png", "model_f16.safetensors", "summary.json", "metrics.jsonl", "config.toml"] {
         assert!(d.join("deq").join(f).exists(), "{f}");
     }
-    let r = deq_inr::run::render(&d.join("deq"), &d.join("again.png"), None, false).unwrap();
+    // Rendering reads the run's saved configuration and model kind.
+    let saved = deq_inr::config::RunConfig::load(&d.join("deq").join("config.toml")).unwrap();
+    assert_eq!(saved, cfg);
+    let kind = deq_inr::run::saved_kind(&d.join("deq")).unwrap();
+    assert_eq!(kind, "deq");
+    let r = deq_inr::run::render(&saved, &kind, &d.join("deq"), &d.join("again.png"), None, false).unwrap();
     assert!((r.psnr.unwrap() - s.test_psnr).abs() < 1e-9, "{:?} vs {}", r.psnr, s.test_psnr);
-    let r16 = deq_inr::run::render(&d.join("deq"), &d.join("f16.png"), None, true).unwrap();
+    let r16 = deq_inr::run::render(&saved, &kind, &d.join("deq"), &d.join("f16.png"), None, true).unwrap();
     assert!((r16.psnr.unwrap() - s.test_psnr_f16).abs() < 1e-9);
-    let big = deq_inr::run::render(&d.join("deq"), &d.join("big.png"), Some((48, 48)), false).unwrap();
+    let big = deq_inr::run::render(&saved, &kind, &d.join("deq"), &d.join("big.png"), Some((48, 48)), false).unwrap();
     assert!(big.psnr.is_none());
     let img = Image::read(&d.join("big.png")).unwrap();
     assert_eq!((img.height, img.width), (48, 48));

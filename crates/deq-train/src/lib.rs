@@ -10,8 +10,11 @@
 //! |---|---|
 //! | [`optim`] | [`Sgd`] (momentum, Nesterov, weight decay), [`Adam`] / AdamW |
 //! | [`schedule`] | cosine with warm-up, step, one-cycle |
+//! | [`solver_metrics`] | solver statistics per evaluation (NFE, residuals, spectral radius, probe traces) |
+//! | [`plot`] | the `plot` subcommand: training curves and convergence diagnostics as PNG |
 //! | [`clip`] | gradient clipping by global norm and by value |
 //! | [`checkpoint`] | safetensors + JSON sidecar, atomic, resumable |
+//! | [`cli`] | the flags every binary shares (`--config`, `--set`, `--out`, ...), config loading, logging |
 //! | [`loss`] | stable BCE with logits |
 //! | [`memory`] | counting allocator and peak RSS for benchmarks |
 //! | [`metrics`] | JSON-lines writer, top-k accuracy, micro-F1 |
@@ -64,6 +67,7 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+pub mod cli;
 pub mod clip;
 pub mod data;
 pub mod dist;
@@ -75,6 +79,8 @@ pub mod optim;
 pub mod progress;
 pub mod runtime;
 pub mod schedule;
+pub mod solver_metrics;
+pub mod plot;
 
 pub use checkpoint::{load_vars, Checkpoint, Checkpointer};
 pub use clip::{clip_grad_norm, clip_grad_value, grad_norm};
@@ -86,3 +92,4 @@ pub use optim::{Adam, Optimizer, Sgd};
 pub use progress::Progress;
 pub use runtime::{check_finite, run_on_pool};
 pub use schedule::Schedule;
+pub use solver_metrics::{probe_trace, SolverMetrics};

@@ -5,13 +5,13 @@
 
 use anyhow::{Context, Result};
 use deq_core::DeqConfig;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// `[data]`: `task` is `chains` (generated), `planetoid` (text format), `graphsage` (PPI
 /// format, files `<prefix>-*`) or `tu` (graph classification, files `<name>_*.txt`). Folders:
 /// `dir`, else `$DEQ_DATA_DIR/<name>`, `datasets/<name>` or `$DEQ_DATA_DIR/planetoid/<name>`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
     /// `chains`, `planetoid`, `graphsage` or `tu`.
@@ -60,7 +60,7 @@ impl Default for DataConfig {
 }
 
 /// A whole run configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
     /// `[data]`.
@@ -109,4 +109,21 @@ pub fn data_dir(d: &DataConfig) -> Result<PathBuf> {
     deq_train::data::find_dataset_dir(&d.name)
         .or_else(|| std::env::var_os("DEQ_DATA_DIR").map(|r| PathBuf::from(r).join("planetoid").join(&d.name)).filter(|p| p.is_dir()))
         .with_context(|| format!("dataset `{}` not found: set data.dir or DEQ_DATA_DIR", d.name))
+}
+
+impl deq_train::cli::TrainerConfig for RunConfig {
+    const SEED_SECTION: &'static str = "train";
+    fn deq_mut(&mut self) -> &mut DeqConfig {
+        &mut self.deq
+    }
+    /// Parses `[train]` for the task, so unknown `[train]` keys fail at load time too.
+    fn validate(&self) -> std::result::Result<(), String> {
+        let r = if self.data.task == "tu" { self.graph_train().map(|_| ()) } else { self.node_train().map(|_| ()) };
+        r.map_err(|e| format!("{e:#}"))?;
+        self.deq.validate().map_err(|e| format!("[deq]: {e}"))?;
+        if !["chains", "planetoid", "graphsage", "tu"].contains(&self.data.task.as_str()) {
+            return Err(format!("data.task: `{}` is not chains, planetoid, graphsage or tu", self.data.task));
+        }
+        Ok(())
+    }
 }

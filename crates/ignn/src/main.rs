@@ -1,13 +1,15 @@
 //! `ignn`: train and evaluate implicit graph neural networks (and the GCN baseline) on node
 //! classification (chains, Planetoid, GraphSAGE/PPI) and graph classification (TU).
-//! `cargo run --release -p ignn -- train --config configs/ignn/chains.toml --length 50`.
+//! `cargo run --release -p ignn -- train --config configs/ignn/chains.toml --set data.length=50`.
+//! Every flag follows the convention of `deq_train::cli`.
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use deq_core::DeqArgs;
+use deq_train::cli::{init_logging, Loaded, RunDirArgs, TrainArgs};
+use deq_train::plot::PlotArgs;
+use ignn::config::{data_dir, RunConfig};
 use ignn::graph_train::{evaluate_fold, train_graphs};
 use ignn::train::{build_model, evaluate, full_graph, metric_name, train_nodes, NodeTask, RunOptions};
-use ignn::config::{data_dir, RunConfig};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser, Debug)]
@@ -17,119 +19,106 @@ struct Cli {
     cmd: Cmd,
 }
 
-/// Overrides shared by `train` and `eval`.
-#[derive(clap::Args, Debug)]
-struct Common {
-    /// Run configuration (TOML with [data], [train], [deq]).
-    #[arg(long, default_value = "configs/ignn/chains.toml")]
-    config: PathBuf,
-    /// Override data.length (chains).
-    #[arg(long)]
-    length: Option<usize>,
-    /// Override train.model (`ignn`, `ignn_stack` or `gcn`; node tasks).
-    #[arg(long)]
-    model: Option<String>,
-    /// Override train.seed.
-    #[arg(long)]
-    seed: Option<u64>,
-    /// DEQ options with TorchDEQ's flag names.
-    #[command(flatten)]
-    deq: DeqArgs,
-}
-
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Train; prints the final scores as one JSON line.
+    /// Train (default: configs/ignn/chains.toml); prints the final scores as one JSON line.
+    /// The architecture is `train.model` (`ignn`, `ignn_stack` or `gcn`: `--set train.model=gcn`).
     Train {
         #[command(flatten)]
-        common: Common,
-        /// Override train.epochs.
-        #[arg(long)]
-        epochs: Option<usize>,
-        /// Output folder (metrics.jsonl, checkpoints/, best/; fold-<k>/ for TU).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Continue from the latest checkpoint in --out.
-        #[arg(long)]
-        resume: bool,
+        args: TrainArgs,
     },
-    /// Evaluate a checkpoint (a run folder, preferring best/ over checkpoints/, a fold-<k>/
-    /// folder for TU, or a latest.json); prints the scores as one JSON line.
+    /// Evaluate a trained run with its saved configuration; prints the scores as one JSON line.
     Eval {
         #[command(flatten)]
-        common: Common,
-        /// The checkpoint.
-        #[arg(long)]
-        checkpoint: PathBuf,
+        run: RunDirArgs,
+        /// A particular checkpoint: a `latest.json`, a checkpoint folder, or for TU a
+        /// `fold-<k>/` folder (default: the run's best/, else its checkpoints/).
+        #[arg(long, value_name = "PATH")]
+        checkpoint: Option<PathBuf>,
     },
+    /// Draw training curves and solver diagnostics of a run folder as PNG files.
+    Plot(PlotArgs),
 }
 
-fn load_config(c: &Common) -> Result<RunConfig> {
-    let mut cfg = RunConfig::load(&c.config)?;
-    if let Some(l) = c.length {
-        cfg.data.length = l;
-    }
-    c.deq.apply(&mut cfg.deq)?;
-    if let Some(m) = &c.model {
-        cfg.set_train("model", toml::Value::String(m.clone()))?;
-    }
-    if let Some(s) = c.seed {
-        cfg.set_train("seed", toml::Value::Integer(s as i64))?;
-    }
-    Ok(cfg)
-}
+const DEFAULT_CONFIG: &str = "configs/ignn/chains.toml";
+const DEFAULT_RUN: &str = "runs/ignn-chains";
 
-fn node_task(d: &ignn::config::DataConfig, config: &Path) -> Result<NodeTask> {
+fn node_task(d: &ignn::config::DataConfig) -> Result<NodeTask> {
     Ok(match d.task.as_str() {
         "chains" => ignn::chains::generate(d.classes, d.chains_per_class, d.length, d.feature_dim, d.train_frac, d.val_frac, d.split_seed).into(),
         "planetoid" => ignn::planetoid::load_planetoid(&data_dir(d)?)?,
         "graphsage" => ignn::ppi::load_graphsage(&data_dir(d)?, &d.prefix, d.standardize)?,
-        other => anyhow::bail!("{}: data.task `{other}` is not chains, planetoid, graphsage or tu", config.display()),
+        other => anyhow::bail!("data.task `{other}` is not chains, planetoid, graphsage or tu"),
     })
 }
 
+/// `--dry-run`: the data folder must exist (generated tasks need none); prints the configuration.
+fn dry_run(cfg: &RunConfig, source: &str, out: &Path) -> Result<()> {
+    let data = if cfg.data.task == "chains" { "generated (chains)".to_string() } else { data_dir(&cfg.data)?.display().to_string() };
+    eprintln!("configuration: {source}\nrun folder: {}\ndata: {data}", out.display());
+    println!("{}", toml::to_string_pretty(cfg)?);
+    Ok(())
+}
+
 fn main() -> Result<()> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    init_logging();
     let cli = Cli::parse();
-    deq_train::runtime::configure_cpu(Some(2));
     match cli.cmd {
-        Cmd::Train { common, epochs, out, resume } => {
-            let mut cfg = load_config(&common)?;
-            if let Some(e) = epochs {
-                cfg.set_train("epochs", toml::Value::Integer(e as i64))?;
+        Cmd::Train { args } => {
+            let Loaded { config: cfg, name, path } = args.config.load::<RunConfig>(Some(DEFAULT_CONFIG), None, args.seed)?;
+            let source = path.map(|p| p.display().to_string()).unwrap_or_default();
+            let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("ignn-{name}")));
+            args.runtime.device.cpu_only("ignn")?;
+            if args.dry_run {
+                return dry_run(&cfg, &source, &out);
             }
-            let opts = RunOptions { out_dir: out, resume };
+            let threads = args.runtime.configure(0);
+            tracing::info!(threads, "training into {}", out.display());
+            deq_train::cli::save_config(&out, &cfg)?;
+            let opts = RunOptions { out_dir: Some(out.clone()), resume: args.resume };
             if cfg.data.task == "tu" {
-                let tc = cfg.graph_train().with_context(|| common.config.display().to_string())?;
+                let tc = cfg.graph_train().with_context(|| source.clone())?;
                 let ds = ignn::tu::load_tu(&data_dir(&cfg.data)?, &cfg.data.name)?;
                 tracing::info!(graphs = ds.graphs.len(), classes = ds.classes, features = ds.feature_dim, "TU dataset {}", cfg.data.name);
                 let r = deq_train::run_on_pool(|| train_graphs(&ds, &tc, &cfg.deq, &opts, |_, _, _| {}))?;
-                println!("{}", serde_json::json!({"task": "tu", "name": cfg.data.name, "seed": tc.seed, "result": r}));
+                println!("{}", serde_json::json!({"task": "tu", "name": cfg.data.name, "seed": tc.seed, "result": r, "out": out}));
                 return Ok(());
             }
-            let tc = cfg.node_train().with_context(|| common.config.display().to_string())?;
-            let task = node_task(&cfg.data, &common.config)?;
+            let tc = cfg.node_train().with_context(|| source.clone())?;
+            let task = node_task(&cfg.data)?;
             let r = deq_train::run_on_pool(|| train_nodes(&task, &tc, &cfg.deq, &opts, |_, _, _| {}))?;
             println!(
                 "{}",
-                serde_json::json!({"task": cfg.data.task, "name": cfg.data.name, "length": cfg.data.length, "model": tc.model, "seed": tc.seed, "metric": metric_name(&task.labels), "result": r})
+                serde_json::json!({"task": cfg.data.task, "name": cfg.data.name, "length": cfg.data.length, "model": tc.model, "seed": tc.seed, "metric": metric_name(&task.labels), "result": r, "out": out})
             );
         }
-        Cmd::Eval { common, checkpoint } => {
-            let cfg = load_config(&common)?;
+        Cmd::Eval { run, checkpoint } => {
+            let dir = run.out.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_RUN));
+            let cfg = run.config.load_saved::<RunConfig>(&dir)?.config;
+            run.runtime.device.cpu_only("ignn")?;
+            let target = checkpoint.unwrap_or_else(|| dir.clone());
+            anyhow::ensure!(target.exists(), "{}: no such checkpoint or folder", target.display());
+            if run.dry_run {
+                return dry_run(&cfg, &dir.join("config.toml").display().to_string(), &dir);
+            }
+            run.runtime.configure(0);
             if cfg.data.task == "tu" {
-                let tc = cfg.graph_train().with_context(|| common.config.display().to_string())?;
+                let tc = cfg.graph_train()?;
                 let ds = ignn::tu::load_tu(&data_dir(&cfg.data)?, &cfg.data.name)?;
-                let r = deq_train::run_on_pool(|| evaluate_fold(&ds, &tc, &cfg.deq, &checkpoint))?;
+                let r = deq_train::run_on_pool(|| evaluate_fold(&ds, &tc, &cfg.deq, &target))?;
                 println!("{}", serde_json::json!({"task": "tu", "name": cfg.data.name, "result": r}));
                 return Ok(());
             }
-            let tc = cfg.node_train().with_context(|| common.config.display().to_string())?;
-            let task = node_task(&cfg.data, &common.config)?;
-            let json = if checkpoint.is_dir() {
-                ["best", "checkpoints"].iter().map(|s| checkpoint.join(s).join("latest.json")).find(|p| p.exists()).with_context(|| format!("{}: no best/ or checkpoints/ with a latest.json", checkpoint.display()))?
+            let tc = cfg.node_train()?;
+            let task = node_task(&cfg.data)?;
+            let json = if target.is_dir() {
+                [target.join("best"), target.join("checkpoints"), target.clone()]
+                    .iter()
+                    .map(|s| s.join("latest.json"))
+                    .find(|p| p.exists())
+                    .with_context(|| format!("{}: no best/ or checkpoints/ with a latest.json", target.display()))?
             } else {
-                checkpoint.clone()
+                target.clone()
             };
             let dev = candle_core::Device::Cpu;
             let ck = deq_train::Checkpointer::load(&json, &dev)?;
@@ -142,6 +131,7 @@ fn main() -> Result<()> {
             })?;
             println!("{}", serde_json::json!({"checkpoint": ck.path, "metric": metric_name(&task.labels), "result": r}));
         }
+        Cmd::Plot(p) => deq_train::plot::run(&p, DEFAULT_RUN)?,
     }
     Ok(())
 }

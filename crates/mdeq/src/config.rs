@@ -201,3 +201,13 @@ impl RunConfig {
 /// The default run (`configs/mdeq/mnist-small.toml`), compiled in so that `mdeq train` works
 /// from any directory.
 pub const MNIST_SMALL: &str = include_str!("../../../configs/mdeq/mnist-small.toml");
+
+impl deq_train::cli::TrainerConfig for RunConfig {
+    const SEED_SECTION: &'static str = "train";
+    fn deq_mut(&mut self) -> &mut DeqConfig {
+        &mut self.deq
+    }
+    fn validate(&self) -> Result<(), String> {
+        RunConfig::validate(self)
+    }
+}

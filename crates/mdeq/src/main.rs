@@ -1,13 +1,16 @@
 //! `mdeq`: train, evaluate and run multiscale DEQ classifiers.
 //!
 //! `cargo run --release -p mdeq -- train` trains the default configuration
-//! (`configs/mdeq/mnist-small.toml`) on the MNIST copy under `datasets/mnist`.
+//! (`configs/mdeq/mnist-small.toml`) on the MNIST copy under `datasets/mnist`. Every flag
+//! follows the convention of `deq_train::cli` (`--config`, `--set`, TorchDEQ's flags, `--out`,
+//! `--resume`, `--seed`, `--threads`, `--device`, `--dry-run`); `RUST_LOG` selects log lines.
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
-use deq_core::DeqArgs;
+use clap::{Parser, Subcommand};
+use deq_train::cli::{init_logging, Loaded, RunDirArgs, TrainArgs};
+use deq_train::plot::PlotArgs;
 use mdeq::config::{RunConfig, MNIST_SMALL};
-use mdeq::train::{evaluate, load_split, load_trained, make_loader, predict, train, RunOptions};
+use mdeq::train::{data_dir, evaluate, load_split, load_trained, make_loader, predict, train, RunOptions};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -20,130 +23,102 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Train a model (default: MDEQ-small on MNIST).
+    /// Train a model (default: configs/mdeq/mnist-small.toml, MDEQ-small on MNIST).
     Train {
         #[command(flatten)]
-        common: Common,
-        /// Continue from the latest checkpoint in the output folder.
-        #[arg(long)]
-        resume: bool,
-        /// Stop after this many optimiser steps (smoke tests).
+        args: TrainArgs,
+        /// Stop after this many optimiser steps in total (smoke runs; 0: no limit).
         #[arg(long, default_value_t = 0)]
         max_steps: usize,
     },
-    /// Evaluate the latest checkpoint of a run on the test split.
+    /// Evaluate the latest checkpoint of a run on the test split (the run's saved configuration).
     Eval {
         #[command(flatten)]
-        common: Common,
+        run: RunDirArgs,
     },
-    /// Print class probabilities for image files (PNG/JPEG).
+    /// Print class probabilities for image files (PNG/JPEG) with a trained run.
     Predict {
         #[command(flatten)]
-        common: Common,
+        run: RunDirArgs,
         /// Images to classify.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Draw training curves and solver diagnostics of a run folder as PNG files.
+    Plot(PlotArgs),
 }
 
-#[derive(Args, Debug)]
-struct Common {
-    /// Run configuration (TOML with [model], [deq], [train], [data]); default: mnist-small.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Output folder (metrics.jsonl, checkpoints/, config.toml); default: runs/<config name>.
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Dataset folder (overrides data.dir).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Override train.epochs.
-    #[arg(long)]
-    epochs: Option<usize>,
-    /// Override train.batch_size.
-    #[arg(long)]
-    batch_size: Option<usize>,
-    /// Override train.lr.
-    #[arg(long)]
-    lr: Option<f64>,
-    /// Override train.seed.
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Override train.train_limit (first N training images).
-    #[arg(long)]
-    train_limit: Option<usize>,
-    /// Override train.test_limit (first N test images).
-    #[arg(long)]
-    test_limit: Option<usize>,
-    /// Override train.threads.
-    #[arg(long)]
-    threads: Option<usize>,
-    /// DEQ options with TorchDEQ's flag names (override [deq]).
-    #[command(flatten)]
-    deq: DeqArgs,
+const DEFAULT_CONFIG: &str = "configs/mdeq/mnist-small.toml";
+const DEFAULT_RUN: &str = "runs/mdeq-mnist-small";
+
+/// The run folder of `eval`/`predict`: `--out`, or the default run's folder.
+fn run_dir(run: &RunDirArgs) -> PathBuf {
+    run.out.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_RUN))
 }
 
-impl Common {
-    fn resolve(&self) -> Result<(RunConfig, PathBuf)> {
-        let (mut cfg, name) = match &self.config {
-            Some(p) => (RunConfig::from_file(p)?, p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into())),
-            None => {
-                let p = PathBuf::from("configs/mdeq/mnist-small.toml");
-                if p.exists() {
-                    (RunConfig::from_file(&p)?, "mnist-small".to_string())
-                } else {
-                    (RunConfig::from_toml(MNIST_SMALL, "built-in mnist-small")?, "mnist-small".to_string())
-                }
-            }
-        };
-        let t = &mut cfg.train;
-        if let Some(v) = self.epochs { t.epochs = v; }
-        if let Some(v) = self.batch_size { t.batch_size = v; }
-        if let Some(v) = self.lr { t.lr = v; }
-        if let Some(v) = self.seed { t.seed = v; }
-        if let Some(v) = self.train_limit { t.train_limit = v; }
-        if let Some(v) = self.test_limit { t.test_limit = v; }
-        if let Some(v) = self.threads { t.threads = v; }
-        if let Some(d) = &self.data_dir {
-            cfg.data.dir = d.display().to_string();
-        }
-        self.deq.apply(&mut cfg.deq).context("DEQ flags")?;
-        cfg.validate().map_err(anyhow::Error::msg).context("configuration after command-line overrides")?;
-        let out = self.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("mdeq-{name}")));
-        Ok((cfg, out))
-    }
+/// What `--dry-run` prints: the resolved configuration and where things are.
+fn dry_run(cfg: &RunConfig, source: &str, out: &std::path::Path) -> Result<()> {
+    let data = data_dir(&cfg.data)?;
+    anyhow::ensure!(data.is_dir(), "data folder {} does not exist", data.display());
+    eprintln!("configuration: {source}\nrun folder: {}\ndata: {}", out.display(), data.display());
+    println!("{}", cfg.to_toml());
+    Ok(())
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging();
     let cli = Cli::parse();
-    let common = match &cli.cmd {
-        Cmd::Train { common, .. } | Cmd::Eval { common } | Cmd::Predict { common, .. } => common,
-    };
-    let (cfg, out) = common.resolve()?;
-    deq_train::runtime::configure_cpu(Some(cfg.train.threads));
-    deq_train::run_on_pool(move || -> Result<()> {
-        match cli.cmd {
-            Cmd::Train { resume, max_steps, .. } => {
-                let s = train(&cfg, &RunOptions { out_dir: out.clone(), resume, max_steps })?;
+    match cli.cmd {
+        Cmd::Train { args, max_steps } => {
+            let Loaded { config: cfg, name, path } = args.config.load::<RunConfig>(Some(DEFAULT_CONFIG), Some(MNIST_SMALL), args.seed)?;
+            let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("mdeq-{name}")));
+            args.runtime.device.cpu_only("mdeq")?;
+            if args.dry_run {
+                return dry_run(&cfg, &path.map(|p| p.display().to_string()).unwrap_or_else(|| "built-in mnist-small".into()), &out);
+            }
+            let threads = args.runtime.configure(cfg.train.threads);
+            tracing::info!(threads, "training into {}", out.display());
+            deq_train::run_on_pool(move || -> Result<()> {
+                let s = train(&cfg, &RunOptions { out_dir: out.clone(), resume: args.resume, max_steps })?;
                 println!(
                     "{}",
                     serde_json::json!({"test_acc": s.test.accuracy, "test_loss": s.test.loss, "mean_nfe": s.test.mean_nfe,
                         "mean_rel_residual": s.test.mean_rel_residual, "params": s.params, "seconds": s.seconds, "out": out.display().to_string()})
                 );
+                Ok(())
+            })
+        }
+        Cmd::Eval { run } => {
+            let dir = run_dir(&run);
+            let cfg = run.config.load_saved::<RunConfig>(&dir)?.config;
+            run.runtime.device.cpu_only("mdeq")?;
+            if run.dry_run {
+                anyhow::ensure!(dir.join("checkpoints").join("latest.json").exists(), "{}: no checkpoints/latest.json", dir.display());
+                return dry_run(&cfg, &dir.join("config.toml").display().to_string(), &dir);
             }
-            Cmd::Eval { .. } => {
-                let model = load_trained(&cfg, &out)?;
+            run.runtime.configure(cfg.train.threads);
+            deq_train::run_on_pool(move || -> Result<()> {
+                let model = load_trained(&cfg, &dir)?;
                 let ds = Arc::new(load_split(&cfg, false)?);
                 let loader = make_loader(&cfg, ds, false, Default::default())?;
                 let s = evaluate(&model, &loader, true)?;
                 println!("{}", serde_json::json!({"test_acc": s.accuracy, "test_loss": s.loss, "mean_nfe": s.mean_nfe, "mean_rel_residual": s.mean_rel_residual, "n": s.n}));
+                Ok(())
+            })
+        }
+        Cmd::Predict { run, files } => {
+            let dir = run_dir(&run);
+            let cfg = run.config.load_saved::<RunConfig>(&dir)?.config;
+            run.runtime.device.cpu_only("mdeq")?;
+            for f in &files {
+                anyhow::ensure!(f.is_file(), "{}: no such image file", f.display());
             }
-            Cmd::Predict { files, .. } => {
-                let model = load_trained(&cfg, &out)?;
+            if run.dry_run {
+                return dry_run(&cfg, &dir.join("config.toml").display().to_string(), &dir);
+            }
+            run.runtime.configure(cfg.train.threads);
+            deq_train::run_on_pool(move || -> Result<()> {
+                let model = load_trained(&cfg, &dir).with_context(|| format!("loading the run in {}", dir.display()))?;
                 let ds = load_split(&cfg, false).ok();
                 let size = ds.map(|d| (d.height, d.width)).unwrap_or((cfg.data.image_size, cfg.data.image_size));
                 let probs = predict(&cfg, &model, &files, size)?;
@@ -151,8 +126,9 @@ fn main() -> Result<()> {
                     let best = p.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
                     println!("{}", serde_json::json!({"file": f.display().to_string(), "class": best.0, "probs": p}));
                 }
-            }
+                Ok(())
+            })
         }
-        Ok(())
-    })
+        Cmd::Plot(p) => Ok(deq_train::plot::run(&p, DEFAULT_RUN)?),
+    }
 }

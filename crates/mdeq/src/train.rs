@@ -18,7 +18,7 @@ pub fn data_dir(cfg: &DataConfig) -> Result<PathBuf> {
         return Ok(PathBuf::from(&cfg.dir));
     }
     find_dataset_dir(&cfg.dataset).with_context(|| {
-        format!("dataset `{}` not found: set data.dir, pass --data-dir, or set DEQ_DATA_DIR to a folder containing `{}`", cfg.dataset, cfg.dataset)
+        format!("dataset `{}` not found: set data.dir (`--set data.dir=DIR`) or DEQ_DATA_DIR to a folder containing `{}`", cfg.dataset, cfg.dataset)
     })
 }
 
@@ -213,7 +213,7 @@ pub fn train(cfg: &RunConfig, opts: &RunOptions) -> Result<TrainSummary> {
     let main = dist.is_main();
     std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating {}", opts.out_dir.display()))?;
     if main {
-        std::fs::write(opts.out_dir.join("config.toml"), cfg.to_toml()).with_context(|| format!("writing {}", opts.out_dir.join("config.toml").display()))?;
+        deq_train::cli::save_config(&opts.out_dir, cfg)?;
     }
     let train_ds = Arc::new(load_split(cfg, true)?);
     let test_ds = Arc::new(load_split(cfg, false)?);

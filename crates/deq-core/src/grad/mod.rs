@@ -4,9 +4,13 @@
 pub mod carried;
 pub mod implicit;
 pub mod phantom;
+#[cfg(feature = "pruned-vjp")]
+pub mod pruned;
 pub mod vjp;
 
 pub use carried::AdjointCarry;
 pub use implicit::{implicit_backward_op, BackwardStats};
-pub use vjp::{backward, full_vjp, vjp, Vjp, VjpPlan};
+#[cfg(feature = "pruned-vjp")]
+pub use pruned::{UnsupportedOp, VjpPlan};
+pub use vjp::{backward, full_vjp, vjp, Vjp, PRUNED};
 pub use phantom::phantom_steps;
