@@ -3,12 +3,16 @@
 # 2 threads each, alternating ROUNDS times (default 3), and prints a table of median times and
 # ratios. Each side's figure is its best median over the rounds: shared cloud machines have
 # slow phases lasting seconds, and alternating rounds keeps one side from getting all of them.
-# Needs: `pip install torch torchdeq`. Run on an idle machine.
+# Needs: `pip install torch==2.15.0 torchdeq==0.1.0`. Run on an idle machine.
+# FEATURES selects deq-core's reverse pass: `pruned-vjp` (default; needs the workspace's patched
+# candle-core) or empty for the stock path a crate outside the workspace gets
+# (`FEATURES= scripts/bench_compare.sh`). The table says which one it measured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MIN_TIME="${MIN_TIME:-5}"
 ROUNDS="${ROUNDS:-3}"
-cargo build --release -q -p deq-core --bin deq-bench
+FEATURES="${FEATURES-pruned-vjp}"
+cargo build --release -q -p deq-core --bin deq-bench --features "$FEATURES"
 out_rs=$(mktemp); out_py=$(mktemp)
 for _ in $(seq "$ROUNDS"); do
   RAYON_NUM_THREADS=2 ./target/release/deq-bench --min-time "$MIN_TIME" >> "$out_rs"
@@ -24,11 +28,11 @@ def best(path):
             out[w] = j
     return out
 rs, py = best(sys.argv[1]), best(sys.argv[2])
-print("| workload | deq-core median (ms) | TorchDEQ median (ms) | ratio | NFE rust / torch |")
-print("|---|---|---|---|---|")
+print("| workload | deq-core reverse pass | deq-core median (ms) | TorchDEQ median (ms) | ratio | NFE rust / torch |")
+print("|---|---|---|---|---|---|")
 for w in rs:
     r, p = rs[w], py.get(w)
     if p is None:
         continue
-    print(f"| `{w}` | {r['median_s']*1e3:.2f} | {p['median_s']*1e3:.2f} | {r['median_s']/p['median_s']:.2f}x | {r.get('nfe')} / {p.get('nfe')} |")
+    print(f"| `{w}` | {r.get('vjp')} | {r['median_s']*1e3:.2f} | {p['median_s']*1e3:.2f} | {r['median_s']/p['median_s']:.2f}x | {r.get('nfe')} / {p.get('nfe')} |")
 PY

@@ -294,67 +294,99 @@ impl DeqConfig {
 #[cfg(feature = "cli")]
 #[derive(Debug, Clone, Default, clap::Args)]
 #[allow(missing_docs)]
+#[command(next_help_heading = "DEQ options (TorchDEQ names; override [deq])")]
 pub struct DeqArgs {
+    /// Forward solver: fixed_point_iter, simple_fixed_point_iter, anderson, broyden (or a registered one).
     #[arg(long = "f_solver")]
     pub f_solver: Option<String>,
+    /// Backward (adjoint) solver of implicit differentiation.
     #[arg(long = "b_solver")]
     pub b_solver: Option<String>,
+    /// Forward NFE budget (0: no solve, the state is z0).
     #[arg(long = "f_max_iter")]
     pub f_max_iter: Option<usize>,
+    /// Backward NFE budget.
     #[arg(long = "b_max_iter")]
     pub b_max_iter: Option<usize>,
+    /// Forward stopping tolerance.
     #[arg(long = "f_tol")]
     pub f_tol: Option<f64>,
+    /// Backward stopping tolerance.
     #[arg(long = "b_tol")]
     pub b_tol: Option<f64>,
+    /// Forward residual: abs or rel.
     #[arg(long = "f_stop_mode")]
     pub f_stop_mode: Option<StopMode>,
+    /// Backward residual: abs or rel.
     #[arg(long = "b_stop_mode")]
     pub b_stop_mode: Option<StopMode>,
+    /// Evaluation budget = f_max_iter * eval_factor.
     #[arg(long = "eval_factor")]
     pub eval_factor: Option<f64>,
+    /// Evaluation budget (overrides eval_factor when > 0).
     #[arg(long = "eval_f_max_iter")]
     pub eval_f_max_iter: Option<usize>,
+    /// Reparameterisation of f's layers: none, weight_norm, spectral_norm.
     #[arg(long = "norm_type")]
     pub norm_type: Option<NormType>,
+    /// Do not learn the norm scale (use norm_target_norm).
     #[arg(long = "norm_no_scale", num_args = 0..=1, default_missing_value = "true")]
     pub norm_no_scale: Option<bool>,
+    /// Clip the norm factor at norm_clip_value.
     #[arg(long = "norm_clip", num_args = 0..=1, default_missing_value = "true")]
     pub norm_clip: Option<bool>,
+    /// Upper bound of the clipped norm factor.
     #[arg(long = "norm_clip_value")]
     pub norm_clip_value: Option<f64>,
+    /// Target norm when the scale is not learned.
     #[arg(long = "norm_target_norm")]
     pub norm_target_norm: Option<f64>,
+    /// Power iterations per spectral-norm recomputation.
     #[arg(long = "sn_n_power_iters")]
     pub sn_n_power_iters: Option<usize>,
+    /// DEQ core: sliced or indexing.
     #[arg(long = "core")]
     pub core: Option<Core>,
+    /// Implicit differentiation for the last state.
     #[arg(long = "ift", num_args = 0..=1, default_missing_value = "true")]
     pub ift: Option<bool>,
+    /// TorchDEQ's hook IFT (same custom op here).
     #[arg(long = "hook_ift", num_args = 0..=1, default_missing_value = "true")]
     pub hook_ift: Option<bool>,
+    /// Number of supervised states (fixed-point correction).
     #[arg(long = "n_states")]
     pub n_states: Option<usize>,
+    /// Solver steps at which to supervise states (one or more).
     #[arg(long = "indexing", num_args = 1..)]
     pub indexing: Option<Vec<usize>>,
+    /// Fixed-point-correction decay.
     #[arg(long = "gamma")]
     pub gamma: Option<f64>,
+    /// Phantom-gradient steps, one value or one per state.
     #[arg(long = "grad", num_args = 1..)]
     pub grad: Option<Vec<usize>>,
+    /// Phantom-gradient damping, in (0, 1].
     #[arg(long = "tau")]
     pub tau: Option<f64>,
+    /// Phantom-gradient sampling gap (-1: off).
     #[arg(long = "sup_gap", allow_negative_numbers = true)]
     pub sup_gap: Option<i64>,
+    /// Phantom-gradient sampling locations.
     #[arg(long = "sup_loc", num_args = 1..)]
     pub sup_loc: Option<Vec<usize>>,
+    /// Jacobian-regulariser weight.
     #[arg(long = "jac_loss_weight")]
     pub jac_loss_weight: Option<f64>,
+    /// Probability of applying the Jacobian regulariser on a step.
     #[arg(long = "jac_loss_freq")]
     pub jac_loss_freq: Option<f64>,
+    /// Raise jac_loss_weight by 0.1 every this many steps (0: off).
     #[arg(long = "jac_incremental")]
     pub jac_incremental: Option<usize>,
+    /// Estimate the spectral radius at the fixed point in evaluation.
     #[arg(long = "sradius_mode", num_args = 0..=1, default_missing_value = "true")]
     pub sradius_mode: Option<bool>,
+    /// Keep the gradient path in evaluation mode (not in TorchDEQ).
     #[arg(long = "differentiable_eval", num_args = 0..=1, default_missing_value = "true")]
     pub differentiable_eval: Option<bool>,
 }

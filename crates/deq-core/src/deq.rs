@@ -167,10 +167,8 @@ impl Deq {
             let new = flat_f(z.as_tensor(), inputs)?;
             // One graph serves both the parameter gradient and the adjoint's products when the
             // pruned plan applies; candle's full backward needs a copy with detached inputs.
-            let vjp = match Vjp::new(&new, &z) {
-                Vjp::Full { .. } => Vjp::Full { out: flat_f(z.as_tensor(), &inputs_d)?, wrt: z },
-                pruned => pruned,
-            };
+            let planned = Vjp::new(&new, &z);
+            let vjp = if planned.is_pruned() { planned } else { Vjp::Full { out: flat_f(z.as_tensor(), &inputs_d)?, wrt: z } };
             Ok(vec![implicit_backward_op(&new, vjp, self.b_solver.clone(), self.b_opts(), backward_stats.clone())?])
         };
         let phantom_state = |z_star: &Tensor, k: usize| -> Result<Vec<Tensor>> {

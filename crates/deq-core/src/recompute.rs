@@ -122,10 +122,8 @@ impl Deq {
         if cfg.uses_ift() {
             let z = Var::from_tensor(&z_star)?;
             let new = flat_f(z.as_tensor(), inputs)?;
-            let vjp = match Vjp::new(&new, &z) {
-                Vjp::Full { .. } => Vjp::Full { out: flat_f(z.as_tensor(), &detach_state(inputs))?, wrt: z.clone() },
-                pruned => pruned,
-            };
+            let planned = Vjp::new(&new, &z);
+            let vjp = if planned.is_pruned() { planned } else { Vjp::Full { out: flat_f(z.as_tensor(), &detach_state(inputs))?, wrt: z.clone() } };
             let mut adjoint = |y: &Tensor| -> candle_core::Result<Tensor> { vjp.apply(y)? + &g };
             let sol = self.b_solver.solve(&mut adjoint, &g.zeros_like()?, &self.b_opts())?;
             let extra = (&new * sol.z.detach())?.sum_all()?.backward()?;

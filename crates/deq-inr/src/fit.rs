@@ -4,7 +4,7 @@
 //! JSON lines, and checkpoints (model, Adam state, cache, RNG) that resume bit-identically.
 
 use crate::error::{InrError, Result};
-use crate::net::{AmortisedCache, InrNet};
+use crate::net::{AmortisedCache, InrNet, PredictSolves};
 use crate::task::Samples;
 use candle_core::{Device, Tensor};
 use deq_core::rng::DeqRng;
@@ -123,10 +123,10 @@ fn mse(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
 }
 
 /// Evaluates `net` on `train` and `test`; returns the point and the test predictions.
-pub fn evaluate(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, dev: &Device) -> Result<(f64, f64, f64, Vec<f32>)> {
+pub fn evaluate(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, dev: &Device) -> Result<(f64, f64, PredictSolves, Vec<f32>)> {
     let (tr, _) = net.predict(&train.coords_tensor(dev)?, cfg.eval_chunk)?;
-    let (te, steps) = net.predict(&test.coords_tensor(dev)?, cfg.eval_chunk)?;
-    Ok((train.psnr(&tr), test.psnr(&te), steps, te))
+    let (te, solves) = net.predict(&test.coords_tensor(dev)?, cfg.eval_chunk)?;
+    Ok((train.psnr(&tr), test.psnr(&te), solves, te))
 }
 
 /// Fits `net` to `train`, evaluating on `test`.
@@ -202,14 +202,20 @@ pub fn fit(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, opts:
         bar.inc(1, &format!("loss {lv:.3e} {:.0}s", train_seconds));
         let out_of_time = cfg.max_seconds > 0.0 && train_seconds >= cfg.max_seconds;
         if step % cfg.eval_every.max(1) == 0 || step == cfg.steps || out_of_time {
-            let (train_psnr, test_psnr, eval_steps, pred) = evaluate(net, train, test, cfg, &dev)?;
+            let (train_psnr, test_psnr, solves, pred) = evaluate(net, train, test, cfg, &dev)?;
+            let eval_steps = solves.mean_steps;
             let p = EvalPoint { step, train_seconds, train_psnr, test_psnr, eval_solver_steps: eval_steps, train_loss: loss_sum / loss_n.max(1) as f64 };
             (loss_sum, loss_n) = (0.0, 0);
             tracing::info!(step, train_seconds, train_psnr, test_psnr, eval_steps, "{}", net.kind());
             curve.push(p);
             last_pred = pred;
             if let Some((ck, metrics)) = files.as_mut() {
-                metrics.write(&serde_json::to_value(p).unwrap_or_default())?;
+                let mut record = serde_json::to_value(p).unwrap_or_default();
+                solves.solver.extend_record("test", &mut record);
+                if !solves.probe_trace.is_empty() {
+                    record["probe_rel_trace"] = serde_json::json!(solves.probe_trace);
+                }
+                metrics.write(&record)?;
                 let mut tensors: Vec<(String, Tensor)> = net.named_vars().into_iter().map(|(k, v)| (format!("model.{k}"), v.as_tensor().clone())).collect();
                 tensors.extend(opt.state()?.into_iter().map(|(k, v)| (format!("optim.{k}"), v)));
                 if let Some(c) = &cache.z {
@@ -224,8 +230,8 @@ pub fn fit(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, opts:
         }
     }
     if curve.last().map_or(true, |p| p.step != step) {
-        let (train_psnr, test_psnr, eval_steps, pred) = evaluate(net, train, test, cfg, &dev)?;
-        curve.push(EvalPoint { step, train_seconds, train_psnr, test_psnr, eval_solver_steps: eval_steps, train_loss: loss_sum / loss_n.max(1) as f64 });
+        let (train_psnr, test_psnr, solves, pred) = evaluate(net, train, test, cfg, &dev)?;
+        curve.push(EvalPoint { step, train_seconds, train_psnr, test_psnr, eval_solver_steps: solves.mean_steps, train_loss: loss_sum / loss_n.max(1) as f64 });
         last_pred = pred;
     }
     Ok(FitResult {

@@ -56,6 +56,17 @@ impl TrainForward {
     }
 }
 
+/// The DEQ's solves of one [`InrNet::predict`] (empty for SIREN).
+#[derive(Debug, Clone, Default)]
+pub struct PredictSolves {
+    /// Mean over chunks of the largest solver step count.
+    pub mean_steps: f64,
+    /// Statistics of every chunk's solve.
+    pub solver: deq_train::SolverMetrics,
+    /// Residual trace of the first chunk (a fixed probe: the same points every evaluation).
+    pub probe_trace: Vec<f64>,
+}
+
 impl InrNet {
     /// `deq` or `siren`.
     pub fn kind(&self) -> &'static str {
@@ -109,12 +120,13 @@ impl InrNet {
     }
 
     /// Predictions for `x` (`(N, k)`), `chunk` points at a time (the DEQ solves each chunk
-    /// from zeros), row-major `(N, C)`; also the mean solver steps of the DEQ.
-    pub fn predict(&self, x: &Tensor, chunk: usize) -> Result<(Vec<f32>, f64)> {
+    /// from zeros), row-major `(N, C)`; also the solver statistics of the DEQ's solves.
+    pub fn predict(&self, x: &Tensor, chunk: usize) -> Result<(Vec<f32>, PredictSolves)> {
         let n = x.dim(0)?;
         let chunk = if chunk == 0 { n.max(1) } else { chunk };
         let mut out = Vec::new();
         let (mut steps, mut parts) = (0.0, 0usize);
+        let mut solves = PredictSolves::default();
         let mut start = 0;
         while start < n {
             let len = chunk.min(n - start);
@@ -124,6 +136,10 @@ impl InrNet {
                 InrNet::Deq(m) => {
                     let (y, _, st) = m.forward(&xs, None, SolveMode::Eval)?;
                     steps += st.nstep.iter().copied().max().unwrap_or(0) as f64;
+                    if parts == 0 {
+                        solves.probe_trace = deq_train::probe_trace(&st);
+                    }
+                    solves.solver.add_forward(&st);
                     parts += 1;
                     y
                 }
@@ -131,7 +147,8 @@ impl InrNet {
             out.extend(y.flatten_all()?.to_vec1::<f32>()?);
             start += len;
         }
-        Ok((out, if parts > 0 { steps / parts as f64 } else { 0.0 }))
+        solves.mean_steps = if parts > 0 { steps / parts as f64 } else { 0.0 };
+        Ok((out, solves))
     }
 
     /// Trainable variables with names.

@@ -48,7 +48,7 @@ impl GraphClassifier {
         let mut x = u.clone();
         let mut nfe = 0;
         for layer in &self.layers {
-            let (z, stats) = layer.forward(&x, a, lambda_pf, train)?;
+            let (z, stats, _) = layer.forward(&x, a, lambda_pf, train)?;
             nfe += stats.nfe;
             x = z;
         }

@@ -99,8 +99,10 @@ impl ImplicitGraph {
     }
 
     /// The equilibrium features `(n, m)` for inputs `u` (`(n, p)`), with the configured gradient
-    /// in training. The whole graph is one sample of the solver (its nodes are coupled).
-    pub fn forward(&self, u: &Tensor, a: &EdgeTensors, lambda_pf: f64, train: bool) -> Result<(Tensor, SolverStats)> {
+    /// in training, the forward solve's statistics and the handle that receives the adjoint
+    /// solves' statistics when the implicit backward runs. The whole graph is one sample of the
+    /// solver (its nodes are coupled).
+    pub fn forward(&self, u: &Tensor, a: &EdgeTensors, lambda_pf: f64, train: bool) -> Result<(Tensor, SolverStats, deq_core::grad::BackwardStats)> {
         let w = self.prepare(lambda_pf)?;
         let b = self.injection(u, a)?;
         let (n, m) = b.dims2()?;
@@ -113,7 +115,7 @@ impl ImplicitGraph {
                 std::slice::from_ref(&z0),
             )
             .map_err(deq_err)?;
-        Ok((out.last()[0].reshape((n, m))?, out.stats))
+        Ok((out.last()[0].reshape((n, m))?, out.stats, out.backward_stats))
     }
 
     /// The parameters with their names under `prefix`: `w`, `omega1`, `omega2` without a

@@ -39,7 +39,7 @@
 //! let mut rng = DeqRng::new(0);
 //! let layer = ImplicitGraph::new(3, 8, true, 0.9, deq.clone(), &mut rng, DType::F32, &Device::Cpu)?;
 //! let u = rng.randn((4, 3), DType::F32, &Device::Cpu)?;
-//! let (x, stats) = layer.forward(&u, &a, lambda, false)?;
+//! let (x, stats, _backward) = layer.forward(&u, &a, lambda, false)?;
 //! assert_eq!(x.dims(), &[4, 8]);
 //! assert!(stats.max_lowest() < 1e-2);
 //!

@@ -127,7 +127,7 @@ fn main() -> Result<()> {
                 deq_train::load_vars(&model.named_vars(), &ck, "model.")?;
                 let (a, lambda, u) = full_graph(&task, &tc.adjacency, &dev)?;
                 let epoch = ck.meta["epoch"].as_u64().unwrap_or(0) as usize;
-                evaluate(&model, &task, &u, &a, lambda, epoch, std::time::Instant::now())
+                Ok(evaluate(&model, &task, &u, &a, lambda, epoch, std::time::Instant::now())?.0)
             })?;
             println!("{}", serde_json::json!({"checkpoint": ck.path, "metric": metric_name(&task.labels), "result": r}));
         }

@@ -60,6 +60,30 @@ pub(crate) fn uniform(rng: &mut DeqRng, shape: (usize, usize), fan_in: usize, dt
     Var::from_tensor(&rng.rand(shape, -s, s, dtype, dev)?)
 }
 
+/// The fixed-point solves of one forward pass, one per implicit layer (none for the GCN).
+#[derive(Debug, Clone, Default)]
+pub struct Solves {
+    /// Forward solve statistics.
+    pub forward: Vec<deq_core::SolverStats>,
+    /// Adjoint solve statistics, filled in when the implicit backward runs.
+    pub backward: Vec<deq_core::grad::BackwardStats>,
+}
+
+impl Solves {
+    /// Forward NFE of all layers.
+    pub fn nfe(&self) -> usize {
+        self.forward.iter().map(|s| s.nfe).sum()
+    }
+    /// Adds the forward solves to `m`.
+    pub fn add_forward_to(&self, m: &mut deq_train::SolverMetrics) {
+        self.forward.iter().for_each(|s| m.add_forward(s));
+    }
+    /// Adds the adjoint solves run so far to `m`.
+    pub fn add_backward_to(&self, m: &mut deq_train::SolverMetrics) {
+        self.backward.iter().for_each(|b| m.add_backward(&b.get()));
+    }
+}
+
 impl NodeModel {
     /// IGNN with `hidden` features.
     #[allow(clippy::too_many_arguments)]
@@ -96,11 +120,11 @@ impl NodeModel {
 
     /// Logits `(n, classes)` for node features `u` (`(n, p)`) on the normalised graph `a`.
     /// `rng` is `Some` in training (dropout on).
-    pub fn forward(&self, u: &Tensor, a: &EdgeTensors, lambda_pf: f64, rng: Option<&mut DeqRng>) -> Result<(Tensor, Option<deq_core::SolverStats>)> {
+    pub fn forward(&self, u: &Tensor, a: &EdgeTensors, lambda_pf: f64, rng: Option<&mut DeqRng>) -> Result<(Tensor, Solves)> {
         let train = rng.is_some();
         match self {
             NodeModel::Ignn { layer, readout, dropout: p, normalize } => {
-                let (x, stats) = layer.forward(u, a, lambda_pf, train)?;
+                let (x, stats, back) = layer.forward(u, a, lambda_pf, train)?;
                 let mut h = if *normalize {
                     let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::INFINITY)?;
                     x.broadcast_div(&norm)?
@@ -110,30 +134,28 @@ impl NodeModel {
                 if let Some(r) = rng {
                     h = dropout(&h, *p, r)?;
                 }
-                Ok((h.matmul(&readout.as_tensor().t()?)?, Some(stats)))
+                Ok((h.matmul(&readout.as_tensor().t()?)?, Solves { forward: vec![stats], backward: vec![back] }))
             }
             NodeModel::Stacked { layers, proj } => {
                 let mut x = u.clone();
-                let mut first: Option<deq_core::SolverStats> = None;
-                let mut nfe = 0;
+                let mut solves = Solves::default();
                 for (i, (layer, (v, c))) in layers.iter().zip(proj).enumerate() {
-                    let (z, stats) = layer.forward(&x, a, lambda_pf, train)?;
-                    nfe += stats.nfe;
-                    first.get_or_insert(stats);
+                    let (z, stats, back) = layer.forward(&x, a, lambda_pf, train)?;
+                    solves.forward.push(stats);
+                    solves.backward.push(back);
                     x = (z + x.matmul(&v.as_tensor().t()?)?.broadcast_add(c.as_tensor())?)?;
                     if i + 1 < layers.len() {
                         x = x.elu(1.0)?;
                     }
                 }
-                // The first layer's residuals, with the NFE of all layers.
-                Ok((x, first.map(|s| deq_core::SolverStats { nfe, ..s })))
+                Ok((x, solves))
             }
             NodeModel::Gcn { w1, b1, w2, b2, dropout: p } => {
                 let mut h = aggregate(&u.matmul(&w1.as_tensor().t()?)?, a)?.broadcast_add(b1.as_tensor())?.relu()?;
                 if let Some(r) = rng {
                     h = dropout(&h, *p, r)?;
                 }
-                Ok((aggregate(&h.matmul(&w2.as_tensor().t()?)?, a)?.broadcast_add(b2.as_tensor())?, None))
+                Ok((aggregate(&h.matmul(&w2.as_tensor().t()?)?, a)?.broadcast_add(b2.as_tensor())?, Solves::default()))
             }
         }
     }

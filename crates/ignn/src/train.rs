@@ -8,12 +8,12 @@
 //! validation score, `best/`; a resumed run continues bit-identically.
 
 use crate::graph::{EdgeTensors, Graph};
-use crate::model::NodeModel;
+use crate::model::{NodeModel, Solves};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use deq_core::rng::DeqRng;
 use deq_core::DeqConfig;
-use deq_train::{check_finite, Adam, Checkpointer, MetricsWriter, Optimizer, Progress};
+use deq_train::{check_finite, Adam, Checkpointer, MetricsWriter, Optimizer, Progress, SolverMetrics};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -281,11 +281,12 @@ pub fn scores(task: &NodeTask, logits: &Tensor) -> Result<[f64; 3]> {
     })
 }
 
-/// Evaluates `model` on the whole normalised graph.
-pub fn evaluate(model: &NodeModel, task: &NodeTask, u: &Tensor, a: &EdgeTensors, lambda_pf: f64, epoch: usize, start: std::time::Instant) -> Result<NodeResult> {
-    let (logits, stats) = model.forward(u, a, lambda_pf, None)?;
+/// Evaluates `model` on the whole normalised graph; also returns the solves (the whole graph
+/// is the fixed probe of the metrics' residual trace).
+pub fn evaluate(model: &NodeModel, task: &NodeTask, u: &Tensor, a: &EdgeTensors, lambda_pf: f64, epoch: usize, start: std::time::Instant) -> Result<(NodeResult, Solves)> {
+    let (logits, solves) = model.forward(u, a, lambda_pf, None)?;
     let [train, val, test] = scores(task, &logits)?;
-    Ok(NodeResult { epoch, train, val, test, nfe: stats.map(|s| s.nfe).unwrap_or(0), seconds: start.elapsed().as_secs_f64() })
+    Ok((NodeResult { epoch, train, val, test, nfe: solves.nfe(), seconds: start.elapsed().as_secs_f64() }, solves))
 }
 
 fn state_tensors(model: &NodeModel, opt: &Adam) -> Result<Vec<(String, Tensor)>> {
@@ -343,15 +344,18 @@ pub fn train_nodes(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig, opts
             }
         }
         let (mut loss_sum, mut nfe_sum) = (0.0, 0usize);
+        let mut train_solver = SolverMetrics::default();
         for &pi in &order {
             let part = &parts[pi];
             let u_in = crate::model::dropout(&part.u, cfg.input_dropout, &mut rng)?;
-            let (logits, stats) = model.forward(&u_in, &part.a, part.lambda, Some(&mut rng))?;
-            nfe_sum += stats.map_or(0, |s| s.nfe);
+            let (logits, solves) = model.forward(&u_in, &part.a, part.lambda, Some(&mut rng))?;
+            nfe_sum += solves.nfe();
+            solves.add_forward_to(&mut train_solver);
             let loss = loss_of(&task.labels, &logits.index_select(&part.rows, 0)?, &part.targets)?;
             let lv = loss.to_scalar::<f32>()? as f64;
             check_finite("training loss", lv, epoch)?;
             backward_and_step(&loss, &vars, cfg.clip_per_param, &mut opt)?;
+            solves.add_backward_to(&mut train_solver);
             loss_sum += lv;
         }
         let loss = loss_sum / parts.len() as f64;
@@ -360,7 +364,7 @@ pub fn train_nodes(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig, opts
         if (epoch + 1) % cfg.eval_every.max(1) != 0 && epoch + 1 != cfg.epochs {
             continue;
         }
-        let r = evaluate(&model, task, &u, &a, lambda_pf, epoch + 1, start)?;
+        let (r, eval_solves) = evaluate(&model, task, &u, &a, lambda_pf, epoch + 1, start)?;
         let improved = best.map_or(true, |b| r.val > b.val);
         if improved {
             best = Some(r);
@@ -368,7 +372,17 @@ pub fn train_nodes(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig, opts
         last = Some(r);
         tracing::debug!(epoch = epoch + 1, loss, train = r.train, val = r.val, test = r.test, nfe = r.nfe);
         if let Some((ck, best_ck, metrics)) = files.as_mut() {
-            let record = serde_json::json!({"epoch": epoch + 1, "train_loss": loss, "metric": metric_name(&task.labels), "train": r.train, "val": r.val, "test": r.test, "eval_nfe": r.nfe, "elapsed_seconds": r.seconds});
+            let m = if metric_name(&task.labels) == "accuracy" { "acc" } else { "f1" };
+            let mut record = serde_json::json!({"epoch": epoch + 1, "step": (epoch + 1) * parts.len(), "train_loss": loss, "metric": metric_name(&task.labels),
+                "train": r.train, "val": r.val, "test": r.test, format!("train_{m}"): r.train, format!("val_{m}"): r.val, format!("test_{m}"): r.test,
+                "eval_nfe": r.nfe, "elapsed_seconds": r.seconds});
+            train_solver.extend_record("train", &mut record);
+            let mut eval_solver = SolverMetrics::default();
+            eval_solves.add_forward_to(&mut eval_solver);
+            eval_solver.extend_record("eval", &mut record);
+            if let Some(first) = eval_solves.forward.first() {
+                record["probe_rel_trace"] = serde_json::json!(deq_train::probe_trace(first));
+            }
             metrics.write(&record)?;
             let meta = serde_json::json!({"epoch": epoch + 1, "rng_state": rng.state().to_string(), "best": best, "config": cfg_json, "metrics": record});
             let tensors = state_tensors(&model, &opt)?;
@@ -380,7 +394,7 @@ pub fn train_nodes(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig, opts
     }
     let last = match last {
         Some(l) => l,
-        None => evaluate(&model, task, &u, &a, lambda_pf, cfg.epochs, start)?,
+        None => evaluate(&model, task, &u, &a, lambda_pf, cfg.epochs, start)?.0,
     };
     Ok(match best {
         Some(b) if cfg.select_by_val && b.val > last.val => NodeResult { seconds: last.seconds, ..b },

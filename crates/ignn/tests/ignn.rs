@@ -93,7 +93,7 @@ fn projection_bounds_w_and_the_fixed_point_is_unique() {
     // Blow W up; the forward pass must project it back.
     layer.w().set(&(layer.w().as_tensor() * 50.0).unwrap()).unwrap();
     let u = rng.randn((25, 4), DType::F64, &Device::Cpu).unwrap();
-    let (x, stats) = layer.forward(&u, &a, lam, false).unwrap();
+    let (x, stats, _) = layer.forward(&u, &a, lam, false).unwrap();
     let w = layer.w().as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
     assert!(inf_norm(&w, 6) <= 0.9 / lam + 1e-9, "||W||_inf = {} > {}", inf_norm(&w, 6), 0.9 / lam);
     assert!(stats.max_lowest() < 1e-10, "solver residual {}", stats.max_lowest());
@@ -119,14 +119,14 @@ fn implicit_gradient_matches_finite_differences() {
     let u = rng.randn((12, 3), DType::F64, &Device::Cpu).unwrap();
     let c = rng.randn((12, 4), DType::F64, &Device::Cpu).unwrap();
     let loss_of = |layer: &ImplicitGraph| -> Tensor {
-        let (x, _) = layer.forward(&u, &a, lam, true).unwrap();
+        let (x, _, _) = layer.forward(&u, &a, lam, true).unwrap();
         (x * &c).unwrap().sum_all().unwrap()
     };
     let mut vars = Vec::new();
     layer.vars("l", &mut vars);
     // No projection during the perturbation (lambda 0): W stays inside the ball (kappa 0.8).
     check_against_fd(&vars, &|| loss_of(&layer), &|| {
-        let (x, _) = layer.forward(&u, &a, 0.0, false).unwrap();
+        let (x, _, _) = layer.forward(&u, &a, 0.0, false).unwrap();
         (x * &c).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
     }, 1e-5);
     let _ = Var::new(&[0f64], &Device::Cpu);
@@ -173,11 +173,11 @@ fn spectral_norm_layer_gradient_matches_finite_differences() {
     layer.vars("l", &mut vars);
     assert!(vars.iter().any(|(n, _)| n == "l.w.weight_v") && vars.iter().any(|(n, _)| n == "l.omega2.weight_g"), "{:?}", vars.iter().map(|v| &v.0).collect::<Vec<_>>());
     let loss = || {
-        let (x, _) = layer.forward(&u, &a, 0.0, true).unwrap();
+        let (x, _, _) = layer.forward(&u, &a, 0.0, true).unwrap();
         (x * &c).unwrap().sum_all().unwrap()
     };
     let value = || {
-        let (x, _) = layer.forward(&u, &a, 0.0, false).unwrap();
+        let (x, _, _) = layer.forward(&u, &a, 0.0, false).unwrap();
         (x * &c).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
     };
     check_against_fd(&vars, &loss, &value, 1e-4);

@@ -44,7 +44,7 @@ fn resumed_chains_run_is_bit_identical_and_eval_reproduces_it() {
     let model = ignn::train::build_model(&task, &chains_cfg(20), &deq(), &mut deq_core::rng::DeqRng::new(0), &candle_core::Device::Cpu).unwrap();
     deq_train::load_vars(&model.named_vars(), &ck, "model.").unwrap();
     let (a, lam, u) = ignn::train::full_graph(&task, "aug_normalized", &candle_core::Device::Cpu).unwrap();
-    let r = ignn::train::evaluate(&model, &task, &u, &a, lam, 0, std::time::Instant::now()).unwrap();
+    let (r, _) = ignn::train::evaluate(&model, &task, &u, &a, lam, 0, std::time::Instant::now()).unwrap();
     assert_eq!((r.train, r.val, r.test), (full.train, full.val, full.test));
     for d in [full_dir, part_dir] {
         let _ = std::fs::remove_dir_all(d);

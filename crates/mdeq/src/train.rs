@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use deq_core::rng::DeqRng;
 use deq_train::data::augment::{flip_horizontal, normalize, random_crop_with_padding, random_resized_crop, to_f32};
 use deq_train::data::{find_dataset_dir, load_cifar10, load_image, load_image_folder, load_mnist, AugmentFn, ImageDataset, Loader, LoaderConfig, Shard};
-use deq_train::{check_finite, clip_grad_norm, Adam, Checkpointer, DistContext, MetricsWriter, Optimizer, Progress, Schedule, Sgd};
+use deq_train::{check_finite, clip_grad_norm, Adam, Checkpointer, DistContext, MetricsWriter, Optimizer, Progress, Schedule, Sgd, SolverMetrics};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -118,7 +118,7 @@ fn build_schedule(cfg: &RunConfig, steps_per_epoch: usize) -> Schedule {
 }
 
 /// Evaluation figures over a split.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct EvalSummary {
     /// Top-1 accuracy in [0, 1].
     pub accuracy: f64,
@@ -130,6 +130,10 @@ pub struct EvalSummary {
     pub mean_rel_residual: f64,
     /// Images evaluated.
     pub n: usize,
+    /// Solver statistics of every batch (mean/max NFE, residuals, spectral radius).
+    pub solver: SolverMetrics,
+    /// Residual trace of the first batch (the split is not shuffled: a fixed probe batch).
+    pub probe_trace: Vec<f64>,
 }
 
 /// Evaluates `model` (evaluation mode: solver only, running batch-norm statistics).
@@ -145,6 +149,10 @@ pub fn evaluate(model: &Mdeq, loader: &Loader, progress: bool) -> Result<EvalSum
         loss_sum += candle_nn::loss::cross_entropy(&out.logits, &batch.labels)?.to_scalar::<f32>()? as f64 * n as f64;
         nfe_sum += out.stats.nfe as f64;
         res_sum += out.stats.rel_lowest.iter().sum::<f64>();
+        if batches == 0 {
+            s.probe_trace = deq_train::probe_trace(&out.stats);
+        }
+        s.solver.add_forward(&out.stats);
         s.n += n;
         batches += 1;
         bar.inc(1, "");
@@ -250,6 +258,7 @@ pub fn train(cfg: &RunConfig, opts: &RunOptions) -> Result<TrainSummary> {
         let t0 = Instant::now();
         let mut bar = Progress::new(format!("epoch {}/{}", epoch + 1, cfg.train.epochs), steps_per_epoch, main);
         let (mut loss_sum, mut correct, mut seen, mut nfe_sum, mut res_sum, mut batches) = (0f64, 0usize, 0usize, 0f64, 0f64, 0usize);
+        let mut train_solver = SolverMetrics::default();
         for batch in train_loader.epoch(epoch) {
             let batch = batch?;
             let lr = schedule.lr_at(cfg.train.lr, step);
@@ -265,6 +274,8 @@ pub fn train(cfg: &RunConfig, opts: &RunOptions) -> Result<TrainSummary> {
                 check_finite("gradient norm", norm, step)?;
             }
             opt.step(&grads)?;
+            train_solver.add_forward(&out.stats);
+            train_solver.add_backward(&out.backward_stats.get());
             step += 1;
             let n = batch.labels.dim(0)?;
             loss_sum += loss_v * n as f64;
@@ -280,14 +291,16 @@ pub fn train(cfg: &RunConfig, opts: &RunOptions) -> Result<TrainSummary> {
         }
         let train_secs = t0.elapsed().as_secs_f64();
         last_test = evaluate(&model, &test_loader, main)?;
-        let record = serde_json::json!({
+        let mut record = serde_json::json!({
             "epoch": epoch + 1, "step": step, "lr": opt.lr(),
             "train_loss": loss_sum / seen.max(1) as f64, "train_acc": correct as f64 / seen.max(1) as f64,
             "train_mean_nfe": nfe_sum / batches.max(1) as f64, "train_mean_rel_residual": res_sum / batches.max(1) as f64,
             "test_acc": last_test.accuracy, "test_loss": last_test.loss, "test_mean_nfe": last_test.mean_nfe,
             "test_mean_rel_residual": last_test.mean_rel_residual, "epoch_train_seconds": train_secs,
-            "elapsed_seconds": start.elapsed().as_secs_f64(),
+            "elapsed_seconds": start.elapsed().as_secs_f64(), "probe_rel_trace": last_test.probe_trace,
         });
+        train_solver.extend_record("train", &mut record);
+        last_test.solver.extend_record("test", &mut record);
         if let Some(m) = metrics.as_mut() {
             m.write(&record)?;
             tracing::info!(

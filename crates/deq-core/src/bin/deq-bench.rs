@@ -57,6 +57,8 @@ fn report(workload: &str, mut times: Vec<f64>, extra: serde_json::Value) {
         "n_runs": times.len(),
         "threads": std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(2),
     });
+    // Which reverse pass the build uses (the cargo feature `pruned-vjp`).
+    obj["vjp"] = serde_json::json!(if deq_core::grad::PRUNED { "pruned" } else { "full" });
     if let (Some(o), Some(e)) = (obj.as_object_mut(), extra.as_object()) {
         for (k, v) in e {
             o.insert(k.clone(), v.clone());

@@ -95,6 +95,8 @@ pub struct MdeqOutput {
     pub logits: Tensor,
     /// Statistics of the fixed-point solve.
     pub stats: SolverStats,
+    /// Statistics of the adjoint solves, filled in when the implicit backward runs.
+    pub backward_stats: deq_core::grad::BackwardStats,
 }
 
 fn deq_err(e: deq_core::DeqError) -> candle_core::Error {
@@ -189,7 +191,7 @@ impl Mdeq {
         let deq = if train { &self.deq_train } else { &self.deq_eval };
         let out = deq.forward(|z: &[Tensor], inp: &[Tensor]| self.f(z, &inp[0]), std::slice::from_ref(&u), &z0).map_err(deq_err)?;
         let logits = self.head.forward(out.last(), train)?;
-        Ok(MdeqOutput { logits, stats: out.stats })
+        Ok(MdeqOutput { logits, stats: out.stats, backward_stats: out.backward_stats })
     }
 
     /// Every trainable variable with its name.
