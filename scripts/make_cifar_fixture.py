@@ -2,7 +2,7 @@
 """Build the CIFAR-10 binary fixture from the 20 real CIFAR-10 test images.
 
 Reads `cifar10_<index>_<label>.png` (32x32 RGB, 8-bit) from the smoke folder
-(default: ../shared/data/cifar10_smoke, i.e. $DEQ_DATA_DIR/cifar10_smoke) and writes
+(default: $DEQ_DATA_DIR/cifar10_smoke) and writes
 `datasets/cifar10-fixture/test_batch.bin` in the real CIFAR-10 binary format, in index
 order: per record 1 label byte, then 1024 R bytes, 1024 G bytes, 1024 B bytes (row-major).
 

@@ -66,6 +66,7 @@ fn deq_core_builds_tests_and_runs_the_readme_example_against_crates_io_candle() 
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("Cargo.toml"), outside_root_manifest()).unwrap();
+    std::fs::create_dir_all(dir.join("deq-core")).unwrap();
     for part in ["Cargo.toml", "src", "tests"] {
         let from = repo().join("crates/deq-core").join(part);
         if from.is_dir() {

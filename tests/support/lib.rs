@@ -248,7 +248,8 @@ pub fn doc_commands(markdown: &str, file: &str) -> Result<Vec<DocCommand>, Strin
                 // Inline code spans.
                 let parts: Vec<&str> = raw.split('`').collect();
                 for (k, span) in parts.iter().enumerate() {
-                    if k % 2 == 1 && span.contains("cargo run") {
+                    // A bare `cargo run` in prose names the tool, not a command to run.
+                    if k % 2 == 1 && span.contains("cargo run") && span.split_whitespace().count() > 2 {
                         commands_of_line(span, &format!("{file}:{line_no}"), &mut out)?;
                     }
                 }
@@ -264,7 +265,7 @@ mod tests {
 
     #[test]
     fn extracts_blocks_inline_spans_env_loops_and_optional_flags() {
-        let md = "# T\n\n```sh\n# a comment\ncargo run --release -p mdeq -- train\nDEQ_DATA_DIR=data cargo run -p x -- fit \\\n  audio --set 'a.b=c d'\nfor S in 3 4; do cargo run -p ignn -- train --seed $S; done\n```\n\n```rust\ncargo run -p nope\n```\n\nText `cargo run -p deq-inr -- render [--f16]` and `cargo test`.\n";
+        let md = "# T\n\n```sh\n# a comment\ncargo run --release -p mdeq -- train\nDEQ_DATA_DIR=data cargo run -p x -- fit \\\n  audio --set 'a.b=c d'\nfor S in 3 4; do cargo run -p ignn -- train --seed $S; done\n```\n\n```rust\ncargo run -p nope\n```\n\nText `cargo run -p deq-inr -- render [--f16]`, `cargo test` and `cargo run`.\n";
         let c = doc_commands(md, "R.md").unwrap();
         let shown: Vec<String> = c.iter().map(|c| format!("{} @ {}", c, c.origin)).collect();
         assert_eq!(

@@ -288,106 +288,109 @@ impl DeqConfig {
     }
 }
 
+/// Heading of the DEQ flags in `--help`.
+#[cfg(feature = "cli")]
+const DEQ_HEADING: &str = "DEQ options (TorchDEQ names; applied to [deq])";
+
 /// Command-line overrides for [`DeqConfig`], with TorchDEQ's flag names (`--f_solver anderson`).
 /// Every flag is optional; [`DeqArgs::apply`] overwrites only what was given.
 /// (Cargo feature `cli`, on by default.)
 #[cfg(feature = "cli")]
 #[derive(Debug, Clone, Default, clap::Args)]
 #[allow(missing_docs)]
-#[command(next_help_heading = "DEQ options (TorchDEQ names; override [deq])")]
 pub struct DeqArgs {
     /// Forward solver: fixed_point_iter, simple_fixed_point_iter, anderson, broyden (or a registered one).
-    #[arg(long = "f_solver")]
+    #[arg(long = "f_solver", help_heading = DEQ_HEADING)]
     pub f_solver: Option<String>,
     /// Backward (adjoint) solver of implicit differentiation.
-    #[arg(long = "b_solver")]
+    #[arg(long = "b_solver", help_heading = DEQ_HEADING)]
     pub b_solver: Option<String>,
     /// Forward NFE budget (0: no solve, the state is z0).
-    #[arg(long = "f_max_iter")]
+    #[arg(long = "f_max_iter", help_heading = DEQ_HEADING)]
     pub f_max_iter: Option<usize>,
     /// Backward NFE budget.
-    #[arg(long = "b_max_iter")]
+    #[arg(long = "b_max_iter", help_heading = DEQ_HEADING)]
     pub b_max_iter: Option<usize>,
     /// Forward stopping tolerance.
-    #[arg(long = "f_tol")]
+    #[arg(long = "f_tol", help_heading = DEQ_HEADING)]
     pub f_tol: Option<f64>,
     /// Backward stopping tolerance.
-    #[arg(long = "b_tol")]
+    #[arg(long = "b_tol", help_heading = DEQ_HEADING)]
     pub b_tol: Option<f64>,
     /// Forward residual: abs or rel.
-    #[arg(long = "f_stop_mode")]
+    #[arg(long = "f_stop_mode", help_heading = DEQ_HEADING)]
     pub f_stop_mode: Option<StopMode>,
     /// Backward residual: abs or rel.
-    #[arg(long = "b_stop_mode")]
+    #[arg(long = "b_stop_mode", help_heading = DEQ_HEADING)]
     pub b_stop_mode: Option<StopMode>,
     /// Evaluation budget = f_max_iter * eval_factor.
-    #[arg(long = "eval_factor")]
+    #[arg(long = "eval_factor", help_heading = DEQ_HEADING)]
     pub eval_factor: Option<f64>,
     /// Evaluation budget (overrides eval_factor when > 0).
-    #[arg(long = "eval_f_max_iter")]
+    #[arg(long = "eval_f_max_iter", help_heading = DEQ_HEADING)]
     pub eval_f_max_iter: Option<usize>,
     /// Reparameterisation of f's layers: none, weight_norm, spectral_norm.
-    #[arg(long = "norm_type")]
+    #[arg(long = "norm_type", help_heading = DEQ_HEADING)]
     pub norm_type: Option<NormType>,
     /// Do not learn the norm scale (use norm_target_norm).
-    #[arg(long = "norm_no_scale", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long = "norm_no_scale", help_heading = DEQ_HEADING, num_args = 0..=1, default_missing_value = "true")]
     pub norm_no_scale: Option<bool>,
     /// Clip the norm factor at norm_clip_value.
-    #[arg(long = "norm_clip", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long = "norm_clip", help_heading = DEQ_HEADING, num_args = 0..=1, default_missing_value = "true")]
     pub norm_clip: Option<bool>,
     /// Upper bound of the clipped norm factor.
-    #[arg(long = "norm_clip_value")]
+    #[arg(long = "norm_clip_value", help_heading = DEQ_HEADING)]
     pub norm_clip_value: Option<f64>,
     /// Target norm when the scale is not learned.
-    #[arg(long = "norm_target_norm")]
+    #[arg(long = "norm_target_norm", help_heading = DEQ_HEADING)]
     pub norm_target_norm: Option<f64>,
     /// Power iterations per spectral-norm recomputation.
-    #[arg(long = "sn_n_power_iters")]
+    #[arg(long = "sn_n_power_iters", help_heading = DEQ_HEADING)]
     pub sn_n_power_iters: Option<usize>,
     /// DEQ core: sliced or indexing.
-    #[arg(long = "core")]
+    #[arg(long = "core", help_heading = DEQ_HEADING)]
     pub core: Option<Core>,
     /// Implicit differentiation for the last state.
-    #[arg(long = "ift", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long = "ift", help_heading = DEQ_HEADING, num_args = 0..=1, default_missing_value = "true")]
     pub ift: Option<bool>,
     /// TorchDEQ's hook IFT (same custom op here).
-    #[arg(long = "hook_ift", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long = "hook_ift", help_heading = DEQ_HEADING, num_args = 0..=1, default_missing_value = "true")]
     pub hook_ift: Option<bool>,
     /// Number of supervised states (fixed-point correction).
-    #[arg(long = "n_states")]
+    #[arg(long = "n_states", help_heading = DEQ_HEADING)]
     pub n_states: Option<usize>,
     /// Solver steps at which to supervise states (one or more).
-    #[arg(long = "indexing", num_args = 1..)]
+    #[arg(long = "indexing", help_heading = DEQ_HEADING, num_args = 1..)]
     pub indexing: Option<Vec<usize>>,
     /// Fixed-point-correction decay.
-    #[arg(long = "gamma")]
+    #[arg(long = "gamma", help_heading = DEQ_HEADING)]
     pub gamma: Option<f64>,
     /// Phantom-gradient steps, one value or one per state.
-    #[arg(long = "grad", num_args = 1..)]
+    #[arg(long = "grad", help_heading = DEQ_HEADING, num_args = 1..)]
     pub grad: Option<Vec<usize>>,
     /// Phantom-gradient damping, in (0, 1].
-    #[arg(long = "tau")]
+    #[arg(long = "tau", help_heading = DEQ_HEADING)]
     pub tau: Option<f64>,
     /// Phantom-gradient sampling gap (-1: off).
-    #[arg(long = "sup_gap", allow_negative_numbers = true)]
+    #[arg(long = "sup_gap", help_heading = DEQ_HEADING, allow_negative_numbers = true)]
     pub sup_gap: Option<i64>,
     /// Phantom-gradient sampling locations.
-    #[arg(long = "sup_loc", num_args = 1..)]
+    #[arg(long = "sup_loc", help_heading = DEQ_HEADING, num_args = 1..)]
     pub sup_loc: Option<Vec<usize>>,
     /// Jacobian-regulariser weight.
-    #[arg(long = "jac_loss_weight")]
+    #[arg(long = "jac_loss_weight", help_heading = DEQ_HEADING)]
     pub jac_loss_weight: Option<f64>,
     /// Probability of applying the Jacobian regulariser on a step.
-    #[arg(long = "jac_loss_freq")]
+    #[arg(long = "jac_loss_freq", help_heading = DEQ_HEADING)]
     pub jac_loss_freq: Option<f64>,
     /// Raise jac_loss_weight by 0.1 every this many steps (0: off).
-    #[arg(long = "jac_incremental")]
+    #[arg(long = "jac_incremental", help_heading = DEQ_HEADING)]
     pub jac_incremental: Option<usize>,
     /// Estimate the spectral radius at the fixed point in evaluation.
-    #[arg(long = "sradius_mode", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long = "sradius_mode", help_heading = DEQ_HEADING, num_args = 0..=1, default_missing_value = "true")]
     pub sradius_mode: Option<bool>,
     /// Keep the gradient path in evaluation mode (not in TorchDEQ).
-    #[arg(long = "differentiable_eval", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long = "differentiable_eval", help_heading = DEQ_HEADING, num_args = 0..=1, default_missing_value = "true")]
     pub differentiable_eval: Option<bool>,
 }
 

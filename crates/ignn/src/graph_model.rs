@@ -42,14 +42,15 @@ impl GraphClassifier {
 
     /// Logits `(num_graphs, classes)` for the batch: node features `u` (`(N, p)`) of the
     /// disjoint union `a`, `graph_of` (`(N,)` u32) the graph of every node. `rng` is `Some` in
-    /// training (dropout on). Also returns the total forward NFE.
-    pub fn forward(&self, u: &Tensor, a: &EdgeTensors, lambda_pf: f64, graph_of: &Tensor, num_graphs: usize, rng: Option<&mut DeqRng>) -> Result<(Tensor, usize)> {
+    /// training (dropout on). Also returns the implicit layers' solves.
+    pub fn forward(&self, u: &Tensor, a: &EdgeTensors, lambda_pf: f64, graph_of: &Tensor, num_graphs: usize, rng: Option<&mut DeqRng>) -> Result<(Tensor, crate::model::Solves)> {
         let train = rng.is_some();
         let mut x = u.clone();
-        let mut nfe = 0;
+        let mut solves = crate::model::Solves::default();
         for layer in &self.layers {
-            let (z, stats, _) = layer.forward(&x, a, lambda_pf, train)?;
-            nfe += stats.nfe;
+            let (z, stats, back) = layer.forward(&x, a, lambda_pf, train)?;
+            solves.forward.push(stats);
+            solves.backward.push(back);
             x = z;
         }
         let pooled = Tensor::zeros((num_graphs, x.dim(1)?), x.dtype(), x.device())?.index_add(graph_of, &x, 0)?;
@@ -57,7 +58,7 @@ impl GraphClassifier {
         if let Some(r) = rng {
             h = dropout(&h, self.dropout, r)?;
         }
-        Ok((apply(&h, &self.v1)?, nfe))
+        Ok((apply(&h, &self.v1)?, solves))
     }
 
     /// Trainable variables with names.

@@ -150,15 +150,17 @@ fn batch(ds: &GraphDataset, prep: &Prepared, ids: &[usize], dev: &Device) -> Res
     })
 }
 
-fn accuracy(model: &GraphClassifier, batches: &[Batch]) -> Result<(f64, f64)> {
+fn accuracy(model: &GraphClassifier, batches: &[Batch]) -> Result<(f64, f64, deq_train::SolverMetrics)> {
     let (mut correct, mut total, mut nfe) = (0usize, 0usize, 0usize);
+    let mut solver = deq_train::SolverMetrics::default();
     for b in batches {
-        let (logits, n) = model.forward(&b.u, &b.a, b.lambda, &b.graph_of, b.count, None)?;
+        let (logits, solves) = model.forward(&b.u, &b.a, b.lambda, &b.graph_of, b.count, None)?;
         correct += deq_train::topk_correct(&logits, &b.labels, 1)?;
         total += b.count;
-        nfe += n;
+        nfe += solves.nfe();
+        solves.add_forward_to(&mut solver);
     }
-    Ok((correct as f64 / total.max(1) as f64, nfe as f64 / batches.len().max(1) as f64))
+    Ok((correct as f64 / total.max(1) as f64, nfe as f64 / batches.len().max(1) as f64, solver))
 }
 
 /// Runs the cross-validation of `cfg` on `ds`. `on_epoch(fold, epoch, mean loss)` is called
@@ -214,13 +216,16 @@ pub fn train_graphs(ds: &GraphDataset, cfg: &GraphTrainConfig, deq: &DeqConfig, 
                 order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
             }
             let (mut loss_sum, mut seen) = (0.0, 0usize);
+            let mut train_solver = deq_train::SolverMetrics::default();
             for ids in order.chunks(bs) {
                 let b = batch(ds, &prep, ids, &dev)?;
-                let (logits, _) = model.forward(&b.u, &b.a, b.lambda, &b.graph_of, b.count, Some(&mut rng))?;
+                let (logits, solves) = model.forward(&b.u, &b.a, b.lambda, &b.graph_of, b.count, Some(&mut rng))?;
+                solves.add_forward_to(&mut train_solver);
                 let loss = candle_nn::loss::cross_entropy(&logits, &b.labels)?;
                 let lv = loss.to_scalar::<f32>()? as f64;
                 check_finite("training loss", lv, epoch)?;
                 crate::train::backward_and_step(&loss, &vars, cfg.clip_per_param, &mut opt)?;
+                solves.add_backward_to(&mut train_solver);
                 loss_sum += lv * b.count as f64;
                 seen += b.count;
             }
@@ -228,19 +233,24 @@ pub fn train_graphs(ds: &GraphDataset, cfg: &GraphTrainConfig, deq: &DeqConfig, 
             on_epoch(k, epoch, loss);
             bar.inc(1, &format!("loss {loss:.4}"));
             if let Some((m, _)) = metrics.as_mut() {
-                m.write(&serde_json::json!({"fold": k, "epoch": epoch + 1, "train_loss": loss, "elapsed_seconds": start.elapsed().as_secs_f64()}))?;
+                // `step` counts epochs over all folds, so curves of successive folds follow each other.
+                let mut record = serde_json::json!({"fold": k, "epoch": epoch + 1, "step": (k - 1) * cfg.epochs + epoch + 1, "train_loss": loss, "elapsed_seconds": start.elapsed().as_secs_f64()});
+                train_solver.extend_record("train", &mut record);
+                m.write(&record)?;
             }
         }
         let train_batches: Vec<Batch> = train_ids.chunks(bs).map(|c| batch(ds, &prep, c, &dev)).collect::<Result<_>>()?;
-        let (train_acc, _) = accuracy(&model, &train_batches)?;
-        let (test_acc, nfe) = accuracy(&model, &test_batches)?;
+        let (train_acc, _, _) = accuracy(&model, &train_batches)?;
+        let (test_acc, nfe, test_solver) = accuracy(&model, &test_batches)?;
         let r = FoldResult { fold: k, train_acc, test_acc, nfe, seconds: start.elapsed().as_secs_f64() };
         tracing::info!(fold = k, train_acc, test_acc, nfe, "fold done");
         if let (Some((_, f)), Some(d)) = (metrics.as_mut(), &opts.out_dir) {
             let ck = Checkpointer::new(d.join(format!("fold-{k}")), 1)?;
             let tensors: Vec<(String, Tensor)> = model.named_vars().into_iter().map(|(n, v)| (format!("model.{n}"), v.as_tensor().clone())).collect();
             ck.save(cfg.epochs, &tensors, serde_json::json!({"fold": k, "result": r, "config": serde_json::to_value(cfg)?}))?;
-            f.write(&serde_json::to_value(r)?)?;
+            let mut record = serde_json::to_value(r)?;
+            test_solver.extend_record("test", &mut record);
+            f.write(&record)?;
         }
         done.push(r);
     }
@@ -269,7 +279,7 @@ pub fn evaluate_fold(ds: &GraphDataset, cfg: &GraphTrainConfig, deq: &DeqConfig,
     let test: Vec<Batch> = folds[k - 1].chunks(bs).map(|c| batch(ds, &prep, c, &dev)).collect::<Result<_>>()?;
     let train_ids: Vec<usize> = (0..ds.graphs.len()).filter(|i| folds[k - 1].binary_search(i).is_err()).collect();
     let train: Vec<Batch> = train_ids.chunks(bs).map(|c| batch(ds, &prep, c, &dev)).collect::<Result<_>>()?;
-    let (train_acc, _) = accuracy(&model, &train)?;
-    let (test_acc, nfe) = accuracy(&model, &test)?;
+    let (train_acc, _, _) = accuracy(&model, &train)?;
+    let (test_acc, nfe, _) = accuracy(&model, &test)?;
     Ok(FoldResult { fold: k, train_acc, test_acc, nfe, seconds: start.elapsed().as_secs_f64() })
 }

@@ -14,7 +14,7 @@
 //! [`crate::TrainError::Format`]) and never panics on bad input.
 //!
 //! Data location: experiments look for a dataset folder with [`find_dataset_dir`], which
-//! honours `DEQ_DATA_DIR` (e.g. `DEQ_DATA_DIR=../shared/data`) before the small committed
+//! honours `DEQ_DATA_DIR` (e.g. `DEQ_DATA_DIR=/data/deq`) before the small committed
 //! copies under the repository's `datasets/`.
 
 pub mod augment;
