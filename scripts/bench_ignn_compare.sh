@@ -4,7 +4,7 @@
 # on Cora and on a random graph of 100k nodes / 1M directed edges, with the Cora config's
 # solvers (Anderson; NFE differ) and in equal-work mode (20 fixed-point steps each way).
 # Each side runs ROUNDS times (default 2), alternating; the best median is kept.
-# Needs: `pip install torch torchdeq`. Run on an idle machine.
+# Needs: `pip install torch==2.15.0 torchdeq==0.1.0`. Run on an idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${ROUNDS:-2}"

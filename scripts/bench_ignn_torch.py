@@ -27,7 +27,7 @@ import torch.nn.functional as F
 try:
     from torchdeq import get_deq
 except ImportError:  # pragma: no cover
-    sys.exit("torchdeq is not installed: pip install torch torchdeq")
+    sys.exit("torchdeq is not installed: pip install torch==2.15.0 torchdeq==0.1.0")
 
 DEQ_KWARGS = dict(f_solver="anderson", f_max_iter=50, f_tol=1e-4, b_solver="fixed_point_iter", b_max_iter=50, b_tol=1e-5, ift=True)
 

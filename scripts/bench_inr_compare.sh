@@ -2,7 +2,7 @@
 # One amortised DEQ-INR training step (siren_like 1L256D on a 256 x 256 grid): deq-zoo-rs
 # (`deq-inr-bench`) against PyTorch + TorchDEQ (`scripts/bench_inr_torch.py`, the zoo's model),
 # 2 threads each, alternating ROUNDS times (default 2); the best median is kept.
-# Needs: `pip install torch torchdeq`. Run on an idle machine.
+# Needs: `pip install torch==2.15.0 torchdeq==0.1.0`. Run on an idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${ROUNDS:-2}"

@@ -21,7 +21,7 @@ try:
     from torchdeq import get_deq
     from torchdeq.norm import apply_norm, reset_norm
 except ImportError:  # pragma: no cover
-    sys.exit("torchdeq is not installed: pip install torch torchdeq")
+    sys.exit("torchdeq is not installed: pip install torch==2.15.0 torchdeq==0.1.0")
 
 
 class F(nn.Module):

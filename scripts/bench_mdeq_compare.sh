@@ -2,7 +2,7 @@
 # MDEQ-small (CIFAR-10, the zoo's small setting) training step at batch 32: deq-zoo-rs
 # (`mdeq-bench`) against PyTorch + TorchDEQ (`scripts/bench_mdeq_torch.py`), 2 threads each,
 # alternating ROUNDS times (default 2); each side's best median is reported.
-# Needs: `pip install torch torchdeq`. Run on an idle machine.
+# Needs: `pip install torch==2.15.0 torchdeq==0.1.0`. Run on an idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MIN_TIME="${MIN_TIME:-10}"

@@ -67,7 +67,7 @@ Notes on TorchDEQ 0.1.0 semantics (read from its source):
 
 Usage:
 
-    pip install torch torchdeq
+    pip install torch==2.15.0 torchdeq==0.1.0
     python scripts/bench_torchdeq.py                       # all workloads
     python scripts/bench_torchdeq.py --workload solve/     # substring filter
     python scripts/bench_torchdeq.py --runs 50 --threads 1
@@ -90,7 +90,7 @@ try:
     from torchdeq import get_deq
     from torchdeq.solver import get_solver
 except ImportError:  # pragma: no cover - only hit when the package is missing
-    sys.exit("torchdeq is not installed: pip install torch torchdeq")
+    sys.exit("torchdeq is not installed: pip install torch==2.15.0 torchdeq==0.1.0")
 
 try:
     from importlib.metadata import version as _dist_version

@@ -101,6 +101,15 @@ fn deq_core_builds_tests_and_runs_the_readme_example_against_crates_io_candle() 
     assert!(ok, "the README example failed outside the workspace:\n{err}\n{out}");
     assert!(out.contains("relative residual"), "unexpected output of the README example:\n{out}");
 
+    // Without its default features deq-core needs neither clap, anyhow nor toml.
+    let (ok, _, err) = cargo(&["check", "-q", "-p", "deq-core", "--no-default-features", "--lib"]);
+    assert!(ok, "deq-core does not build without its default features:\n{err}");
+    let (ok, tree, err) = cargo(&["tree", "-p", "deq-core", "--no-default-features", "-e", "normal", "--prefix", "none"]);
+    assert!(ok, "{err}");
+    for heavy in ["clap ", "anyhow ", "toml "] {
+        assert!(!tree.lines().any(|l| l.starts_with(heavy)), "deq-core without default features still depends on {heavy}:\n{tree}");
+    }
+
     let (ok, out, err) = cargo(&["test", "-q", "-p", "deq-core"]);
     let tail: String = format!("{out}\n{err}").lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
     assert!(ok, "deq-core's tests fail against crates.io candle-core:\n{tail}");

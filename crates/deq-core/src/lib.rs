@@ -23,6 +23,18 @@
 //! | [`ops`] | vectorised kernels (`tanh`) |
 //! | [`state`] | multi-tensor states |
 //!
+//! ## Cargo features
+//!
+//! | feature | default | adds |
+//! |---|---|---|
+//! | `toml` | yes | [`DeqConfig::from_toml_str`], [`DeqConfig::to_toml_string`] |
+//! | `cli` | yes | `DeqArgs` (TorchDEQ's flags for clap) and the `deq-bench` binary |
+//! | `pruned-vjp` | no | pruned reverse passes ([`grad::vjp`]); needs a candle-core with `Tensor::op` public (this repository's `vendor/candle-core`, through `[patch.crates-io]`) |
+//! | `cuda`, `cudnn` | no | candle's CUDA backend |
+//!
+//! With `default-features = false` deq-core depends on neither clap, anyhow nor toml; without
+//! `pruned-vjp` it builds against crates.io's candle-core.
+//!
 //! ## Example: a DEQ layer trained with implicit differentiation
 //!
 //! ```
@@ -32,7 +44,7 @@
 //! use deq_core::rng::DeqRng;
 //! use deq_core::{Deq, DeqConfig};
 //!
-//! # fn main() -> anyhow::Result<()> {
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dev = Device::Cpu;
 //! let mut rng = DeqRng::new(0);
 //! let cfg = DeqConfig::from_toml_str(

@@ -75,8 +75,13 @@ fn resumed_fit_is_bit_identical_with(grad: AmortisedGrad) {
     let (fl, rl) = (full.last(), resumed.last());
     assert_eq!((fl.step, fl.train_psnr, fl.train_loss), (rl.step, rl.train_psnr, rl.train_loss));
     assert_eq!(resumed.curve.len(), 4, "curve continues from the checkpoint");
-    let lines = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap().lines().count();
-    assert_eq!(lines, 4);
+    let text = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap();
+    assert_eq!(text.lines().count(), 4);
+    // Each evaluation records its solves and the probe chunk's residual trace.
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert!(last["test_fwd_nfe_max"].as_f64().unwrap() >= 1.0 && last["test_fwd_rel_residual_mean"].is_number(), "{last}");
+    assert!(!last["probe_rel_trace"].as_array().unwrap().is_empty());
+    assert_eq!(deq_train::plot::plot_run(&b, None).unwrap().len(), 3);
     for d in [a, b] {
         let _ = std::fs::remove_dir_all(d);
     }

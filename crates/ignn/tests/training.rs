@@ -15,7 +15,7 @@ fn tmp(tag: &str) -> PathBuf {
 }
 
 fn deq() -> DeqConfig {
-    DeqConfig { norm_type: deq_core::NormType::None, f_solver: "anderson".into(), f_max_iter: 30, f_tol: 1e-4, b_solver: "fixed_point_iter".into(), b_max_iter: 30, b_tol: 1e-5, ..Default::default() }
+    DeqConfig { norm_type: deq_core::NormType::None, f_solver: "anderson".into(), f_max_iter: 30, f_tol: 1e-4, b_solver: "fixed_point_iter".into(), b_max_iter: 30, b_tol: 1e-5, ift: true, ..Default::default() }
 }
 
 fn chains_cfg(epochs: usize) -> NodeTrainConfig {
@@ -39,6 +39,15 @@ fn resumed_chains_run_is_bit_identical_and_eval_reproduces_it() {
     let lines = std::fs::read_to_string(part_dir.join("metrics.jsonl")).unwrap();
     let epochs: Vec<u64> = lines.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"].as_u64().unwrap()).collect();
     assert_eq!(epochs, vec![5, 10, 15, 20]);
+    // Solver statistics: forward solves of training and evaluation, the adjoint solves of the
+    // implicit backward, the whole graph's residual trace.
+    let last: serde_json::Value = serde_json::from_str(lines.lines().last().unwrap()).unwrap();
+    for key in ["train_fwd_nfe_mean", "train_fwd_nfe_max", "train_bwd_nfe_mean", "train_bwd_rel_residual_max", "eval_fwd_rel_residual_mean", "test_acc"] {
+        assert!(last[key].is_number(), "{key} missing: {last}");
+    }
+    assert!(last["train_bwd_nfe_mean"].as_f64().unwrap() >= 1.0);
+    assert!(!last["probe_rel_trace"].as_array().unwrap().is_empty());
+    assert_eq!(deq_train::plot::plot_run(&part_dir, None).unwrap().len(), 3);
     // The best checkpoint evaluates to the reported scores.
     let ck = deq_train::Checkpointer::load(&full_dir.join("best/latest.json"), &candle_core::Device::Cpu).unwrap();
     let model = ignn::train::build_model(&task, &chains_cfg(20), &deq(), &mut deq_core::rng::DeqRng::new(0), &candle_core::Device::Cpu).unwrap();

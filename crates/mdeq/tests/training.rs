@@ -37,6 +37,17 @@ fn a_few_steps_lower_the_loss_and_runs_are_reproducible() {
     let (l1, l2) = (m[0]["train_loss"].as_f64().unwrap(), m[1]["train_loss"].as_f64().unwrap());
     assert!(l2 < l1 && l1 < 2.35, "training loss should fall: {l1} -> {l2}");
     assert!(m[1]["train_mean_nfe"].as_f64().unwrap() >= 1.0);
+    // Solver statistics per evaluation: training and test solves, and the probe's trace.
+    for r in &m {
+        assert_eq!(r["train_fwd_nfe_max"], 3.0, "f_max_iter 3: {r}");
+        assert_eq!(r["test_fwd_nfe_mean"], 3.0);
+        let (mean, max) = (r["test_fwd_rel_residual_mean"].as_f64().unwrap(), r["test_fwd_rel_residual_max"].as_f64().unwrap());
+        assert!(mean > 0.0 && mean <= max, "{mean} {max}");
+        assert_eq!(r["probe_rel_trace"].as_array().unwrap().len(), 3, "one residual per solver step of the probe batch");
+        assert!(r.get("train_bwd_nfe_mean").is_none(), "phantom gradients: no adjoint solves");
+    }
+    let plots = deq_train::plot::plot_run(&opts.out_dir, None).unwrap();
+    assert_eq!(plots.len(), 3, "{plots:?}");
     // Same seed, same run.
     let (cfg2, opts2) = tiny("loss-again");
     train(&cfg2, &opts2).unwrap();

@@ -86,7 +86,8 @@ fn range(vals: impl Iterator<Item = f64>) -> (f64, f64) {
 /// Tick labels: integers without a decimal point, small or large values in scientific notation.
 fn tick(v: &f64) -> String {
     let a = v.abs();
-    if a == 0.0 {
+    if a < 1e-12 {
+        // Exact zero, or rounding noise of an axis that crosses it.
         "0".into()
     } else if !(1e-3..1e6).contains(&a) {
         format!("{v:.1e}")

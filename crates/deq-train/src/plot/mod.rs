@@ -70,6 +70,16 @@ fn panel(records: &Records, title: &str, x_key: &str, y_label: &str, log_y: bool
     Panel { title: title.into(), x_label: x_key.into(), y_label: y_label.into(), log_y, lines }
 }
 
+/// Like [`panel`], on a log scale when every value is positive and they span more than two
+/// decades (a regression loss falling from 1e-1 to 1e-5).
+fn auto_log_panel(records: &Records, title: &str, x_key: &str, y_label: &str, keys: &[String]) -> Panel {
+    let mut p = panel(records, title, x_key, y_label, false, keys);
+    let ys: Vec<f64> = p.lines.iter().flat_map(|l| l.points.iter().map(|q| q.1)).collect();
+    let (lo, hi) = ys.iter().fold((f64::INFINITY, 0.0f64), |(a, b), &y| (a.min(y), b.max(y)));
+    p.log_y = !ys.is_empty() && lo > 0.0 && hi / lo > 100.0;
+    p
+}
+
 /// The metrics files of a run folder: its own, else those one level down (sorted).
 fn metrics_files(run: &Path) -> Result<Vec<(String, PathBuf)>> {
     let own = run.join("metrics.jsonl");
@@ -114,7 +124,7 @@ pub fn plot_run(run: &Path, to: Option<&Path>) -> Result<Vec<PathBuf>> {
 
         if let Some(x) = records.axis(&PROGRESS_KEYS) {
             let panels = [
-                panel(&records, "loss", x, "loss", false, &losses),
+                auto_log_panel(&records, "loss", x, "loss", &losses),
                 panel(&records, "scores", x, "score", false, &scores),
                 panel(&records, "learning rate", x, "lr", false, &lr),
             ];
@@ -124,7 +134,7 @@ pub fn plot_run(run: &Path, to: Option<&Path>) -> Result<Vec<PathBuf>> {
             }
         }
         if let Some(t) = records.axis(&TIME_KEYS) {
-            let panels = [panel(&records, "loss", t, "loss", false, &losses), panel(&records, "scores", t, "score", false, &scores)];
+            let panels = [auto_log_panel(&records, "loss", t, "loss", &losses), panel(&records, "scores", t, "score", false, &scores)];
             let p = name("training_time");
             if draw(&p, &format!("training against wall clock: {label}"), &panels)? {
                 written.push(p);
