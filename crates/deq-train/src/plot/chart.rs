@@ -164,9 +164,10 @@ pub fn draw(path: &Path, title: &str, panels: &[Panel]) -> Result<bool> {
     }
     // Encoded here with the `image` crate the readers already use (plotters' own encoder would
     // pull in a second version of it).
-    let img = image::RgbImage::from_raw(w, h, buf).expect("buffer of w * h RGB pixels");
     let tmp = path.with_extension("png.tmp");
-    img.save_with_format(&tmp, image::ImageFormat::Png).map_err(|e| TrainError::format(&tmp, e.to_string()))?;
+    let file = std::fs::File::create(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+    let enc = image::codecs::png::PngEncoder::new_with_quality(std::io::BufWriter::new(file), image::codecs::png::CompressionType::Best, image::codecs::png::FilterType::Adaptive);
+    image::ImageEncoder::write_image(enc, &buf, w, h, image::ExtendedColorType::Rgb8).map_err(|e| TrainError::format(&tmp, e.to_string()))?;
     std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))?;
     Ok(true)
 }
