@@ -114,6 +114,12 @@ mod tests {
         assert_eq!(r["train_bwd_rel_residual_max"], 3e-4);
         assert_eq!(m.forward_solves(), 2);
         assert!(SolverMetrics::default().record("x").is_empty());
+        // extend_record adds the same fields to an existing record and keeps its own.
+        let mut rec = serde_json::json!({"epoch": 3});
+        m.extend_record("test", &mut rec);
+        assert_eq!(rec["epoch"], 3);
+        assert_eq!(rec["test_bwd_nfe_max"], 20.0);
+        assert_eq!(rec.as_object().unwrap().len(), 1 + m.record("test").len());
     }
 
     #[test]
