@@ -454,7 +454,10 @@ mod tests {
         let lists = DeqConfig::from_toml_str("grad = [5]\nindexing = [3]\nsup_loc = [2]\n").unwrap();
         assert_eq!(scalar, lists);
         let err = DeqConfig::from_toml_str("grad = -1").unwrap_err().to_string();
-        assert!(err.contains("grad"), "{err}");
+        assert!(err.contains("grad") && err.contains("a step count or a list of step counts"), "{err}");
+        // The same from JSON (unsigned integers take another path through serde).
+        let json: DeqConfig = serde_json::from_str(r#"{"grad": 5, "indexing": [2, 4], "sup_loc": 1}"#).unwrap();
+        assert_eq!((json.grad, json.indexing, json.sup_loc), (vec![5], vec![2, 4], vec![1]));
         let err = DeqConfig::from_toml_str("tau = 1.5").unwrap_err().to_string();
         assert!(err.contains("tau"), "{err}");
     }
