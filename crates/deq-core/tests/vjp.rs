@@ -190,3 +190,31 @@ fn pruned_backward_matches_candle_through_a_deq_step() {
         assert!(e < 1e-10, "pruned backward vs candle: {e:.2e}");
     }
 }
+
+/// A bias gradient over >= 1024 rows is a product with a ones row on the GEMM kernels (every
+/// IGNN and INR bias takes this path): exact column sums in f64, to f32 accumulation error in f32.
+#[test]
+fn large_batch_bias_gradient_gemm_path_sums_the_rows() {
+    let dev = Device::Cpu;
+    let mut rng = DeqRng::new(3);
+    for (dt, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+        for rows in [2048usize, 1500] {
+            let x = rng.randn((rows, 3), dt, &dev).unwrap();
+            let c = rng.randn((rows, 3), dt, &dev).unwrap();
+            let b = Var::from_tensor(&rng.randn(3, dt, &dev).unwrap()).unwrap();
+            let loss = (x.broadcast_add(b.as_tensor()).unwrap() * &c).unwrap().sum_all().unwrap();
+            let g = deq_core::grad::backward(&loss).unwrap();
+            let got = g.get(b.as_tensor()).unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+            let want = c.to_dtype(DType::F64).unwrap().sum(0).unwrap().to_vec1::<f64>().unwrap();
+            let scale = c.to_dtype(DType::F64).unwrap().abs().unwrap().sum(0).unwrap().to_vec1::<f64>().unwrap();
+            for k in 0..3 {
+                assert!((got[k] - want[k]).abs() <= tol * scale[k], "{dt:?} rows={rows} column {k}: {} vs {}", got[k], want[k]);
+            }
+            // The same as candle's own backward.
+            let theirs = loss.backward().unwrap().get(b.as_tensor()).unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+            for k in 0..3 {
+                assert!((got[k] - theirs[k]).abs() <= tol * scale[k]);
+            }
+        }
+    }
+}
