@@ -218,3 +218,46 @@ fn large_batch_bias_gradient_gemm_path_sums_the_rows() {
         }
     }
 }
+
+/// The remaining rules: `scatter` (a fixed rule: checked against finite differences only),
+/// conv1d (input and kernel), nearest upsampling in 1-d and 2-d, slice-scatter, erf and the
+/// erf-GELU, and the kernel side of conv2d (plain, strided, grouped).
+#[test]
+fn scatter_conv1d_upsampling_slice_scatter_erf_and_conv_kernels() {
+    let dev = Device::Cpu;
+    let mut rng = DeqRng::new(5);
+    // scatter: the destination's overwritten entries get no gradient, the source's do.
+    let sidx = Tensor::new(&[[0u32, 1, 2], [2, 0, 1]], &dev).unwrap();
+    let s = |z: &Tensor| -> Tensor {
+        let dst = z.narrow(0, 0, 3).unwrap().sqr().unwrap();
+        let src = z.narrow(0, 1, 2).unwrap().tanh().unwrap();
+        dst.scatter(&sidx, &src, 0).unwrap()
+    };
+    check("scatter", &[3, 3], &s, false);
+    // conv1d, input side and kernel side.
+    let k1 = param(&mut rng, &[4, 3, 3]);
+    check("conv1d", &[2, 3, 9], &|z| z.conv1d(k1.as_tensor(), 1, 1, 1, 1).unwrap().tanh().unwrap(), true);
+    // Without padding candle's own backward (its conv_transpose1d col2im path) is wrong for the
+    // second batch entry here, so this one is checked against finite differences only.
+    check("strided conv1d", &[2, 3, 9], &|z| z.conv1d(k1.as_tensor(), 0, 2, 1, 1).unwrap(), false);
+    let x1 = rng.randn((2, 3, 9), DType::F64, &dev).unwrap();
+    // candle's conv1d silently ignores a non-contiguous kernel's strides, and its own kernel
+    // gradient passes one: finite differences only.
+    check("conv1d kernel", &[4, 3, 3], &|k| x1.conv1d(k, 1, 1, 1, 1).unwrap().tanh().unwrap(), false);
+    // Nearest upsampling by integer factors (1-d and 2-d).
+    check("upsample nearest 1d", &[2, 3, 4], &|z| z.tanh().unwrap().upsample_nearest1d(12).unwrap(), true);
+    check("upsample nearest 2d", &[2, 2, 3, 4], &|z| z.sin().unwrap().upsample_nearest2d(6, 8).unwrap(), true);
+    // slice_scatter0: both the destination and the slice written into it.
+    let ss = |z: &Tensor| -> Tensor {
+        let dst = z.sqr().unwrap();
+        let src = z.narrow(0, 1, 2).unwrap().tanh().unwrap();
+        dst.slice_scatter0(&src, 1).unwrap()
+    };
+    check("slice_scatter0", &[4, 3], &ss, true);
+    check("erf and gelu_erf", &[3, 5], &|z| Tensor::cat(&[z.erf().unwrap(), z.gelu_erf().unwrap()], 1).unwrap(), true);
+    // The kernel side of conv2d (the MDEQ weight gradients).
+    let x2 = rng.randn((2, 4, 6, 6), DType::F64, &dev).unwrap();
+    check("conv2d kernel", &[3, 4, 3, 3], &|k| x2.conv2d(k, 1, 1, 1, 1).unwrap().tanh().unwrap(), true);
+    check("strided conv2d kernel", &[3, 4, 3, 3], &|k| x2.conv2d(k, 1, 2, 1, 1).unwrap(), true);
+    check("grouped conv2d kernel", &[4, 2, 3, 3], &|k| x2.conv2d(k, 1, 1, 1, 2).unwrap().sin().unwrap(), true);
+}

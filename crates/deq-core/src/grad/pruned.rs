@@ -445,10 +445,20 @@ fn backprop(node: &Tensor, op: &Op, g: &Tensor, grads: &mut Grads<'_>) -> candle
                 let k = kernel.dim(2)?;
                 let out = (g.dim(2)? - 1) * stride + dilation * (k - 1) + 1 - 2 * padding;
                 let out_pad = arg.dim(2)? - out;
+                if *padding == 0 {
+                    // candle's conv_transpose1d takes a col2im path without padding that gives
+                    // wrong results for batch entries after the first when its input is square
+                    // (e.g. a stride-2 conv1d of length 9 with 4 channels); the same product as a
+                    // 2-d transposed convolution of height 1 is right.
+                    let k2 = d(kernel).unsqueeze(2)?;
+                    return g.unsqueeze(2)?.conv_transpose2d(&k2, 0, out_pad, *stride, *dilation)?.narrow(2, 0, 1)?.squeeze(2);
+                }
                 g.conv_transpose1d(&d(kernel), *padding, out_pad, *stride, *dilation, 1)
             })?;
             grads.add_with(kernel, || {
-                let gk = d(arg).transpose(0, 1)?.conv1d(&g.transpose(0, 1)?, *padding, *dilation, *stride, 1)?.transpose(0, 1)?;
+                // candle's conv1d reads a non-contiguous kernel as if it were contiguous (wrong
+                // results, no error), and candle's own backward hands it `g^T`: copy first.
+                let gk = d(arg).transpose(0, 1)?.contiguous()?.conv1d(&g.transpose(0, 1)?.contiguous()?, *padding, *dilation, *stride, 1)?.transpose(0, 1)?;
                 gk.narrow(2, 0, kernel.dim(2)?)
             })?;
         }
