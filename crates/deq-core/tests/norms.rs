@@ -128,3 +128,77 @@ fn variational_dropout_reuses_its_mask_until_reset() {
     assert_eq!(e.forward(&x, true).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(), a1.flatten_all().unwrap().to_vec1::<f32>().unwrap());
     assert!(VariationalDropout::new(1.0, DropShape::Full, 0).is_err());
 }
+
+/// Finite differences for every variable of the reparameterisation (the direction `v` and the
+/// scale `g`, one per output row), with the factor clipped on some rows when `clip` is given.
+/// `factors` sets `g` so that the factor of each row (`g / ||v_row||` for weight norm,
+/// `g / sigma(v)` for spectral norm) has that value.
+fn fd_check_all_vars(t: NormType, clip: Option<f64>, factors: &[f64]) {
+    let mut rng = DeqRng::new(4);
+    let dev = Device::Cpu;
+    let v0 = rng.randn((4, 3), DType::F64, &dev).unwrap();
+    let x = rng.randn((2, 3), DType::F64, &dev).unwrap();
+    let c = rng.randn((2, 4), DType::F64, &dev).unwrap();
+    let o = NormOptions { clip: clip.is_some(), clip_value: clip.unwrap_or(1.0), ..opts(t) };
+    let l = NormLinear::from_weights(v0.clone(), None, o, &mut rng).unwrap();
+    for _ in 0..50 {
+        l.reset().unwrap(); // spectral norm: converge u, so that resets below leave sigma fixed
+    }
+    let g = l.weight().scale().expect("a learned scale").clone();
+    // g = factor * (row norm | sigma of v).
+    let denom: Vec<f64> = match t {
+        NormType::WeightNorm => row_norms(&v0),
+        _ => {
+            let w0 = NormedWeight::new(Var::from_tensor(&v0).unwrap(), NormOptions { learn_scale: false, target_norm: 1.0, ..opts(t) }, &mut DeqRng::new(9)).unwrap();
+            for _ in 0..200 {
+                w0.reset().unwrap();
+            }
+            // sigma(v) = 1 / (the factor that brings it to norm 1): read it off the weights.
+            let (a, b) = (w0.weight().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap(), v0.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap());
+            vec![b / a; 4]
+        }
+    };
+    let gvals: Vec<f64> = factors.iter().zip(&denom).map(|(f, d)| f * d).collect();
+    g.set(&Tensor::from_vec(gvals, g.shape(), &dev).unwrap()).unwrap();
+    l.reset().unwrap();
+    // The factors are as asked, clipped where they exceed the bound.
+    let (wn, vn) = (row_norms(&l.weight().weight()), row_norms(&v0));
+    for i in 0..4 {
+        let want = clip.map_or(factors[i], |cv| factors[i].min(cv));
+        assert!((wn[i] / vn[i] - want).abs() < 1e-6, "{t:?} row {i}: factor {} vs {want}", wn[i] / vn[i]);
+    }
+    let loss = |l: &NormLinear| (l.forward(&x).unwrap() * &c).unwrap().sum_all().unwrap();
+    let grads = loss(&l).backward().unwrap();
+    for (name, var) in l.weight().named_vars() {
+        let shape = var.shape().clone();
+        let got: Vec<f64> = match grads.get(var.as_tensor()) {
+            Some(t) => t.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+            None => vec![0.0; shape.elem_count()],
+        };
+        let orig = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let h = 1e-6;
+        for i in 0..orig.len() {
+            let at = |d: f64| {
+                let mut p = orig.clone();
+                p[i] += d;
+                var.set(&Tensor::from_vec(p, shape.clone(), &dev).unwrap()).unwrap();
+                l.reset().unwrap();
+                loss(&l).to_scalar::<f64>().unwrap()
+            };
+            let fd = (at(h) - at(-h)) / (2.0 * h);
+            assert!((fd - got[i]).abs() < 1e-5 * (1.0 + fd.abs()), "{t:?} clip {clip:?} {name}[{i}]: fd {fd} vs {}", got[i]);
+        }
+        var.set(&Tensor::from_vec(orig, shape.clone(), &dev).unwrap()).unwrap();
+        l.reset().unwrap();
+    }
+}
+
+#[test]
+fn norm_scale_and_clipped_factors_match_finite_differences() {
+    // Weight norm: g itself, then rows 2 and 4 clipped (factor 1.5 and 2.0 against 1.0).
+    fd_check_all_vars(NormType::WeightNorm, None, &[0.5, 1.5, 0.8, 2.0]);
+    fd_check_all_vars(NormType::WeightNorm, Some(1.0), &[0.5, 1.5, 0.8, 2.0]);
+    // Spectral norm: the scale, unclipped, then rows 2 and 4 clipped (1.3 and 1.1 against 0.9).
+    fd_check_all_vars(NormType::SpectralNorm, None, &[0.7, 1.3, 0.5, 1.1]);
+    fd_check_all_vars(NormType::SpectralNorm, Some(0.9), &[0.7, 1.3, 0.5, 1.1]);
+}
