@@ -97,7 +97,7 @@ fn elementwise_and_shape_ops() {
 }
 
 #[test]
-fn indexing_ops_and_scatter_add_fix() {
+fn indexing_ops_and_scatter_fixes() {
     let dev = Device::Cpu;
     let idx = Tensor::new(&[2u32, 0, 2, 1], &dev).unwrap();
     let gidx = Tensor::new(&[[0u32, 2], [1, 1], [2, 0], [0, 0]], &dev).unwrap();
@@ -108,15 +108,24 @@ fn indexing_ops_and_scatter_add_fix() {
         Tensor::cat(&[sel.flatten_all().unwrap(), added.flatten_all().unwrap(), gath.flatten_all().unwrap()], 0).unwrap()
     };
     check("index_select/index_add/gather", &[4, 3], &f, true);
+    // Destination and source of the scatters, both depending on z.
+    let dst_src = |z: &Tensor| (z.narrow(0, 0, 3).unwrap().sqr().unwrap(), z.narrow(0, 1, 2).unwrap().tanh().unwrap());
     // scatter_add: the destination's gradient passes through unchanged. candle's backward masks
     // it, so this one is checked against finite differences only.
     let sidx = Tensor::new(&[[0u32, 1, 0], [2, 2, 1]], &dev).unwrap();
     let h = |z: &Tensor| -> Tensor {
-        let dst = z.narrow(0, 0, 3).unwrap().sqr().unwrap();
-        let src = z.narrow(0, 1, 2).unwrap().tanh().unwrap();
+        let (dst, src) = dst_src(z);
         dst.scatter_add(&sidx, &src, 0).unwrap()
     };
     check("scatter_add", &[3, 3], &h, false);
+    // scatter: the destination's overwritten entries get no gradient, the source's do (a fixed
+    // rule too: finite differences only).
+    let sidx = Tensor::new(&[[0u32, 1, 2], [2, 0, 1]], &dev).unwrap();
+    let s = |z: &Tensor| -> Tensor {
+        let (dst, src) = dst_src(z);
+        dst.scatter(&sidx, &src, 0).unwrap()
+    };
+    check("scatter", &[3, 3], &s, false);
 }
 
 #[test]
@@ -219,21 +228,12 @@ fn large_batch_bias_gradient_gemm_path_sums_the_rows() {
     }
 }
 
-/// The remaining rules: `scatter` (a fixed rule: checked against finite differences only),
-/// conv1d (input and kernel), nearest upsampling in 1-d and 2-d, slice-scatter, erf and the
+/// The remaining rules: conv1d (input and kernel), nearest upsampling in 1-d and 2-d, slice-scatter, erf and the
 /// erf-GELU, and the kernel side of conv2d (plain, strided, grouped).
 #[test]
-fn scatter_conv1d_upsampling_slice_scatter_erf_and_conv_kernels() {
+fn conv1d_upsampling_slice_scatter_erf_and_conv_kernels() {
     let dev = Device::Cpu;
     let mut rng = DeqRng::new(5);
-    // scatter: the destination's overwritten entries get no gradient, the source's do.
-    let sidx = Tensor::new(&[[0u32, 1, 2], [2, 0, 1]], &dev).unwrap();
-    let s = |z: &Tensor| -> Tensor {
-        let dst = z.narrow(0, 0, 3).unwrap().sqr().unwrap();
-        let src = z.narrow(0, 1, 2).unwrap().tanh().unwrap();
-        dst.scatter(&sidx, &src, 0).unwrap()
-    };
-    check("scatter", &[3, 3], &s, false);
     // conv1d, input side and kernel side.
     let k1 = param(&mut rng, &[4, 3, 3]);
     check("conv1d", &[2, 3, 9], &|z| z.conv1d(k1.as_tensor(), 1, 1, 1, 1).unwrap().tanh().unwrap(), true);

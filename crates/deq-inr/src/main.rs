@@ -93,17 +93,14 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Fit { kind, args, model } => {
-            let cfg = args.config.load::<RunConfig>(None, None, args.seed)?.config;
+            let loaded = args.config.load::<RunConfig>(None, None, args.seed)?;
+            let (source, cfg) = (loaded.source(), loaded.config);
             let want = format!("{kind:?}").to_lowercase();
-            let source = args.config.config.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
             anyhow::ensure!(cfg.data.kind == want, "{source}: data.kind is `{}`, but `fit {want}` was asked", cfg.data.kind);
             let out = args.out.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_OUT));
             args.runtime.device.cpu_only("deq-inr")?;
             if args.dry_run {
-                let data = cfg.data_path()?;
-                eprintln!("configuration: {source}\nrun folder: {}\ndata: {}", out.display(), data.display());
-                println!("{}", cfg.to_toml());
-                return Ok(());
+                return Ok(deq_train::cli::print_dry_run(&source, &out, &cfg.data_path()?.display().to_string(), &cfg)?);
             }
             let threads = args.runtime.configure(0);
             tracing::info!(threads, "fitting into {}", out.display());
@@ -120,7 +117,8 @@ fn main() -> Result<()> {
         }
         Cmd::Render { run, file, height, width, f16 } => {
             let dir = run.out.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_OUT).join("deq"));
-            let cfg = run.config.load_saved::<RunConfig>(&dir)?.config;
+            let saved = run.config.load_saved::<RunConfig>(&dir)?;
+            let (source, cfg) = (saved.source(), saved.config);
             let kind = saved_kind(&dir)?;
             run.runtime.device.cpu_only("deq-inr")?;
             let size = match (height, width) {
@@ -130,9 +128,8 @@ fn main() -> Result<()> {
             let model_file = if f16 { dir.join("model_f16.safetensors") } else { dir.join("checkpoints").join("latest.json") };
             anyhow::ensure!(model_file.exists(), "{}: not found (is --out a model folder written by `fit`?)", model_file.display());
             if run.dry_run {
-                eprintln!("run folder: {}\nmodel: {kind} ({})\ndata: {}", dir.display(), model_file.display(), cfg.data_path()?.display());
-                println!("{}", cfg.to_toml());
-                return Ok(());
+                eprintln!("model: {kind} ({})", model_file.display());
+                return Ok(deq_train::cli::print_dry_run(&source, &dir, &cfg.data_path()?.display().to_string(), &cfg)?);
             }
             run.runtime.configure(0);
             let r = deq_train::run_on_pool(|| render(&cfg, &kind, &dir, &file, size, f16))?;

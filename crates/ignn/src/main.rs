@@ -5,7 +5,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use deq_train::cli::{init_logging, Loaded, RunDirArgs, TrainArgs};
+use deq_train::cli::{init_logging, RunDirArgs, TrainArgs};
 use deq_train::plot::PlotArgs;
 use ignn::config::{data_dir, RunConfig};
 use ignn::graph_train::{evaluate_fold, train_graphs};
@@ -55,9 +55,7 @@ fn node_task(d: &ignn::config::DataConfig) -> Result<NodeTask> {
 /// `--dry-run`: the data folder must exist (generated tasks need none); prints the configuration.
 fn dry_run(cfg: &RunConfig, source: &str, out: &Path) -> Result<()> {
     let data = if cfg.data.task == "chains" { "generated (chains)".to_string() } else { data_dir(&cfg.data)?.display().to_string() };
-    eprintln!("configuration: {source}\nrun folder: {}\ndata: {data}", out.display());
-    println!("{}", toml::to_string_pretty(cfg)?);
-    Ok(())
+    Ok(deq_train::cli::print_dry_run(source, out, &data, cfg)?)
 }
 
 fn main() -> Result<()> {
@@ -65,9 +63,9 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Train { args } => {
-            let Loaded { config: cfg, name, path } = args.config.load::<RunConfig>(Some(DEFAULT_CONFIG), None, args.seed)?;
-            let source = path.map(|p| p.display().to_string()).unwrap_or_default();
-            let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("ignn-{name}")));
+            let loaded = args.config.load::<RunConfig>(Some(DEFAULT_CONFIG), None, args.seed)?;
+            let (source, out) = (loaded.source(), args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("ignn-{}", loaded.name))));
+            let cfg = loaded.config;
             args.runtime.device.cpu_only("ignn")?;
             if args.dry_run {
                 return dry_run(&cfg, &source, &out);
@@ -94,12 +92,13 @@ fn main() -> Result<()> {
         }
         Cmd::Eval { run, checkpoint } => {
             let dir = run.out.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_RUN));
-            let cfg = run.config.load_saved::<RunConfig>(&dir)?.config;
+            let saved = run.config.load_saved::<RunConfig>(&dir)?;
+            let (source, cfg) = (saved.source(), saved.config);
             run.runtime.device.cpu_only("ignn")?;
             let target = checkpoint.unwrap_or_else(|| dir.clone());
             anyhow::ensure!(target.exists(), "{}: no such checkpoint or folder", target.display());
             if run.dry_run {
-                return dry_run(&cfg, &dir.join("config.toml").display().to_string(), &dir);
+                return dry_run(&cfg, &source, &dir);
             }
             run.runtime.configure(0);
             if cfg.data.task == "tu" {

@@ -7,7 +7,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use deq_train::cli::{init_logging, Loaded, RunDirArgs, TrainArgs};
+use deq_train::cli::{init_logging, RunDirArgs, TrainArgs};
 use deq_train::plot::PlotArgs;
 use mdeq::config::{RunConfig, MNIST_SMALL};
 use mdeq::train::{data_dir, evaluate, load_split, load_trained, make_loader, predict, train, RunOptions};
@@ -60,9 +60,7 @@ fn run_dir(run: &RunDirArgs) -> PathBuf {
 fn dry_run(cfg: &RunConfig, source: &str, out: &std::path::Path) -> Result<()> {
     let data = data_dir(&cfg.data)?;
     anyhow::ensure!(data.is_dir(), "data folder {} does not exist", data.display());
-    eprintln!("configuration: {source}\nrun folder: {}\ndata: {}", out.display(), data.display());
-    println!("{}", cfg.to_toml());
-    Ok(())
+    Ok(deq_train::cli::print_dry_run(source, out, &data.display().to_string(), cfg)?)
 }
 
 fn main() -> Result<()> {
@@ -70,11 +68,12 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Train { args, max_steps } => {
-            let Loaded { config: cfg, name, path } = args.config.load::<RunConfig>(Some(DEFAULT_CONFIG), Some(MNIST_SMALL), args.seed)?;
-            let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("mdeq-{name}")));
+            let loaded = args.config.load::<RunConfig>(Some(DEFAULT_CONFIG), Some(MNIST_SMALL), args.seed)?;
+            let (source, out) = (loaded.source(), args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("mdeq-{}", loaded.name))));
+            let cfg = loaded.config;
             args.runtime.device.cpu_only("mdeq")?;
             if args.dry_run {
-                return dry_run(&cfg, &path.map(|p| p.display().to_string()).unwrap_or_else(|| "built-in mnist-small".into()), &out);
+                return dry_run(&cfg, &source, &out);
             }
             let threads = args.runtime.configure(cfg.train.threads);
             tracing::info!(threads, "training into {}", out.display());
@@ -90,11 +89,12 @@ fn main() -> Result<()> {
         }
         Cmd::Eval { run } => {
             let dir = run_dir(&run);
-            let cfg = run.config.load_saved::<RunConfig>(&dir)?.config;
+            let saved = run.config.load_saved::<RunConfig>(&dir)?;
+            let (source, cfg) = (saved.source(), saved.config);
             run.runtime.device.cpu_only("mdeq")?;
             if run.dry_run {
                 anyhow::ensure!(dir.join("checkpoints").join("latest.json").exists(), "{}: no checkpoints/latest.json", dir.display());
-                return dry_run(&cfg, &dir.join("config.toml").display().to_string(), &dir);
+                return dry_run(&cfg, &source, &dir);
             }
             run.runtime.configure(cfg.train.threads);
             deq_train::run_on_pool(move || -> Result<()> {
@@ -108,13 +108,14 @@ fn main() -> Result<()> {
         }
         Cmd::Predict { run, files } => {
             let dir = run_dir(&run);
-            let cfg = run.config.load_saved::<RunConfig>(&dir)?.config;
+            let saved = run.config.load_saved::<RunConfig>(&dir)?;
+            let (source, cfg) = (saved.source(), saved.config);
             run.runtime.device.cpu_only("mdeq")?;
             for f in &files {
                 anyhow::ensure!(f.is_file(), "{}: no such image file", f.display());
             }
             if run.dry_run {
-                return dry_run(&cfg, &dir.join("config.toml").display().to_string(), &dir);
+                return dry_run(&cfg, &source, &dir);
             }
             run.runtime.configure(cfg.train.threads);
             deq_train::run_on_pool(move || -> Result<()> {

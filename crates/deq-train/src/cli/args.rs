@@ -31,6 +31,13 @@ pub struct Loaded<T> {
     pub path: Option<PathBuf>,
 }
 
+impl<T> Loaded<T> {
+    /// Where the configuration came from, for messages: the file, or the built-in default.
+    pub fn source(&self) -> String {
+        self.path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| format!("the built-in default configuration ({})", self.name))
+    }
+}
+
 /// `--config`, `--set` and TorchDEQ's `[deq]` flags.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ConfigArgs {
@@ -109,15 +116,30 @@ impl ConfigArgs {
 /// File name of the configuration a training run saves in its folder.
 pub const SAVED_CONFIG: &str = "config.toml";
 
+/// A configuration as the TOML text that `save_config` writes and `--dry-run` prints.
+fn config_text<T: Serialize>(config: &T) -> Result<String> {
+    toml::to_string_pretty(config).map_err(|e| TrainError::Config { key: "config".into(), message: e.to_string() })
+}
+
 /// Writes `config` as `dir/config.toml` (through a temporary file and a rename).
 pub fn save_config<T: Serialize>(dir: &Path, config: &T) -> Result<PathBuf> {
-    let text = toml::to_string_pretty(config).map_err(|e| TrainError::Config { key: "config".into(), message: e.to_string() })?;
+    let text = config_text(config)?;
     std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
     let path = dir.join(SAVED_CONFIG);
     let tmp = dir.join(format!(".{SAVED_CONFIG}.tmp"));
     std::fs::write(&tmp, text).map_err(|e| TrainError::io(&tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| TrainError::io(&path, e))?;
     Ok(path)
+}
+
+/// What `--dry-run` reports, the same in every binary: on standard error the configuration's
+/// source, the run folder (`run folder: DIR`, a line the README-command test reads) and the
+/// data; on standard output the resolved configuration as TOML.
+pub fn print_dry_run<T: Serialize>(source: &str, run_folder: &Path, data: &str, config: &T) -> Result<()> {
+    let text = config_text(config)?;
+    eprintln!("configuration: {source}\nrun folder: {}\ndata: {data}", run_folder.display());
+    println!("{text}");
+    Ok(())
 }
 
 /// `--threads` and `--device`.

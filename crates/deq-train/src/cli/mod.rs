@@ -41,7 +41,7 @@ mod config_file;
 mod device;
 mod logging;
 
-pub use args::{save_config, ConfigArgs, Loaded, RunDirArgs, RuntimeArgs, TrainArgs, TrainerConfig, SAVED_CONFIG};
+pub use args::{print_dry_run, save_config, ConfigArgs, Loaded, RunDirArgs, RuntimeArgs, TrainArgs, TrainerConfig, SAVED_CONFIG};
 pub use config_file::{load_with_overrides, parse_with_overrides, Override};
 pub use device::DeviceArg;
 pub use logging::init_logging;

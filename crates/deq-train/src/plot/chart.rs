@@ -103,7 +103,8 @@ fn tick(v: &f64) -> String {
 /// figure title. Returns false, writing nothing, when no panel has data.
 pub fn draw(path: &Path, title: &str, panels: &[Panel]) -> Result<bool> {
     register_font();
-    let panels: Vec<&Panel> = panels.iter().filter(|p| !prepared(p).is_empty()).collect();
+    // Each panel with its drawable lines, prepared once.
+    let panels: Vec<(&Panel, Vec<(usize, &Line, Vec<(f64, f64)>)>)> = panels.iter().map(|p| (p, prepared(p))).filter(|(_, l)| !l.is_empty()).collect();
     if panels.is_empty() {
         return Ok(false);
     }
@@ -117,8 +118,7 @@ pub fn draw(path: &Path, title: &str, panels: &[Panel]) -> Result<bool> {
         root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
         let root = root.titled(title, ("sans-serif", 22)).map_err(|e| err(e.to_string()))?;
         let areas = root.split_evenly((rows, cols));
-        for (panel, area) in panels.iter().zip(areas.iter()) {
-            let lines = prepared(panel);
+        for ((panel, lines), area) in panels.into_iter().zip(areas.iter()) {
             let (x0, x1) = range(lines.iter().flat_map(|(_, _, p)| p.iter().map(|q| q.0)));
             let (y0, y1) = range(lines.iter().flat_map(|(_, _, p)| p.iter().map(|q| q.1)));
             let mut chart = ChartBuilder::on(area)
