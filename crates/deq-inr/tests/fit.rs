@@ -91,8 +91,24 @@ fn resumed_fit_is_bit_identical_with(grad: AmortisedGrad) {
 fn minibatch_fit_solves_from_zeros_and_clips() {
     let (train, test) = image_representation(&image(), 0);
     let net = deq_net(4);
-    let cfg = FitConfig { steps: 4, batch_size: 100, clip_value: 0.1, eval_every: 4, ..Default::default() };
+    // Clipping every gradient entry to |g| <= c, far below Adam's eps (1e-8), caps each Adam
+    // update at lr * c / (c + eps) (~lr / 11) per step: without clipping most entries would
+    // move by ~lr per step.
+    let (clip, lr, steps) = (1e-9, 1e-3, 4);
+    let cfg = FitConfig { steps, lr, batch_size: 100, clip_value: clip, eval_every: 4, ..Default::default() };
+    let before: Vec<Vec<f32>> = net.named_vars().iter().map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect();
     let r = fit(&net, &train, &test, &cfg, &FitOptions::default()).unwrap();
+    let moved = net
+        .named_vars()
+        .iter()
+        .zip(&before)
+        .flat_map(|((_, v), b)| {
+            let now = v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            now.iter().zip(b).map(|(a, b)| (a - b).abs() as f64).collect::<Vec<_>>()
+        })
+        .fold(0f64, f64::max);
+    let bound = steps as f64 * lr * clip / (clip + 1e-8);
+    assert!(moved <= 1.01 * bound && moved > 0.5 * bound, "largest parameter change {moved:e} against the clipped bound {bound:e}");
     // Every step solves (no cache): more than the 3 gradient evaluations.
     assert!(r.f_evals_per_step > 3.0, "{}", r.f_evals_per_step);
 }

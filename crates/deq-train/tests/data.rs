@@ -18,9 +18,19 @@ use deq_train::TrainError;
 
 const MNIST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../datasets/mnist");
 const CIFAR_FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../datasets/cifar10-fixture");
-const CIFAR_SMOKE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/cifar10_smoke");
+/// SHA-256 of `datasets/cifar10-fixture/test_batch.bin`, as recorded in its SOURCE.md.
+const CIFAR_FIXTURE_SHA256: &str = "7a75c7f3d741a45b5f79cc341c8607a874c6f441de815b9d426ace5249b5c733";
+/// SHA-256 of the 20 fixture images as decoded (each `image(i)`, HWC, concatenated), recorded
+/// when they were checked pixel for pixel against the 20 source PNGs.
+const CIFAR_FIXTURE_PIXELS_SHA256: &str = "d131c95b857e63d9479fcadff1a4b795b0ce785fa3b8115262fa0b8b150b7c68";
 /// Labels of the 20 fixture images, from the file names `cifar10_<index>_<label>.png`.
 const CIFAR_FIXTURE_LABELS: [u32; 20] = [3, 8, 8, 0, 6, 6, 1, 6, 3, 1, 0, 9, 5, 7, 9, 8, 5, 7, 8, 6];
+
+/// Lower-case hexadecimal SHA-256 of `bytes`.
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// A fresh, empty temporary directory unique to this process and `name`.
 fn temp_dir(name: &str) -> PathBuf {
@@ -163,17 +173,12 @@ fn cifar_fixture_matches_the_pngs() {
     let ds = load_cifar10(Path::new(CIFAR_FIXTURE), false).unwrap();
     assert_eq!((ds.len(), ds.channels, ds.height, ds.width, ds.classes), (20, 3, 32, 32, 10));
     assert_eq!(ds.labels, CIFAR_FIXTURE_LABELS.to_vec());
-    let smoke = Path::new(CIFAR_SMOKE);
-    if smoke.is_dir() {
-        for (i, &label) in CIFAR_FIXTURE_LABELS.iter().enumerate() {
-            let png = smoke.join(format!("cifar10_{i:02}_{label}.png"));
-            let (px, h, w) = load_image(&png, None).unwrap();
-            assert_eq!((h, w), (32, 32));
-            assert!(px == ds.image(i), "pixels of record {i} differ from {}", png.display());
-        }
-    } else {
-        eprintln!("{CIFAR_SMOKE} not present: checked labels only");
-    }
+    // The file is the one SOURCE.md describes, and the decoded pixels (HWC, as `image(i)` gives
+    // them) are the ones that were checked equal to the 20 source PNGs when the fixture was made.
+    let bytes = std::fs::read(Path::new(CIFAR_FIXTURE).join("test_batch.bin")).unwrap();
+    assert_eq!(sha256_hex(&bytes), CIFAR_FIXTURE_SHA256, "test_batch.bin is not the recorded fixture");
+    let pixels: Vec<u8> = (0..ds.len()).flat_map(|i| ds.image(i).to_vec()).collect();
+    assert_eq!(sha256_hex(&pixels), CIFAR_FIXTURE_PIXELS_SHA256, "decoded pixels differ from the source PNGs'");
     // The training split needs data_batch_1..5.bin, which the fixture does not have.
     let e = load_cifar10(Path::new(CIFAR_FIXTURE), true).unwrap_err();
     assert!(matches!(e, TrainError::Io { .. }) && e.to_string().contains("data_batch_1.bin"), "{e}");

@@ -199,9 +199,19 @@ fn straight_through_projection_keeps_the_bound_on_the_normalised_weight() {
     let m = rng.randn((8, 8), DType::F64, &Device::Cpu).unwrap();
     let loss = (w * &m).unwrap().sum_all().unwrap();
     let grads = deq_core::grad::backward(&loss).unwrap();
+    // So every parameter's gradient is that of sum(W_normalised * M), the projection skipped.
+    let unprojected = deq_core::grad::backward(&(layer.w_normalized() * &m).unwrap().sum_all().unwrap()).unwrap();
     let mut vars = Vec::new();
     layer.vars("l", &mut vars);
-    assert!(grads.get(vars[0].1.as_tensor()).is_some(), "W's parameters get a gradient");
+    let mut compared = 0;
+    for (name, v) in &vars {
+        let Some(want) = unprojected.get(v.as_tensor()) else { continue };
+        let got = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{name} gets no gradient"));
+        let (got, want) = (got.flatten_all().unwrap().to_vec1::<f64>().unwrap(), want.flatten_all().unwrap().to_vec1::<f64>().unwrap());
+        assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-12 * (1.0 + b.abs())), "{name}: {got:?} against {want:?}");
+        compared += 1;
+    }
+    assert!(compared >= 1, "W has parameters");
 }
 
 #[test]
