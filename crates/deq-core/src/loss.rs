@@ -119,3 +119,28 @@ pub fn jac_reg(f: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>, z: &Tensor, v
         None => value_t,
     })
 }
+
+/// [`jac_reg`] for a state made of several tensors (e.g. MDEQ's resolutions): the estimate of
+/// `||J_f(z)||_F^2 / numel(z)` over the concatenation of every tensor of `z`, with `f` mapping
+/// a state to a state of the same shapes. One tensor is [`jac_reg`] itself.
+pub fn jac_reg_states(f: &dyn Fn(&[Tensor]) -> candle_core::Result<Vec<Tensor>>, z: &[Tensor], vecs: usize, rng: &mut DeqRng) -> Result<Tensor> {
+    if z.is_empty() {
+        return Err(crate::error::shape_err("jac_reg_states", "empty state"));
+    }
+    let shapes: Vec<candle_core::Shape> = z.iter().map(|t| t.shape().clone()).collect();
+    let flat = Tensor::cat(&z.iter().map(|t| t.flatten_all()).collect::<candle_core::Result<Vec<_>>>()?, 0)?;
+    let g = |v: &Tensor| -> candle_core::Result<Tensor> {
+        let mut parts = Vec::with_capacity(shapes.len());
+        let mut start = 0;
+        for s in &shapes {
+            parts.push(v.narrow(0, start, s.elem_count())?.reshape(s)?);
+            start += s.elem_count();
+        }
+        let out = f(&parts)?;
+        if out.len() != shapes.len() || out.iter().zip(&shapes).any(|(o, s)| o.shape() != s) {
+            return Err(candle_core::Error::Msg(format!("jac_reg_states: f maps a state of shapes {shapes:?} to one of shapes {:?}", out.iter().map(|o| o.shape().clone()).collect::<Vec<_>>())));
+        }
+        Tensor::cat(&out.iter().map(|o| o.flatten_all()).collect::<candle_core::Result<Vec<_>>>()?, 0)
+    };
+    jac_reg(&g, &flat, vecs, rng)
+}

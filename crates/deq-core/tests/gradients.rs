@@ -1,7 +1,7 @@
 //! Every gradient path against finite differences and unrolled backpropagation, in f64.
 
 use candle_core::{DType, Device, Tensor, Var};
-use deq_core::loss::{fp_correction, jac_reg, CorrectionWeight};
+use deq_core::loss::{fp_correction, jac_reg, jac_reg_states, CorrectionWeight};
 use deq_core::rng::DeqRng;
 use deq_core::{Core, Deq, DeqConfig};
 
@@ -211,6 +211,45 @@ fn jacobian_regulariser_gradient_matches_finite_differences() {
         let e = rel_err(&got, &fd);
         assert!(e < 1e-6, "jac_reg gradient {which}: rel err {e}");
     }
+}
+
+#[test]
+fn jacobian_regulariser_of_a_two_tensor_state() {
+    // State [a (2, 4), b (2, 4)] with f = [tanh(a W^T + b U^T), tanh(b W^T + x U^T)].
+    let s = setup(2, 4, 5);
+    let (a, b) = (s.c.affine(0.3, 0.0).unwrap(), s.c.affine(-0.2, 0.1).unwrap());
+    let pair = |z: &[Tensor], w: &Tensor, u: &Tensor| -> candle_core::Result<Vec<Tensor>> {
+        Ok(vec![(z[0].matmul(&w.t()?)? + z[1].matmul(&u.t()?)?)?.tanh()?, (z[1].matmul(&w.t()?)? + s.x.matmul(&u.t()?)?)?.tanh()?])
+    };
+    let value = |w: &Tensor, u: &Tensor| -> (Tensor, f64) {
+        let r = jac_reg_states(&|z: &[Tensor]| pair(z, w, u), &[a.clone(), b.clone()], 2, &mut DeqRng::new(3)).unwrap();
+        let v = r.to_scalar::<f64>().unwrap();
+        (r, v)
+    };
+    // The value is jac_reg of the same map on the flattened state, with the same probes.
+    let flat = Tensor::cat(&[a.flatten_all().unwrap(), b.flatten_all().unwrap()], 0).unwrap();
+    let by_hand = jac_reg(
+        &|v: &Tensor| {
+            let z = [v.narrow(0, 0, 8)?.reshape((2, 4))?, v.narrow(0, 8, 8)?.reshape((2, 4))?];
+            let o = pair(&z, s.w.as_tensor(), s.u.as_tensor())?;
+            Tensor::cat(&[o[0].flatten_all()?, o[1].flatten_all()?], 0)
+        },
+        &flat,
+        2,
+        &mut DeqRng::new(3),
+    )
+    .unwrap()
+    .to_scalar::<f64>()
+    .unwrap();
+    let (r, v) = value(s.w.as_tensor(), s.u.as_tensor());
+    assert!((v - by_hand).abs() < 1e-14 * by_hand.abs() && v > 0.0, "{v} vs {by_hand}");
+    let g = r.backward().unwrap();
+    let fd_w = central_fd(s.w.as_tensor(), |t| value(t, s.u.as_tensor()).1);
+    let fd_u = central_fd(s.u.as_tensor(), |t| value(s.w.as_tensor(), t).1);
+    assert!(rel_err(&grad_vec(&g, &s.w), &fd_w) < 1e-6 && rel_err(&grad_vec(&g, &s.u), &fd_u) < 1e-6);
+    // A map that changes the state's shapes is an error, not a wrong estimate.
+    let e = jac_reg_states(&|z: &[Tensor]| Ok(vec![z[0].clone()]), &[a.clone(), b.clone()], 1, &mut DeqRng::new(3));
+    assert!(e.is_err());
 }
 
 #[test]

@@ -1,10 +1,10 @@
 //! Data-parallel context: rank and world size (torchrun's environment variables), the point
 //! after backward where gradients are all-reduced, and rank-0-only side effects.
 //!
-//! The single-process path is [`SingleProcess`]. A multi-process run sets `RANK`,
-//! `WORLD_SIZE` and `LOCAL_RANK` (as `torchrun` and `scripts/launch.sh` do); its collective
-//! (NCCL over cudarc) lives behind the `nccl` feature. Trainers are written against
-//! [`Collective`] so that nothing else changes between the two.
+//! The single-process path is [`SingleProcess`], and it is the only one so far: a job launched
+//! with `WORLD_SIZE > 1` (as `torchrun` sets it) is refused with an error, never trained as
+//! several unsynchronised copies. Trainers are written against [`Collective`] so that a
+//! multi-process collective can be added without changing them.
 
 use crate::error::{Result, TrainError};
 use candle_core::backprop::GradStore;
@@ -70,16 +70,16 @@ impl Collective for SingleProcess {
     }
 }
 
-/// The collective for `ctx`: [`SingleProcess`] for a world of one; an error for larger worlds
-/// in builds without the `nccl` feature (rather than silently training `world_size` unsynchronised
-/// copies).
+/// The collective for `ctx`: [`SingleProcess`] for a world of one; an error naming
+/// `WORLD_SIZE` for larger worlds, which no build supports yet (rather than silently training
+/// `world_size` unsynchronised copies).
 pub fn collective_for(ctx: DistContext) -> Result<Box<dyn Collective>> {
     if ctx.world_size == 1 {
         return Ok(Box::new(SingleProcess));
     }
     Err(TrainError::Config {
         key: "WORLD_SIZE".into(),
-        message: format!("{} processes need the NCCL collective (build with `--features nccl` on CUDA machines)", ctx.world_size),
+        message: format!("{} processes requested, but multi-process data parallelism is not available in this version: run one process (unset WORLD_SIZE or set it to 1)", ctx.world_size),
     })
 }
 
@@ -88,11 +88,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn single_process_defaults_and_multi_process_needs_nccl() {
+    fn single_process_defaults_and_multi_process_is_refused() {
         let ctx = DistContext::default();
         assert!(ctx.is_main());
         assert!(collective_for(ctx).is_ok());
         let e = collective_for(DistContext { rank: 1, world_size: 2, local_rank: 1 }).err().unwrap().to_string();
-        assert!(e.contains("WORLD_SIZE") && e.contains("nccl"), "{e}");
+        assert!(e.contains("WORLD_SIZE") && e.contains("2 processes") && !e.contains("--features"), "{e}");
     }
 }

@@ -8,6 +8,9 @@ pub enum TrainError {
     /// An error from candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// An error from deq-core (solver, gradient or shape).
+    #[error(transparent)]
+    Deq(#[from] deq_core::DeqError),
     /// An I/O error on a named file.
     #[error("{path}: {source}")]
     Io {

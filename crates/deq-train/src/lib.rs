@@ -16,6 +16,7 @@
 //! | [`checkpoint`] | safetensors + JSON sidecar, atomic, resumable |
 //! | [`cli`] | the flags every binary shares (`--config`, `--set`, `--out`, ...), config loading, logging |
 //! | [`loss`] | stable BCE with logits |
+//! | [`objective`] | the `[deq]` options that act on the loss: fixed-point correction, Jacobian regulariser |
 //! | [`memory`] | counting allocator and peak RSS for benchmarks |
 //! | [`metrics`] | JSON-lines writer, top-k accuracy, micro-F1 |
 //! | [`progress`] | progress bars (plain lines when not a terminal) |
@@ -75,6 +76,7 @@ pub mod error;
 pub mod loss;
 pub mod memory;
 pub mod metrics;
+pub mod objective;
 pub mod optim;
 pub mod progress;
 pub mod runtime;
@@ -88,6 +90,7 @@ pub use dist::{collective_for, Collective, DistContext, SingleProcess};
 pub use error::{Result, TrainError};
 pub use loss::bce_with_logits;
 pub use metrics::{accuracy, micro_f1, topk_correct, MetricsWriter};
+pub use objective::{DeqObjective, JacTerm};
 pub use optim::{Adam, Optimizer, Sgd};
 pub use progress::Progress;
 pub use runtime::{check_finite, run_on_pool};
