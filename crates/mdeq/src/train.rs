@@ -7,7 +7,8 @@ use candle_core::{DType, Device, Tensor};
 use deq_core::rng::DeqRng;
 use deq_train::data::augment::{flip_horizontal, normalize, random_crop_with_padding, random_resized_crop, to_f32};
 use deq_train::data::{find_dataset_dir, load_cifar10, load_image, load_image_folder, load_mnist, AugmentFn, ImageDataset, Loader, LoaderConfig, Shard};
-use deq_train::{check_finite, clip_grad_norm, Adam, Checkpointer, DistContext, MetricsWriter, Optimizer, Progress, Schedule, Sgd, SolverMetrics};
+use deq_train::{check_finite, clip_grad_norm, Adam, Checkpointer, DeqObjective, DistContext, JacTerm, MetricsWriter, Optimizer, Progress, Schedule, Sgd, SolverMetrics};
+use crate::model::MdeqOutput;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -212,11 +213,40 @@ pub fn restore_model(model: &Mdeq, ckpt: &deq_train::Checkpoint) -> Result<()> {
     Ok(())
 }
 
+/// The loss of one training step and what it is made of.
+#[derive(Debug)]
+pub struct StepLoss {
+    /// What backward runs on: the fixed-point-corrected cross-entropy plus the Jacobian term.
+    pub loss: Tensor,
+    /// Cross-entropy of the fixed point's logits (the figure reported as `train_loss`).
+    pub task: f64,
+    /// The Jacobian regulariser of this step, when it was applied.
+    pub jac: Option<JacTerm>,
+    /// The forward pass.
+    pub out: MdeqOutput,
+}
+
+/// The training loss of `images` against `labels` at optimiser step `step`: cross-entropy on
+/// every state the DEQ returned, weighted by fixed-point correction, plus the Jacobian
+/// regulariser at the fixed point on the steps `objective` draws.
+pub fn training_loss(model: &Mdeq, objective: &DeqObjective, images: &Tensor, labels: &Tensor, step: usize) -> Result<StepLoss> {
+    let out = model.forward(images, true)?;
+    let losses = out.state_logits.iter().map(|l| candle_nn::loss::cross_entropy(l, labels)).collect::<candle_core::Result<Vec<_>>>()?;
+    let task = losses.last().map(|l| l.to_dtype(DType::F64)?.to_scalar::<f64>()).transpose()?.unwrap_or(f64::NAN);
+    let mut loss = objective.correction(&losses)?;
+    let jac = objective.jacobian(step, &|z: &[Tensor]| model.f(z, &out.injection), &out.fixed_point)?;
+    if let Some(j) = &jac {
+        loss = (loss + &j.term)?;
+    }
+    Ok(StepLoss { loss, task, jac, out })
+}
+
 /// Trains `cfg` and returns the final test figures.
 pub fn train(cfg: &RunConfig, opts: &RunOptions) -> Result<TrainSummary> {
     let start = Instant::now();
     let dist = DistContext::from_env()?;
     let collective = deq_train::collective_for(dist)?;
+    let objective = DeqObjective::new(&cfg.deq, cfg.train.seed)?;
     let dev = Device::Cpu;
     let main = dist.is_main();
     std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating {}", opts.out_dir.display()))?;
@@ -258,15 +288,17 @@ pub fn train(cfg: &RunConfig, opts: &RunOptions) -> Result<TrainSummary> {
         let t0 = Instant::now();
         let mut bar = Progress::new(format!("epoch {}/{}", epoch + 1, cfg.train.epochs), steps_per_epoch, main);
         let (mut loss_sum, mut correct, mut seen, mut nfe_sum, mut res_sum, mut batches) = (0f64, 0usize, 0usize, 0f64, 0f64, 0usize);
+        let (mut jac_sum, mut jac_steps) = (0f64, 0usize);
         let mut train_solver = SolverMetrics::default();
         for batch in train_loader.epoch(epoch) {
             let batch = batch?;
             let lr = schedule.lr_at(cfg.train.lr, step);
             opt.set_lr(lr);
-            let out = model.forward(&batch.images, true)?;
-            let loss = candle_nn::loss::cross_entropy(&out.logits, &batch.labels)?;
-            let loss_v = loss.to_scalar::<f32>()? as f64;
-            check_finite("training loss", loss_v, step)?;
+            let StepLoss { loss, task: loss_v, jac, out } = training_loss(&model, &objective, &batch.images, &batch.labels, step)?;
+            check_finite("training loss", loss.to_dtype(DType::F64)?.to_scalar::<f64>()?, step)?;
+            if let Some(j) = jac {
+                (jac_sum, jac_steps) = (jac_sum + j.value, jac_steps + 1);
+            }
             let mut grads = deq_core::grad::backward(&loss)?;
             collective.all_reduce_mean(&mut grads, &vars)?;
             if cfg.train.grad_clip > 0.0 {
@@ -299,6 +331,10 @@ pub fn train(cfg: &RunConfig, opts: &RunOptions) -> Result<TrainSummary> {
             "test_mean_rel_residual": last_test.mean_rel_residual, "epoch_train_seconds": train_secs,
             "elapsed_seconds": start.elapsed().as_secs_f64(), "probe_rel_trace": last_test.probe_trace,
         });
+        if objective.regularises() {
+            record["train_jac_loss"] = serde_json::json!(if jac_steps > 0 { jac_sum / jac_steps as f64 } else { f64::NAN });
+            record["train_jac_steps"] = serde_json::json!(jac_steps);
+        }
         train_solver.extend_record("train", &mut record);
         last_test.solver.extend_record("test", &mut record);
         if let Some(m) = metrics.as_mut() {

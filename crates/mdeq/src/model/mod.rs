@@ -91,8 +91,16 @@ pub struct Mdeq {
 /// What a forward pass returns.
 #[derive(Debug)]
 pub struct MdeqOutput {
-    /// Class logits `(batch, classes)`.
+    /// Class logits `(batch, classes)` of the fixed point.
     pub logits: Tensor,
+    /// Class logits of every state the DEQ returned, earliest first (the last is `logits`): in
+    /// training one per supervised state (`n_states`, `indexing`, `sup_gap`, `sup_loc`), for
+    /// fixed-point correction; in evaluation just the fixed point.
+    pub state_logits: Vec<Tensor>,
+    /// The fixed point (with its gradient path in training).
+    pub fixed_point: Vec<Tensor>,
+    /// The injection `u` the fixed point was solved for (the input of [`Mdeq::f`]).
+    pub injection: Tensor,
     /// Statistics of the fixed-point solve.
     pub stats: SolverStats,
     /// Statistics of the adjoint solves, filled in when the implicit backward runs.
@@ -190,8 +198,11 @@ impl Mdeq {
         let z0 = self.z0(&u)?;
         let deq = if train { &self.deq_train } else { &self.deq_eval };
         let out = deq.forward(|z: &[Tensor], inp: &[Tensor]| self.f(z, &inp[0]), std::slice::from_ref(&u), &z0).map_err(deq_err)?;
-        let logits = self.head.forward(out.last(), train)?;
-        Ok(MdeqOutput { logits, stats: out.stats, backward_stats: out.backward_stats })
+        // The head (with its batch norms) runs once per state, the fixed point's call exactly as
+        // with a single state.
+        let state_logits = out.states.iter().map(|z| self.head.forward(z, train)).collect::<Result<Vec<_>>>()?;
+        let logits = state_logits.last().cloned().ok_or_else(|| candle_core::Error::Msg("the DEQ returned no state".into()))?;
+        Ok(MdeqOutput { logits, state_logits, fixed_point: out.last().to_vec(), injection: u, stats: out.stats, backward_stats: out.backward_stats })
     }
 
     /// Every trainable variable with its name.
