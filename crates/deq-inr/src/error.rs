@@ -60,6 +60,7 @@ impl From<deq_train::TrainError> for InrError {
     fn from(e: deq_train::TrainError) -> Self {
         match e {
             deq_train::TrainError::Candle(c) => InrError::Candle(c),
+            deq_train::TrainError::Deq(d) => InrError::Deq(d),
             deq_train::TrainError::Io { path, source } => InrError::Io { path, source },
             deq_train::TrainError::Format { path, message } => InrError::Format { path, message },
             deq_train::TrainError::Config { key, message } => InrError::Config { key, message },

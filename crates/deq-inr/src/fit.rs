@@ -4,12 +4,12 @@
 //! JSON lines, and checkpoints (model, Adam state, cache, RNG) that resume bit-identically.
 
 use crate::error::{InrError, Result};
-use crate::net::{AmortisedCache, InrNet, PredictSolves};
+use crate::net::{AmortisedCache, InrNet, PredictSolves, TrainForward};
 use crate::task::Samples;
 use candle_core::{Device, Tensor};
 use deq_core::rng::DeqRng;
 use deq_train::schedule::cosine_decay;
-use deq_train::{Adam, Checkpointer, MetricsWriter, Optimizer, Progress, Schedule};
+use deq_train::{Adam, Checkpointer, DeqObjective, MetricsWriter, Optimizer, Progress, Schedule};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -122,6 +122,22 @@ fn mse(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
     Ok((pred - target)?.sqr()?.mean_all()?)
 }
 
+/// The loss of a training forward `fw` against `targets` at step `step`: MSE on every state's
+/// prediction weighted by fixed-point correction, plus the Jacobian regulariser on the steps
+/// `objective` draws (`None`: SIREN, plain MSE). Also returns the fixed point's MSE (the
+/// figure reported as the training loss).
+pub fn training_loss(net: &InrNet, objective: Option<&DeqObjective>, fw: &TrainForward, targets: &Tensor, step: usize) -> Result<(Tensor, f64)> {
+    let task = mse(&fw.pred, targets)?;
+    let task_v = task.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+    let Some(objective) = objective else { return Ok((task, task_v)) };
+    let losses = fw.state_preds.iter().map(|p| mse(p, targets)).collect::<Result<Vec<_>>>()?;
+    let mut loss = objective.correction(&losses)?;
+    if let Some(j) = net.jacobian(objective, step, fw)? {
+        loss = (loss + j.term)?;
+    }
+    Ok((loss, task_v))
+}
+
 /// Evaluates `net` on `train` and `test`; returns the point and the test predictions.
 pub fn evaluate(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, dev: &Device) -> Result<(f64, f64, PredictSolves, Vec<f32>)> {
     let (tr, _) = net.predict(&train.coords_tensor(dev)?, cfg.eval_chunk)?;
@@ -136,6 +152,7 @@ pub fn fit(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, opts:
     let y = train.targets_tensor(&dev)?;
     let n = train.len();
     let full = cfg.batch_size == 0 || cfg.batch_size >= n;
+    let objective = net.objective(cfg.seed, full)?;
     cfg.lr_at(0, 0.0)?;
     let mut opt = Adam::new(net.named_vars(), cfg.lr, (0.9, 0.999), 1e-8, 0.0, false)?;
     let mut rng = DeqRng::new(cfg.seed ^ 0x5EED_F17);
@@ -182,9 +199,8 @@ pub fn fit(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, opts:
             (x.index_select(&it, 0)?, y.index_select(&it, 0)?)
         };
         let fw = net.train_forward(&xb, if full { Some(&mut cache) } else { None })?;
-        let loss = mse(&fw.pred, &yb)?;
-        let lv = loss.to_scalar::<f32>()? as f64;
-        deq_train::check_finite("training loss", lv, step)?;
+        let (loss, lv) = training_loss(net, objective.as_ref(), &fw, &yb, step)?;
+        deq_train::check_finite("training loss", loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?, step)?;
         let mut grads = deq_core::grad::backward(&fw.backward_target(loss)?)?;
         net.finish_step(&grads, if full { Some(&mut cache) } else { None })?;
         if cfg.clip_value > 0.0 {

@@ -99,6 +99,14 @@ fn main() -> Result<()> {
             anyhow::ensure!(cfg.data.kind == want, "{source}: data.kind is `{}`, but `fit {want}` was asked", cfg.data.kind);
             let out = args.out.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_OUT));
             args.runtime.device.cpu_only("deq-inr")?;
+            // The [deq] options that act on the loss: refused where they could not act.
+            let objective = deq_train::DeqObjective::new(&cfg.deq, cfg.fit.seed)?;
+            if model == Which::Siren {
+                objective.refuse("by the SIREN baseline, which is not a DEQ (fit --model deq or both)")?;
+            }
+            if cfg.fit.batch_size == 0 {
+                objective.refuse_correction("with full-batch training (its steps refine the cached state instead of solving): set fit.batch_size to train on minibatches")?;
+            }
             if args.dry_run {
                 return Ok(deq_train::cli::print_dry_run(&source, &out, &cfg.data_path()?.display().to_string(), &cfg)?);
             }

@@ -78,6 +78,19 @@ pub enum SolveMode {
     Eval,
 }
 
+/// A forward pass of [`DeqInr::forward_states`].
+#[derive(Debug)]
+pub struct InrForward {
+    /// Outputs `(N, channels)` of every state, earliest first (the last is the fixed point's).
+    pub preds: Vec<Tensor>,
+    /// The last state (with its gradient path in training).
+    pub state: Tensor,
+    /// The inputs of [`DeqInr::f`] for these coordinates.
+    pub inputs: Vec<Tensor>,
+    /// Solver statistics (empty for the carried-adjoint step, which runs no solver).
+    pub stats: SolverStats,
+}
+
 /// The model.
 #[derive(Debug)]
 pub struct DeqInr {
@@ -123,6 +136,11 @@ impl DeqInr {
         &self.cfg
     }
 
+    /// The DEQ settings (`[deq]`) of the full training solve.
+    pub fn deq_config(&self) -> &DeqConfig {
+        self.deq_full.config()
+    }
+
     /// Evaluations of `f` so far (solver and gradient steps).
     pub fn f_evals(&self) -> usize {
         self.f_evals.load(Ordering::Relaxed)
@@ -166,6 +184,15 @@ impl DeqInr {
     /// Outputs `(N, channels)` for coordinates `x` (`(N, k)`) from the state `z0` (zeros when
     /// `None`), the last state (detached: the next step's cache) and the solver statistics.
     pub fn forward(&self, x: &Tensor, z0: Option<&Tensor>, mode: SolveMode) -> Result<(Tensor, Tensor, SolverStats)> {
+        let out = self.forward_states(x, z0, mode)?;
+        let pred = out.preds.last().cloned().ok_or_else(|| candle_core::Error::Msg("the DEQ returned no state".into()))?;
+        Ok((pred, out.state.detach(), out.stats))
+    }
+
+    /// [`DeqInr::forward`] with what a training loss needs: the outputs of every state the
+    /// DEQ returned (earliest first; in training one per supervised state), the last state with
+    /// its gradient path, and the inputs of `f`.
+    pub fn forward_states(&self, x: &Tensor, z0: Option<&Tensor>, mode: SolveMode) -> Result<InrForward> {
         self.reset_norms()?;
         let u = self.inputs(x)?;
         let z0 = match z0 {
@@ -178,15 +205,15 @@ impl DeqInr {
             SolveMode::Eval => &self.deq_eval,
         };
         let out = deq.forward1(|z, inp| self.f(z, inp).map_err(|e| candle_core::Error::Msg(e.to_string())), &u, &z0)?;
-        let z = out.z().clone();
-        Ok((self.readout(&z)?, z.detach(), out.stats))
+        let preds = out.states.iter().map(|s| self.readout(&s[0])).collect::<Result<Vec<_>>>()?;
+        Ok(InrForward { preds, state: out.z().clone(), inputs: u, stats: out.stats })
     }
 
     /// An amortised training step with a carried adjoint from the cached state `z0`:
     /// `amortised_iters` graph-free solver steps, then `grad` tracked damped steps through
     /// `carry`. Returns the outputs, the last state (detached: the next cache) and the term to
     /// add to the loss before `backward` (then call [`AdjointCarry::update`]).
-    pub fn forward_carried(&self, x: &Tensor, z0: &Tensor, carry: &mut AdjointCarry) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    pub fn forward_carried(&self, x: &Tensor, z0: &Tensor, carry: &mut AdjointCarry) -> Result<(InrForward, Option<Tensor>)> {
         self.reset_norms()?;
         let u = self.inputs(x)?;
         let mut z = z0.detach();
@@ -201,7 +228,7 @@ impl DeqInr {
         let mut step = |z: &Tensor| self.f(z, &u).map_err(|e| candle_core::Error::Msg(e.to_string()));
         let zk = carry.unroll(&mut step, &z, k, dcfg.tau)?;
         let seed = carry.seed(&zk)?;
-        Ok((self.readout(&zk)?, zk.detach(), seed))
+        Ok((InrForward { preds: vec![self.readout(&zk)?], state: zk, inputs: u, stats: SolverStats::default() }, seed))
     }
 
     /// The linear readout `y = B z + d`.

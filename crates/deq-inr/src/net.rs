@@ -2,12 +2,13 @@
 //! for the trainer (amortised training forward, chunked prediction, parameters).
 
 use crate::error::Result;
-use crate::model::{AmortisedGrad, DeqInr, SolveMode};
+use crate::model::{AmortisedGrad, DeqInr, InrForward, SolveMode};
 use crate::siren::Siren;
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use deq_core::grad::AdjointCarry;
 use deq_core::SolverStats;
+use deq_train::{DeqObjective, JacTerm};
 
 /// The DEQ's state between full-batch training steps: the last fixed-point estimate and, with
 /// `amortised_grad = "carried_adjoint"`, the carried adjoint.
@@ -38,8 +39,13 @@ pub enum InrNet {
 /// One training forward: predictions and, for the DEQ, the solver statistics.
 #[derive(Debug)]
 pub struct TrainForward {
-    /// Predictions `(N, C)` with their graph.
+    /// Predictions `(N, C)` with their graph (the fixed point's).
     pub pred: Tensor,
+    /// Predictions of every state the DEQ returned, earliest first (the last is `pred`); for
+    /// fixed-point correction.
+    pub state_preds: Vec<Tensor>,
+    /// The DEQ's last state and the inputs of `f` (for the Jacobian regulariser).
+    pub point: Option<(Tensor, Vec<Tensor>)>,
     /// Solver statistics (DEQ only).
     pub stats: Option<SolverStats>,
     /// Term to add to the loss before `backward` (carried adjoint; its value is not a loss).
@@ -81,31 +87,60 @@ impl InrNet {
     /// zeros and fills it; `None` (minibatches) solves from zeros without a cache. Add
     /// [`TrainForward::seed`] to the loss, and call [`InrNet::finish_step`] after `backward`.
     pub fn train_forward(&self, x: &Tensor, cache: Option<&mut AmortisedCache>) -> Result<TrainForward> {
+        let of = |out: InrForward, stats: Option<SolverStats>, seed: Option<Tensor>| -> Result<TrainForward> {
+            let pred = out.preds.last().cloned().ok_or_else(|| candle_core::Error::Msg("the DEQ returned no state".into()))?;
+            Ok(TrainForward { pred, state_preds: out.preds, point: Some((out.state, out.inputs)), stats, seed })
+        };
         match self {
-            InrNet::Siren(s) => Ok(TrainForward { pred: s.forward(x)?, stats: None, seed: None }),
+            InrNet::Siren(s) => {
+                let pred = s.forward(x)?;
+                Ok(TrainForward { state_preds: vec![pred.clone()], pred, point: None, stats: None, seed: None })
+            }
             InrNet::Deq(m) => match cache {
                 Some(c) => match (&c.z, m.config().amortised_grad) {
                     (Some(z0), AmortisedGrad::CarriedAdjoint) => {
-                        let (pred, z, seed) = m.forward_carried(x, z0, &mut c.carry)?;
-                        c.z = Some(z);
-                        Ok(TrainForward { pred, stats: None, seed })
+                        let (out, seed) = m.forward_carried(x, z0, &mut c.carry)?;
+                        c.z = Some(out.state.detach());
+                        of(out, None, seed)
                     }
                     (z0, _) => {
                         let mode = if z0.is_some() { SolveMode::Amortised } else { SolveMode::Full };
-                        let (pred, z, stats) = m.forward(x, z0.as_ref(), mode)?;
+                        let out = m.forward_states(x, z0.as_ref(), mode)?;
                         if mode == SolveMode::Full {
                             c.carry.reset();
                         }
-                        c.z = Some(z);
-                        Ok(TrainForward { pred, stats: Some(stats), seed: None })
+                        c.z = Some(out.state.detach());
+                        let stats = out.stats.clone();
+                        of(out, Some(stats), None)
                     }
                 },
                 None => {
-                    let (pred, _, stats) = m.forward(x, None, SolveMode::Full)?;
-                    Ok(TrainForward { pred, stats: Some(stats), seed: None })
+                    let out = m.forward_states(x, None, SolveMode::Full)?;
+                    let stats = out.stats.clone();
+                    of(out, Some(stats), None)
                 }
             },
         }
+    }
+
+    /// The training objective of the `[deq]` options for a run seeded with `seed` (`None` for
+    /// SIREN, which is not a DEQ). With full-batch training (`full`), whose steps refine a
+    /// cached state instead of solving, the fixed-point-correction options are refused.
+    pub fn objective(&self, seed: u64, full: bool) -> Result<Option<DeqObjective>> {
+        let InrNet::Deq(m) = self else { return Ok(None) };
+        let o = DeqObjective::new(m.deq_config(), seed)?;
+        if full {
+            o.refuse_correction("with full-batch training (its steps refine the cached state by the `grad` steps instead of solving): set fit.batch_size to train on minibatches solved from zeros")?;
+        }
+        Ok(Some(o))
+    }
+
+    /// The Jacobian regulariser of `objective` at step `step` at the last state of `fw`
+    /// (`None` on steps it skips, and for SIREN).
+    pub fn jacobian(&self, objective: &DeqObjective, step: usize, fw: &TrainForward) -> Result<Option<JacTerm>> {
+        let (InrNet::Deq(m), Some((z, u))) = (self, &fw.point) else { return Ok(None) };
+        let f = |z: &[Tensor]| -> candle_core::Result<Vec<Tensor>> { Ok(vec![m.f(&z[0], u).map_err(|e| candle_core::Error::Msg(e.to_string()))?]) };
+        Ok(objective.jacobian(step, &f, std::slice::from_ref(z))?)
     }
 
     /// After `backward` of a step of [`InrNet::train_forward`]: advances the carried adjoint

@@ -96,6 +96,15 @@ impl DeqObjective {
     /// The names of the options in use that act on the training loss (`deq.n_states`, ...):
     /// for trainers that must refuse them in some mode.
     pub fn active_options(&self) -> Vec<&'static str> {
+        let mut out = self.correction_options();
+        if self.regularises() {
+            out.push("deq.jac_loss_weight");
+        }
+        out
+    }
+
+    /// The options in use that add supervised states (fixed-point correction).
+    pub fn correction_options(&self) -> Vec<&'static str> {
         let c = &self.cfg;
         let mut out = Vec::new();
         if c.n_states > 1 {
@@ -110,9 +119,6 @@ impl DeqObjective {
         if !c.sup_loc.is_empty() {
             out.push("deq.sup_loc");
         }
-        if self.regularises() {
-            out.push("deq.jac_loss_weight");
-        }
         out
     }
 
@@ -120,6 +126,14 @@ impl DeqObjective {
     /// its current mode (`why` says which mode).
     pub fn refuse(&self, why: &str) -> Result<()> {
         match self.active_options().first() {
+            Some(key) => Err(TrainError::Config { key: (*key).into(), message: format!("is not supported {why}") }),
+            None => Ok(()),
+        }
+    }
+
+    /// Like [`DeqObjective::refuse`], for the fixed-point-correction options only.
+    pub fn refuse_correction(&self, why: &str) -> Result<()> {
+        match self.correction_options().first() {
             Some(key) => Err(TrainError::Config { key: (*key).into(), message: format!("is not supported {why}") }),
             None => Ok(()),
         }
@@ -186,6 +200,9 @@ mod tests {
         let e = o.refuse("with amortised training").unwrap_err().to_string();
         assert!(e.contains("deq.n_states") && e.contains("amortised"), "{e}");
         assert!(DeqObjective::new(&DeqConfig::default(), 0).unwrap().refuse("here").is_ok());
+        let jac = DeqObjective::new(&cfg(1.0, 1.0, 0), 0).unwrap();
+        assert_eq!((jac.active_options(), jac.correction_options()), (vec!["deq.jac_loss_weight"], vec![]));
+        assert!(jac.refuse_correction("here").is_ok() && jac.refuse("here").is_err());
     }
 
     #[test]
