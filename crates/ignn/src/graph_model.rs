@@ -8,6 +8,7 @@ use crate::model::{dropout, uniform};
 use candle_core::{DType, Device, Result, Tensor, Var};
 use deq_core::rng::DeqRng;
 use deq_core::DeqConfig;
+use deq_train::DeqObjective;
 
 /// Implicit layers `p -> h -> ... -> h`, sum pooling, MLP `h -> h -> classes`.
 #[derive(Debug)]
@@ -44,21 +45,42 @@ impl GraphClassifier {
     /// disjoint union `a`, `graph_of` (`(N,)` u32) the graph of every node. `rng` is `Some` in
     /// training (dropout on). Also returns the implicit layers' solves.
     pub fn forward(&self, u: &Tensor, a: &EdgeTensors, lambda_pf: f64, graph_of: &Tensor, num_graphs: usize, rng: Option<&mut DeqRng>) -> Result<(Tensor, crate::model::Solves)> {
+        let (mut logits, solves) = self.run(u, a, lambda_pf, graph_of, num_graphs, rng, None)?;
+        Ok((logits.pop().expect("one state at least"), solves))
+    }
+
+    /// A training forward for `objective` at optimiser step `step`: the logits of every
+    /// supervised state of the last implicit layer (earliest first), and the solves with each
+    /// layer's Jacobian regulariser when the step applies it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_train(&self, u: &Tensor, a: &EdgeTensors, lambda_pf: f64, graph_of: &Tensor, num_graphs: usize, rng: &mut DeqRng, objective: &DeqObjective, step: usize) -> Result<(Vec<Tensor>, crate::model::Solves)> {
+        self.run(u, a, lambda_pf, graph_of, num_graphs, Some(rng), Some((objective, step)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run(&self, u: &Tensor, a: &EdgeTensors, lambda_pf: f64, graph_of: &Tensor, num_graphs: usize, mut rng: Option<&mut DeqRng>, objective: Option<(&DeqObjective, usize)>) -> Result<(Vec<Tensor>, crate::model::Solves)> {
         let train = rng.is_some();
         let mut x = u.clone();
         let mut solves = crate::model::Solves::default();
-        for layer in &self.layers {
-            let (z, stats, back) = layer.forward(&x, a, lambda_pf, train)?;
-            solves.forward.push(stats);
-            solves.backward.push(back);
-            x = z;
+        let mut last_states = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let solve = layer.forward_states(&x, a, lambda_pf, train)?;
+            solves.push(layer, &solve, a, objective)?;
+            x = solve.last().clone();
+            if i + 1 == self.layers.len() {
+                last_states = solve.states;
+            }
         }
-        let pooled = Tensor::zeros((num_graphs, x.dim(1)?), x.dtype(), x.device())?.index_add(graph_of, &x, 0)?;
-        let mut h = apply(&pooled, &self.v0)?.relu()?;
-        if let Some(r) = rng {
-            h = dropout(&h, self.dropout, r)?;
+        let mut logits = Vec::with_capacity(last_states.len());
+        for z in &last_states {
+            let pooled = Tensor::zeros((num_graphs, z.dim(1)?), z.dtype(), z.device())?.index_add(graph_of, z, 0)?;
+            let mut h = apply(&pooled, &self.v0)?.relu()?;
+            if let Some(r) = rng.as_deref_mut() {
+                h = dropout(&h, self.dropout, r)?;
+            }
+            logits.push(apply(&h, &self.v1)?);
         }
-        Ok((apply(&h, &self.v1)?, solves))
+        Ok((logits, solves))
     }
 
     /// Trainable variables with names.

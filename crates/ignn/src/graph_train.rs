@@ -169,6 +169,7 @@ pub fn train_graphs(ds: &GraphDataset, cfg: &GraphTrainConfig, deq: &DeqConfig, 
     anyhow::ensure!(!ds.graphs.is_empty(), "the dataset has no graphs");
     anyhow::ensure!(cfg.folds >= 2 || cfg.fold.is_none(), "train.folds must be at least 2");
     let dev = Device::Cpu;
+    let objective = deq_train::DeqObjective::new(deq, cfg.seed)?;
     let prep = Prepared { graphs: ds.graphs.iter().map(|g| normalize(&g.graph, &cfg.adjacency)).collect::<Result<_>>()? };
     let labels: Vec<u32> = ds.graphs.iter().map(|g| g.label).collect();
     let folds = stratified_folds(&labels, cfg.folds, cfg.seed);
@@ -208,6 +209,7 @@ pub fn train_graphs(ds: &GraphDataset, cfg: &GraphTrainConfig, deq: &DeqConfig, 
         let mut opt = Adam::new(model.named_vars(), cfg.lr, (0.9, 0.999), 1e-8, cfg.weight_decay, false)?;
         let vars: Vec<_> = model.named_vars().into_iter().map(|(_, v)| v).collect();
         let bs = cfg.batch_size.max(1);
+        let steps_per_epoch = train_ids.len().div_ceil(bs);
         let test_batches: Vec<Batch> = test_ids.chunks(bs).map(|c| batch(ds, &prep, c, &dev)).collect::<Result<_>>()?;
         let mut bar = Progress::new(format!("fold {k}/{}", cfg.folds), cfg.epochs, true);
         let mut order = train_ids.clone();
@@ -217,13 +219,14 @@ pub fn train_graphs(ds: &GraphDataset, cfg: &GraphTrainConfig, deq: &DeqConfig, 
             }
             let (mut loss_sum, mut seen) = (0.0, 0usize);
             let mut train_solver = deq_train::SolverMetrics::default();
-            for ids in order.chunks(bs) {
+            for (i, ids) in order.chunks(bs).enumerate() {
                 let b = batch(ds, &prep, ids, &dev)?;
-                let (logits, solves) = model.forward(&b.u, &b.a, b.lambda, &b.graph_of, b.count, Some(&mut rng))?;
+                let step = epoch * steps_per_epoch + i;
+                let (logits, solves) = model.forward_train(&b.u, &b.a, b.lambda, &b.graph_of, b.count, &mut rng, &objective, step)?;
                 solves.add_forward_to(&mut train_solver);
-                let loss = candle_nn::loss::cross_entropy(&logits, &b.labels)?;
-                let lv = loss.to_scalar::<f32>()? as f64;
-                check_finite("training loss", lv, epoch)?;
+                let losses = logits.iter().map(|l| candle_nn::loss::cross_entropy(l, &b.labels)).collect::<candle_core::Result<Vec<_>>>()?;
+                let (loss, lv) = crate::train::objective_loss(&objective, &losses, &solves)?;
+                check_finite("training loss", loss.to_dtype(DType::F64)?.to_scalar::<f64>()?, epoch)?;
                 crate::train::backward_and_step(&loss, &vars, cfg.clip_per_param, &mut opt)?;
                 solves.add_backward_to(&mut train_solver);
                 loss_sum += lv * b.count as f64;

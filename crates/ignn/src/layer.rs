@@ -13,6 +13,29 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use deq_core::norm::{NormOptions, NormedWeight};
 use deq_core::rng::DeqRng;
 use deq_core::{Deq, DeqConfig, NormType, SolverStats};
+use deq_train::{DeqObjective, JacTerm};
+
+/// One solve of an [`ImplicitGraph`].
+#[derive(Debug)]
+pub struct LayerSolve {
+    /// The states `(n, m)` the DEQ returned, earliest first (the last is the fixed point).
+    pub states: Vec<Tensor>,
+    /// The weight `f` used (after normalisation and projection).
+    pub w: Tensor,
+    /// The injection `f` used.
+    pub b: Tensor,
+    /// Forward solver statistics.
+    pub stats: SolverStats,
+    /// Receives the adjoint solves' statistics when the implicit backward runs.
+    pub backward: deq_core::grad::BackwardStats,
+}
+
+impl LayerSolve {
+    /// The fixed point `(n, m)`.
+    pub fn last(&self) -> &Tensor {
+        self.states.last().expect("a DEQ returns at least one state")
+    }
+}
 
 /// One implicit graph layer with `p` input and `m` hidden features per node.
 #[derive(Debug)]
@@ -103,6 +126,13 @@ impl ImplicitGraph {
     /// solves' statistics when the implicit backward runs. The whole graph is one sample of the
     /// solver (its nodes are coupled).
     pub fn forward(&self, u: &Tensor, a: &EdgeTensors, lambda_pf: f64, train: bool) -> Result<(Tensor, SolverStats, deq_core::grad::BackwardStats)> {
+        let s = self.forward_states(u, a, lambda_pf, train)?;
+        Ok((s.last().clone(), s.stats, s.backward))
+    }
+
+    /// [`ImplicitGraph::forward`] with every state the DEQ returned (in training one per
+    /// supervised state) and the weight and injection `f` was solved with.
+    pub fn forward_states(&self, u: &Tensor, a: &EdgeTensors, lambda_pf: f64, train: bool) -> Result<LayerSolve> {
         let w = self.prepare(lambda_pf)?;
         let b = self.injection(u, a)?;
         let (n, m) = b.dims2()?;
@@ -115,7 +145,15 @@ impl ImplicitGraph {
                 std::slice::from_ref(&z0),
             )
             .map_err(deq_err)?;
-        Ok((out.last()[0].reshape((n, m))?, out.stats, out.backward_stats))
+        let states = out.states.iter().map(|z| z[0].reshape((n, m))).collect::<Result<Vec<_>>>()?;
+        Ok(LayerSolve { states, w, b, stats: out.stats, backward: out.backward_stats })
+    }
+
+    /// The Jacobian regulariser of `objective` at step `step` at the fixed point of `solve`
+    /// (`None` on steps it skips).
+    pub fn jacobian(&self, solve: &LayerSolve, a: &EdgeTensors, objective: &DeqObjective, step: usize) -> deq_train::Result<Option<JacTerm>> {
+        let f = |z: &[Tensor]| -> Result<Vec<Tensor>> { Ok(vec![self.f(&solve.w, &z[0], &solve.b, a)?]) };
+        objective.jacobian(step, &f, std::slice::from_ref(solve.last()))
     }
 
     /// The parameters with their names under `prefix`: `w`, `omega1`, `omega2` without a

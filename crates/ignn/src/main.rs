@@ -55,6 +55,8 @@ fn node_task(d: &ignn::config::DataConfig) -> Result<NodeTask> {
 /// `--dry-run`: the data folder must exist (generated tasks need none); prints the configuration.
 fn dry_run(cfg: &RunConfig, source: &str, out: &Path) -> Result<()> {
     let data = if cfg.data.task == "chains" { "generated (chains)".to_string() } else { data_dir(&cfg.data)?.display().to_string() };
+    // The [deq] options that act on the loss must be able to act (the seed does not matter here).
+    deq_train::DeqObjective::new(&cfg.deq, 0)?;
     Ok(deq_train::cli::print_dry_run(source, out, &data, cfg)?)
 }
 

@@ -2,10 +2,11 @@
 //! experiment), the zoo's 5-layer PPI model, and the 2-layer GCN baseline.
 
 use crate::graph::{aggregate, EdgeTensors};
-use crate::layer::ImplicitGraph;
+use crate::layer::{ImplicitGraph, LayerSolve};
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 use deq_core::rng::DeqRng;
 use deq_core::DeqConfig;
+use deq_train::{DeqObjective, JacTerm};
 
 /// Inverted dropout with a mask drawn from `rng` (identity when `p == 0`).
 pub fn dropout(x: &Tensor, p: f64, rng: &mut DeqRng) -> Result<Tensor> {
@@ -67,9 +68,36 @@ pub struct Solves {
     pub forward: Vec<deq_core::SolverStats>,
     /// Adjoint solve statistics, filled in when the implicit backward runs.
     pub backward: Vec<deq_core::grad::BackwardStats>,
+    /// The Jacobian regulariser of each implicit layer on a training step that applies it.
+    pub jac: Vec<JacTerm>,
 }
 
 impl Solves {
+    /// Records `solve`'s statistics and, when `objective` applies it at this step, the layer's
+    /// Jacobian regulariser.
+    pub(crate) fn push(&mut self, layer: &ImplicitGraph, solve: &LayerSolve, a: &EdgeTensors, objective: Option<(&DeqObjective, usize)>) -> Result<()> {
+        self.forward.push(solve.stats.clone());
+        self.backward.push(solve.backward.clone());
+        if let Some((o, step)) = objective {
+            if let Some(j) = layer.jacobian(solve, a, o, step).map_err(|e| candle_core::Error::Msg(e.to_string()))? {
+                self.jac.push(j);
+            }
+        }
+        Ok(())
+    }
+
+    /// The sum of the layers' weighted Jacobian terms (to add to the loss), if any.
+    pub fn jac_term(&self) -> Result<Option<Tensor>> {
+        let mut total: Option<Tensor> = None;
+        for j in &self.jac {
+            total = Some(match total {
+                None => j.term.clone(),
+                Some(t) => (t + &j.term)?,
+            });
+        }
+        Ok(total)
+    }
+
     /// Forward NFE of all layers.
     pub fn nfe(&self) -> usize {
         self.forward.iter().map(|s| s.nfe).sum()
@@ -121,43 +149,69 @@ impl NodeModel {
     /// Logits `(n, classes)` for node features `u` (`(n, p)`) on the normalised graph `a`.
     /// `rng` is `Some` in training (dropout on).
     pub fn forward(&self, u: &Tensor, a: &EdgeTensors, lambda_pf: f64, rng: Option<&mut DeqRng>) -> Result<(Tensor, Solves)> {
+        let (mut logits, solves) = self.run(u, a, lambda_pf, rng, None)?;
+        Ok((logits.pop().expect("one state at least"), solves))
+    }
+
+    /// A training forward for `objective` at optimiser step `step`: the logits of every
+    /// supervised state of the last implicit layer (earliest first; the earlier layers pass on
+    /// their fixed points), and the solves with each layer's Jacobian regulariser when the
+    /// step applies it.
+    pub fn forward_train(&self, u: &Tensor, a: &EdgeTensors, lambda_pf: f64, rng: &mut DeqRng, objective: &DeqObjective, step: usize) -> Result<(Vec<Tensor>, Solves)> {
+        self.run(u, a, lambda_pf, Some(rng), Some((objective, step)))
+    }
+
+    fn run(&self, u: &Tensor, a: &EdgeTensors, lambda_pf: f64, mut rng: Option<&mut DeqRng>, objective: Option<(&DeqObjective, usize)>) -> Result<(Vec<Tensor>, Solves)> {
         let train = rng.is_some();
+        let mut solves = Solves::default();
         match self {
             NodeModel::Ignn { layer, readout, dropout: p, normalize } => {
-                let (x, stats, back) = layer.forward(u, a, lambda_pf, train)?;
-                let mut h = if *normalize {
-                    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::INFINITY)?;
-                    x.broadcast_div(&norm)?
-                } else {
-                    x
-                };
-                if let Some(r) = rng {
-                    h = dropout(&h, *p, r)?;
+                let solve = layer.forward_states(u, a, lambda_pf, train)?;
+                solves.push(layer, &solve, a, objective)?;
+                let mut logits = Vec::with_capacity(solve.states.len());
+                for x in &solve.states {
+                    let mut h = if *normalize {
+                        let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::INFINITY)?;
+                        x.broadcast_div(&norm)?
+                    } else {
+                        x.clone()
+                    };
+                    if let Some(r) = rng.as_deref_mut() {
+                        h = dropout(&h, *p, r)?;
+                    }
+                    logits.push(h.matmul(&readout.as_tensor().t()?)?);
                 }
-                Ok((h.matmul(&readout.as_tensor().t()?)?, Solves { forward: vec![stats], backward: vec![back] }))
+                Ok((logits, solves))
             }
             NodeModel::Stacked { layers, proj } => {
                 let mut x = u.clone();
-                let mut solves = Solves::default();
                 for (i, (layer, (v, c))) in layers.iter().zip(proj).enumerate() {
-                    let (z, stats, back) = layer.forward(&x, a, lambda_pf, train)?;
-                    solves.forward.push(stats);
-                    solves.backward.push(back);
-                    x = (z + x.matmul(&v.as_tensor().t()?)?.broadcast_add(c.as_tensor())?)?;
+                    let solve = layer.forward_states(&x, a, lambda_pf, train)?;
+                    solves.push(layer, &solve, a, objective)?;
+                    let skip = x.matmul(&v.as_tensor().t()?)?.broadcast_add(c.as_tensor())?;
                     if i + 1 < layers.len() {
-                        x = x.elu(1.0)?;
+                        x = (solve.last() + skip)?.elu(1.0)?;
+                    } else {
+                        let logits = solve.states.iter().map(|z| z + &skip).collect::<Result<Vec<_>>>()?;
+                        return Ok((logits, solves));
                     }
                 }
-                Ok((x, solves))
+                Ok((vec![x], solves))
             }
             NodeModel::Gcn { w1, b1, w2, b2, dropout: p } => {
                 let mut h = aggregate(&u.matmul(&w1.as_tensor().t()?)?, a)?.broadcast_add(b1.as_tensor())?.relu()?;
                 if let Some(r) = rng {
                     h = dropout(&h, *p, r)?;
                 }
-                Ok((aggregate(&h.matmul(&w2.as_tensor().t()?)?, a)?.broadcast_add(b2.as_tensor())?, Solves::default()))
+                Ok((vec![aggregate(&h.matmul(&w2.as_tensor().t()?)?, a)?.broadcast_add(b2.as_tensor())?], solves))
             }
         }
+    }
+
+    /// Whether the model is implicit (the GCN baseline is not: the `[deq]` options that act on
+    /// the loss are refused for it).
+    pub fn is_implicit(&self) -> bool {
+        !matches!(self, NodeModel::Gcn { .. })
     }
 
     /// Trainable variables with names.

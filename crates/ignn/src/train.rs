@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use deq_core::rng::DeqRng;
 use deq_core::DeqConfig;
-use deq_train::{check_finite, Adam, Checkpointer, MetricsWriter, Optimizer, Progress, SolverMetrics};
+use deq_train::{check_finite, Adam, Checkpointer, DeqObjective, MetricsWriter, Optimizer, Progress, SolverMetrics};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -266,6 +266,18 @@ fn loss_of(labels: &Labels, logits: &Tensor, targets: &Tensor) -> Result<Tensor>
     })
 }
 
+/// The training loss from the task losses of every supervised state (earliest first):
+/// fixed-point correction plus the implicit layers' Jacobian terms in `solves`. Also returns
+/// the fixed point's task loss (the figure reported as the training loss).
+pub fn objective_loss(objective: &DeqObjective, losses: &[Tensor], solves: &Solves) -> Result<(Tensor, f64)> {
+    let task = losses.last().context("no supervised state")?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    let mut loss = objective.correction(losses)?;
+    if let Some(j) = solves.jac_term()? {
+        loss = (loss + j)?;
+    }
+    Ok((loss, task))
+}
+
 /// Scores of every split from full-graph logits.
 pub fn scores(task: &NodeTask, logits: &Tensor) -> Result<[f64; 3]> {
     let ids = [&task.split.0, &task.split.1, &task.split.2];
@@ -305,6 +317,10 @@ pub fn train_nodes(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig, opts
     let parts = training_parts(task, cfg, (&a, lambda_pf, &u), &dev)?;
     let mut rng = DeqRng::new(cfg.seed);
     let model = build_model(task, cfg, deq, &mut rng, &dev)?;
+    let objective = DeqObjective::new(deq, cfg.seed)?;
+    if !model.is_implicit() {
+        objective.refuse(&format!("by the `{}` model, which is not a DEQ", cfg.model))?;
+    }
     let mut opt = Adam::new(model.named_vars(), cfg.lr, (0.9, 0.999), 1e-8, cfg.weight_decay, false)?;
     let vars: Vec<_> = model.named_vars().into_iter().map(|(_, v)| v).collect();
     let cfg_json = serde_json::to_value(cfg)?;
@@ -344,16 +360,21 @@ pub fn train_nodes(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig, opts
             }
         }
         let (mut loss_sum, mut nfe_sum) = (0.0, 0usize);
+        let (mut jac_sum, mut jac_steps) = (0f64, 0usize);
         let mut train_solver = SolverMetrics::default();
-        for &pi in &order {
+        for (k, &pi) in order.iter().enumerate() {
             let part = &parts[pi];
+            let step = epoch * parts.len() + k;
             let u_in = crate::model::dropout(&part.u, cfg.input_dropout, &mut rng)?;
-            let (logits, solves) = model.forward(&u_in, &part.a, part.lambda, Some(&mut rng))?;
+            let (logits, solves) = model.forward_train(&u_in, &part.a, part.lambda, &mut rng, &objective, step)?;
             nfe_sum += solves.nfe();
             solves.add_forward_to(&mut train_solver);
-            let loss = loss_of(&task.labels, &logits.index_select(&part.rows, 0)?, &part.targets)?;
-            let lv = loss.to_scalar::<f32>()? as f64;
-            check_finite("training loss", lv, epoch)?;
+            let losses = logits.iter().map(|l| loss_of(&task.labels, &l.index_select(&part.rows, 0)?, &part.targets)).collect::<Result<Vec<_>>>()?;
+            let (loss, lv) = objective_loss(&objective, &losses, &solves)?;
+            if !solves.jac.is_empty() {
+                (jac_sum, jac_steps) = (jac_sum + solves.jac.iter().map(|j| j.value).sum::<f64>(), jac_steps + 1);
+            }
+            check_finite("training loss", loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?, epoch)?;
             backward_and_step(&loss, &vars, cfg.clip_per_param, &mut opt)?;
             solves.add_backward_to(&mut train_solver);
             loss_sum += lv;
@@ -376,6 +397,9 @@ pub fn train_nodes(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig, opts
             let mut record = serde_json::json!({"epoch": epoch + 1, "step": (epoch + 1) * parts.len(), "train_loss": loss, "metric": metric_name(&task.labels),
                 "train": r.train, "val": r.val, "test": r.test, format!("train_{m}"): r.train, format!("val_{m}"): r.val, format!("test_{m}"): r.test,
                 "eval_nfe": r.nfe, "elapsed_seconds": r.seconds});
+            if objective.regularises() {
+                record["train_jac_loss"] = serde_json::json!(if jac_steps > 0 { jac_sum / jac_steps as f64 } else { f64::NAN });
+            }
             train_solver.extend_record("train", &mut record);
             let mut eval_solver = SolverMetrics::default();
             eval_solves.add_forward_to(&mut eval_solver);

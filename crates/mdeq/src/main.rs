@@ -60,6 +60,7 @@ fn run_dir(run: &RunDirArgs) -> PathBuf {
 fn dry_run(cfg: &RunConfig, source: &str, out: &std::path::Path) -> Result<()> {
     let data = data_dir(&cfg.data)?;
     anyhow::ensure!(data.is_dir(), "data folder {} does not exist", data.display());
+    deq_train::DeqObjective::new(&cfg.deq, cfg.train.seed)?;
     Ok(deq_train::cli::print_dry_run(source, out, &data.display().to_string(), cfg)?)
 }
 
