@@ -2,7 +2,11 @@
 `deq-inr-bench`: the zoo's siren_like model (injection Linear(2 -> D (L + 1)), weight-normed
 Linear(D, D) layers, sin filters, linear readout), a full 256 x 256 coordinate grid as one
 batch, the solver skipped (f_max_iter 0, warm start from a cached state) and 3 phantom-gradient
-steps, MSE, Adam. Prints one JSON line.
+steps, MSE, Adam. The injection and the first filter are computed once per step, outside `f`
+(as deq-inr does). PyTorch runs on its default allocator (glibc malloc); deq-inr-bench links
+jemalloc with transparent huge pages: `scripts/bench_inr_compare.sh` also runs this script under
+jemalloc (LD_PRELOAD) when the library is installed, and reports which allocator each row used.
+Prints one JSON line.
 
     python3 scripts/bench_inr_torch.py --width 256 --threads 2
 """
@@ -30,7 +34,8 @@ class F(nn.Module):
         self.maps = nn.ModuleList([nn.Linear(width, width) for _ in range(layers)])
 
     def forward(self, z, us):
-        h = z + torch.sin(us[0])
+        # us[0] arrives filtered (sin applied once per step, outside f, as deq-inr does).
+        h = z + us[0]
         for i, m in enumerate(self.maps):
             h = torch.sin(m(h) + us[i + 1])
         return h
@@ -51,10 +56,20 @@ class DeqInr(nn.Module):
 
     def forward(self, x, z0, skip):
         reset_norm(self.f)
-        us = self.inj(x).chunk(self.layers + 1, dim=-1)
+        # The injection (and the first filter) is computed once per step, outside f: what a
+        # careful PyTorch user writes, and what deq-inr does.
+        us = list(self.inj(x).chunk(self.layers + 1, dim=-1))
+        us[0] = torch.sin(us[0])
         kwargs = {"f_max_iter": 0} if skip else {}
         z, _ = self.deq(lambda z: self.f(z, us), z0, solver_kwargs=kwargs)
         return self.out(z[-1]), z[-1].detach()
+
+
+def allocator():
+    """Which malloc this process runs on: jemalloc when preloaded, else the C library's."""
+    import os
+    pre = os.environ.get("LD_PRELOAD", "")
+    return "jemalloc (LD_PRELOAD)" if "jemalloc" in pre else "glibc malloc"
 
 
 def main():
@@ -91,7 +106,7 @@ def main():
         times.append(time.perf_counter() - t0)
     print(json.dumps({"impl": "torchdeq", "workload": f"inr/siren_like-{args.layers}L{args.width}D/{args.size}x{args.size}/amortised_step",
                       "median_s": statistics.median(times), "min_s": min(times), "steps": len(times), "threads": args.threads,
-                      "torch": torch.__version__}), flush=True)
+                      "torch": torch.__version__, "allocator": allocator()}), flush=True)
 
 
 if __name__ == "__main__":

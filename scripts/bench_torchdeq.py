@@ -23,6 +23,12 @@ Workloads (names are fixed; the Rust benchmark uses the same ones):
   one TorchDEQ solver call under ``torch.no_grad()`` from z0 = 0 with
   ``max_iter=50, tol=1e-5, stop_mode='abs'``; every other solver argument
   keeps its TorchDEQ default.
+* ``solve_iters20/<solver>``: the same call with ``max_iter=20, tol=0``, so that
+  both implementations do exactly 20 iterations (equal work).
+
+With ``--problem FILE`` the instance (W, U, x, head, labels) is read from the
+safetensors file ``deq-bench --write-problem FILE`` wrote, so that both sides
+solve the identical problem; without it, it is drawn from ``--seed`` here.
 * ``train_step/ift_anderson30_fp30``: one training step through a module
   built by ``torchdeq.get_deq`` (Anderson forward solve with 30 iterations,
   implicit-function-theorem backward solved by 30 fixed-point iterations),
@@ -115,16 +121,48 @@ SOLVE_WORKLOADS = {
     "solve/fixed_point_iter": "fixed_point_iter",
     "solve/anderson": "anderson",
     "solve/broyden": "broyden",
+    # Equal work: exactly 20 iterations (tolerance 0) for both implementations.
+    "solve_iters20/fixed_point_iter": "fixed_point_iter",
+    "solve_iters20/anderson": "anderson",
+    "solve_iters20/broyden": "broyden",
 }
+EQUAL_WORK_KWARGS = dict(max_iter=20, tol=0.0, stop_mode="abs")
 TRAIN_WORKLOAD = "train_step/ift_anderson30_fp30"
 ALL_WORKLOADS = list(SOLVE_WORKLOADS) + [TRAIN_WORKLOAD]
+
+
+def read_safetensors(path):
+    """Reads a safetensors file (F32 and U32 tensors) with the standard library and torch."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    if len(data) < 8:
+        raise SystemExit(f"{path}: not a safetensors file (truncated)")
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8:
+        raise SystemExit(f"{path}: header length {n} exceeds the file")
+    header = json.loads(data[8:8 + n])
+    body = memoryview(data)[8 + n:]
+    dtypes = {"F32": torch.float32, "U32": torch.int32}
+    out = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        if meta["dtype"] not in dtypes:
+            raise SystemExit(f"{path}: tensor {name} has unsupported dtype {meta['dtype']}")
+        lo, hi = meta["data_offsets"]
+        t = torch.frombuffer(bytearray(body[lo:hi]), dtype=dtypes[meta["dtype"]])
+        out[name] = t.reshape(meta["shape"]).clone()
+    return out
 
 
 class Problem(nn.Module):
     """Holds W, U, x, the head and the labels; ``f`` is the DEQ layer."""
 
-    def __init__(self, seed):
+    def __init__(self, seed, path=None):
         super().__init__()
+        if path is not None:
+            self._load(path)
+            return
         gen = torch.Generator().manual_seed(seed)
         w = torch.randn(WIDTH, WIDTH, generator=gen)
         # Rescale in float64 so the float32 result is as close to 0.9 as the
@@ -146,6 +184,18 @@ class Problem(nn.Module):
                 torch.rand(N_CLASSES, generator=gen) * 2 * bound - bound)
         self.register_buffer("x", x)
         self.register_buffer("labels", labels)
+
+    def _load(self, path):
+        """The instance written by ``deq-bench --write-problem`` (identical on both sides)."""
+        t = read_safetensors(path)
+        self.W = nn.Parameter(t["w"])
+        self.U = nn.Parameter(t["u"])
+        self.head = nn.Linear(WIDTH, N_CLASSES)
+        with torch.no_grad():
+            self.head.weight.copy_(t["head_w"])
+            self.head.bias.copy_(t["head_b"])
+        self.register_buffer("x", t["x"])
+        self.register_buffer("labels", t["labels"].long())
 
     def f(self, z):
         # x U^T is deliberately recomputed on every call.
@@ -199,10 +249,12 @@ def bench_solve(problem, workload, args):
     solver_name = SOLVE_WORKLOADS[workload]
     solver = get_solver(solver_name)
 
+    kwargs = EQUAL_WORK_KWARGS if workload.startswith("solve_iters20/") else SOLVE_KWARGS
+
     def run(fn):
         with torch.no_grad():
             z0 = torch.zeros(BATCH, WIDTH)
-            return solver(fn, z0, **SOLVE_KWARGS)
+            return solver(fn, z0, **kwargs)
 
     # Untimed probe: statistics and the real number of f calls.
     counter = CountingF(problem.f)
@@ -219,9 +271,9 @@ def bench_solve(problem, workload, args):
         "solver_abs_lowest_max": info["abs_lowest"].max().item(),
         "residual_abs_max": res_max,
         "residual_abs_fro": res_fro,
-        "converged": bool(info["abs_lowest"].max().item() < SOLVE_KWARGS["tol"]),
+        "converged": bool(info["abs_lowest"].max().item() < kwargs["tol"]),
         "solver": solver_name,
-        "solver_kwargs": SOLVE_KWARGS,
+        "solver_kwargs": kwargs,
     }
 
 
@@ -307,6 +359,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2,
                     help="torch.set_num_threads value (default 2)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--problem", default=None,
+                    help="read the instance from this safetensors file (written by "
+                         "`deq-bench --write-problem`) instead of drawing it from --seed")
     ap.add_argument("--workload", action="append", default=None,
                     help="run only workloads whose name contains this "
                          "string; may be repeated")
@@ -329,7 +384,7 @@ def main():
     if not selected:
         ap.error("no workload matches " + repr(args.workload))
 
-    problem = Problem(args.seed)
+    problem = Problem(args.seed, args.problem)
     w_norm = torch.linalg.matrix_norm(problem.W.detach().double(), ord=2).item()
 
     common = {
@@ -342,6 +397,7 @@ def main():
         "width": WIDTH,
         "dtype": "f32",
         "seed": args.seed,
+        "problem": args.problem or f"seed {args.seed}",
         "w_spectral_norm": w_norm,
     }
 
