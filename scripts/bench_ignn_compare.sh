@@ -3,19 +3,24 @@
 # against PyTorch + TorchDEQ (`scripts/bench_ignn_torch.py`, the zoo's layer), 2 threads each,
 # on Cora and on a random graph of 100k nodes / 1M directed edges, with the Cora config's
 # solvers (Anderson; NFE differ) and in equal-work mode (20 fixed-point steps each way).
-# Each side runs ROUNDS times (default 2), alternating; the best median is kept.
+# Each side runs ROUNDS times (default 2), alternating; the best median is kept. Both read one
+# instance per graph written by `ignn-bench --write-instance` (initial weights, random graph).
 # Needs: `pip install torch==2.15.0 torchdeq==0.1.0`. Run on an idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${ROUNDS:-2}"
 cargo build --release -q -p ignn --bin ignn-bench
-out=$(mktemp)
+work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+out="$work/rows.jsonl"
 for graph in cora random; do
   epochs=10; [ "$graph" = random ] && epochs=3
+  # One instance per graph (initial weights; the random graph itself), read by both sides.
+  inst="$work/$graph.safetensors"
+  ./target/release/ignn-bench --graph "$graph" --write-instance "$inst"
   for iters in 0 20; do
     for _ in $(seq "$ROUNDS"); do
-      ./target/release/ignn-bench --graph "$graph" --epochs "$epochs" --fixed-iters "$iters" --threads 2 2>/dev/null >> "$out"
-      python3 scripts/bench_ignn_torch.py --graph "$graph" --epochs "$epochs" --fixed-iters "$iters" --threads 2 2>/dev/null >> "$out"
+      ./target/release/ignn-bench --graph "$graph" --epochs "$epochs" --fixed-iters "$iters" --threads 2 --instance "$inst" 2>/dev/null >> "$out"
+      python3 scripts/bench_ignn_torch.py --graph "$graph" --epochs "$epochs" --fixed-iters "$iters" --threads 2 --instance "$inst" 2>/dev/null >> "$out"
     done
   done
 done

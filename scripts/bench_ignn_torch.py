@@ -7,7 +7,9 @@ input and before a linear readout, Adam 0.01 with weight decay 5e-4, per-paramet
 clipping 0.5, Anderson forward (50 iterations, tol 1e-4), implicit backward by fixed-point
 iteration (50, tol 1e-5). Graphs: Cora from datasets/cora, or a random graph (edges / 2 random
 pairs stored both ways, dense N(0, 1) features, 8 random classes, every 10th node trains).
-Prints one JSON line.
+With `--instance FILE` (written by `ignn-bench --write-instance`) the initial weights, and for
+the random graph the graph itself, are the Rust side's, so that both train the identical
+problem (the dropout masks still come from each side's own generator). Prints one JSON line.
 
     python3 scripts/bench_ignn_torch.py --graph cora --threads 2
 """
@@ -21,6 +23,8 @@ import time
 
 import numpy as np
 import torch
+
+from bench_io import read_safetensors
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -151,17 +155,29 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--fixed-iters", type=int, default=0,
                     help="equal-work mode: fixed-point iteration with tolerance 0, this many steps forward and backward")
+    ap.add_argument("--instance", default=None,
+                    help="read the instance written by `ignn-bench --write-instance` (initial weights; the random graph)")
     args = ap.parse_args()
     if args.fixed_iters > 0:
         DEQ_KWARGS.update(f_solver="fixed_point_iter", f_max_iter=args.fixed_iters, f_tol=0.0, b_max_iter=args.fixed_iters, b_tol=0.0)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rss_at_start = rss("VmRSS:")
+    inst = read_safetensors(args.instance) if args.instance else None
     if args.graph == "cora":
         n, src, dst, w, x, y, c, train = load_cora("datasets/cora")
         hidden = 64
     else:
-        n, src, dst, w, x, y, c, train = random_graph(args.nodes, args.edges, args.features)
+        if inst is not None:
+            x = inst["features"].numpy()
+            n = x.shape[0]
+            src, dst = inst["graph.src"].long().numpy(), inst["graph.dst"].long().numpy()
+            w = inst["graph.weight"].numpy()
+            y = inst["labels"].long().numpy()
+            c = int(y.max()) + 1
+            train = inst["train"].long().tolist()
+        else:
+            n, src, dst, w, x, y, c, train = random_graph(args.nodes, args.edges, args.features)
         hidden = args.hidden
     s, d, v = aug_normalized(n, src, dst, w)
     rho = lambda_pf(n, s, d, v) + 1e-5
@@ -172,6 +188,13 @@ def main():
     idx = torch.tensor(train)
     layer = ImplicitGraph(U.shape[1], hidden, 0.9)
     readout = nn.Linear(hidden, c, bias=False)
+    if inst is not None:
+        # The Rust model's initial weights (same layouts: W (m, m), Omega (m, p), readout (c, m)).
+        with torch.no_grad():
+            for t, key in [(layer.W, "model.ignn.w"), (layer.Omega_1, "model.ignn.omega1"), (layer.Omega_2, "model.ignn.omega2"), (readout.weight, "model.readout")]:
+                if tuple(inst[key].shape) != tuple(t.shape):
+                    raise SystemExit(f"{args.instance}: {key} is {tuple(inst[key].shape)}, expected {tuple(t.shape)}")
+                t.copy_(inst[key])
     params = list(layer.parameters()) + list(readout.parameters())
     opt = torch.optim.Adam(params, lr=0.01, weight_decay=5e-4)
 
@@ -199,7 +222,7 @@ def main():
         "threads": args.threads, "epoch_median_s": statistics.median(times), "epoch_min_s": times[0], "epochs_timed": len(times),
         # torchdeq's nstep is the step of the returned iterate; f evaluations = nstep + 1.
         "train_fwd_nfe_mean": statistics.mean(nfes), "rss_at_start_bytes": rss_at_start, "peak_rss_bytes": rss("VmHWM:"),
-        "total_s": time.perf_counter() - t0, "torch": torch.__version__,
+        "total_s": time.perf_counter() - t0, "torch": torch.__version__, "instance": args.instance,
     }), flush=True)
 
 

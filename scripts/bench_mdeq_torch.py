@@ -23,6 +23,9 @@ tol 1e-3 (abs), phantom gradient with 5 steps and tau 0.5, no IFT.
 One timed step = zero_grad, reset_norm, forward, cross-entropy, backward, SGD
 step (lr 0.1, momentum 0.9, wd 1e-4). Output: one JSON line on stdout.
 
+With --instance FILE (written by `mdeq-bench --write-instance`) the batch, the labels and
+the initial weights are the Rust side's, so that both train the identical problem.
+
 Usage:
     python3 scripts/bench_mdeq_torch.py --batch 32 --threads 2
     python3 scripts/bench_mdeq_torch.py --batch 2 --runs 1 --warmup 0 --min-time 0
@@ -34,9 +37,13 @@ import statistics
 import sys
 import time
 
+import re
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from bench_io import read_safetensors
 
 try:
     from torchdeq import get_deq
@@ -263,6 +270,57 @@ class MDEQSmall(nn.Module):
         return self.head(z_out[-1])
 
 
+def torch_name(rust):
+    """The parameter of this model that `mdeq-bench --write-instance` stores as `model.<rust>`."""
+    rules = [
+        (r"stem\.(\d+)\.conv\.(\w+)$", lambda m: f"stem.{3 * int(m[1])}.{m[2]}"),
+        (r"stem\.(\d+)\.bn\.(\w+)$", lambda m: f"stem.{3 * int(m[1]) + 1}.{m[2]}"),
+        (r"f\.block\.(\d+)\.(.+)$", lambda m: f"f.blocks.{m[1]}.{m[2]}"),
+        (r"f\.fuse\.(\d+)\.(\d+)\.conv\.(\w+)$", lambda m: f"f.fusion.paths.{m[1]}.{m[2]}.0.{m[3]}"),
+        (r"f\.fuse\.(\d+)\.(\d+)\.gn\.(\w+)$", lambda m: f"f.fusion.paths.{m[1]}.{m[2]}.1.{m[3]}"),
+        (r"f\.fuse\.(\d+)\.(\d+)\.(\d+)\.conv\.(\w+)$", lambda m: f"f.fusion.paths.{m[1]}.{m[2]}.{3 * int(m[3])}.{m[4]}"),
+        (r"f\.fuse\.(\d+)\.(\d+)\.(\d+)\.gn\.(\w+)$", lambda m: f"f.fusion.paths.{m[1]}.{m[2]}.{3 * int(m[3]) + 1}.{m[4]}"),
+        (r"f\.post\.(\d+)\.conv\.(\w+)$", lambda m: f"f.fusion.post.{m[1]}.1.{m[2]}"),
+        (r"f\.post\.(\d+)\.gn\.(\w+)$", lambda m: f"f.fusion.post.{m[1]}.2.{m[2]}"),
+        (r"head\.incre\.(\d+)\.shortcut\.conv\.(\w+)$", lambda m: f"head.incre.{m[1]}.shortcut.0.{m[2]}"),
+        (r"head\.incre\.(\d+)\.shortcut\.bn\.(\w+)$", lambda m: f"head.incre.{m[1]}.shortcut.1.{m[2]}"),
+        (r"head\.incre\.(\d+)\.(conv\d)\.(\w+)$", lambda m: f"head.incre.{m[1]}.{m[2]}.{m[3]}"),
+        (r"head\.downsamp\.(\d+)\.conv\.(\w+)$", lambda m: f"head.downsamp.{m[1]}.0.{m[2]}"),
+        (r"head\.downsamp\.(\d+)\.bn\.(\w+)$", lambda m: f"head.downsamp.{m[1]}.1.{m[2]}"),
+        (r"head\.final\.conv\.(\w+)$", lambda m: f"head.final.0.{m[1]}"),
+        (r"head\.final\.bn\.(\w+)$", lambda m: f"head.final.1.{m[1]}"),
+        (r"head\.fc\.(\w+)$", lambda m: f"head.fc.{m[1]}"),
+    ]
+    for pattern, to in rules:
+        m = re.match(pattern, rust)
+        if m:
+            return to(m)
+    raise SystemExit(f"no parameter of the PyTorch model corresponds to `{rust}`")
+
+
+def load_instance(model, path):
+    """Copies the Rust model's initial weights into `model`; returns the batch and labels."""
+    t = read_safetensors(path)
+    params = dict(model.named_parameters())
+    done = set()
+    for key, value in t.items():
+        if not key.startswith("model."):
+            continue
+        name = torch_name(key[len("model."):])
+        if name not in params:
+            raise SystemExit(f"{path}: `{key}` maps to `{name}`, which this model does not have")
+        p = params[name]
+        if p.numel() != value.numel():
+            raise SystemExit(f"{path}: `{key}` has {value.numel()} values, `{name}` {p.numel()}")
+        with torch.no_grad():
+            p.copy_(value.reshape(p.shape))
+        done.add(name)
+    missing = sorted(set(params) - done)
+    if missing:
+        raise SystemExit(f"{path}: no value for {missing}")
+    return t["x"], t["labels"].long()
+
+
 def count_params(model):
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -276,6 +334,9 @@ def main():
     ap.add_argument("--min-time", type=float, default=5.0,
                     help="minimum total timed seconds")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--instance", default=None,
+                    help="read the batch, labels and initial weights written by "
+                         "`mdeq-bench --write-instance` (the identical problem on both sides)")
     ap.add_argument("--profile", action="store_true",
                     help="profile one extra step and print the top ops to stderr")
     args = ap.parse_args()
@@ -289,8 +350,13 @@ def main():
     print(f"params: {n_params}", file=sys.stderr)
     assert n_params == EXPECTED_PARAMS, f"expected {EXPECTED_PARAMS} params, got {n_params}"
 
-    x = torch.randn(args.batch, IN_CHANNELS, 32, 32)
-    y = torch.randint(0, NUM_CLASSES, (args.batch,))
+    if args.instance:
+        x, y = load_instance(model, args.instance)
+        if tuple(x.shape) != (args.batch, IN_CHANNELS, 32, 32):
+            raise SystemExit(f"{args.instance}: the batch is {tuple(x.shape)}, not {args.batch} CIFAR images")
+    else:
+        x = torch.randn(args.batch, IN_CHANNELS, 32, 32)
+        y = torch.randint(0, NUM_CLASSES, (args.batch,))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
 
     def step():
@@ -298,9 +364,12 @@ def main():
         reset_norm(model)  # recompute the weight-normed kernels once per step
         logits = model(x)
         loss = F.cross_entropy(logits, y)
+        losses.append(loss.item())
         loss.backward()
         opt.step()
         return model.last_info
+
+    losses = []
 
     for _ in range(args.warmup):
         step()
@@ -327,6 +396,8 @@ def main():
         # torchdeq's info['nstep']: Broyden step with the lowest residual
         # (batch mean, averaged over the timed runs); f evaluations = nstep + 1.
         "nfe": statistics.mean(nfes) if nfes else None,
+        "first_loss": losses[0] if losses else None,
+        "instance": args.instance,
     }), flush=True)
 
     if args.profile:

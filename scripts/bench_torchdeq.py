@@ -91,6 +91,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bench_io import read_safetensors
+
 try:
     import torchdeq
     from torchdeq import get_deq
@@ -129,30 +131,6 @@ SOLVE_WORKLOADS = {
 EQUAL_WORK_KWARGS = dict(max_iter=20, tol=0.0, stop_mode="abs")
 TRAIN_WORKLOAD = "train_step/ift_anderson30_fp30"
 ALL_WORKLOADS = list(SOLVE_WORKLOADS) + [TRAIN_WORKLOAD]
-
-
-def read_safetensors(path):
-    """Reads a safetensors file (F32 and U32 tensors) with the standard library and torch."""
-    with open(path, "rb") as fh:
-        data = fh.read()
-    if len(data) < 8:
-        raise SystemExit(f"{path}: not a safetensors file (truncated)")
-    n = int.from_bytes(data[:8], "little")
-    if n > len(data) - 8:
-        raise SystemExit(f"{path}: header length {n} exceeds the file")
-    header = json.loads(data[8:8 + n])
-    body = memoryview(data)[8 + n:]
-    dtypes = {"F32": torch.float32, "U32": torch.int32}
-    out = {}
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        if meta["dtype"] not in dtypes:
-            raise SystemExit(f"{path}: tensor {name} has unsupported dtype {meta['dtype']}")
-        lo, hi = meta["data_offsets"]
-        t = torch.frombuffer(bytearray(body[lo:hi]), dtype=dtypes[meta["dtype"]])
-        out[name] = t.reshape(meta["shape"]).clone()
-    return out
 
 
 class Problem(nn.Module):

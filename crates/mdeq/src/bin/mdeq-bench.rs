@@ -1,8 +1,10 @@
 //! `mdeq-bench`: time one MDEQ training step (forward solve, phantom-gradient backward, SGD
 //! update) of the zoo's CIFAR-small model on random CIFAR-shaped data; prints one JSON line in
-//! the format of `scripts/bench_mdeq_torch.py` (compare with `scripts/bench_mdeq_compare.sh`).
+//! the format of `scripts/bench_mdeq_torch.py` (compare with `scripts/bench_mdeq_compare.sh`,
+//! which has both sides read one instance written by `--write-instance`: the batch, its labels
+//! and the initial weights).
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
 use deq_core::rng::DeqRng;
@@ -32,6 +34,15 @@ struct Args {
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Write the instance (the batch, its labels and the model's initial weights, drawn from
+    /// `--seed`) to this safetensors file and exit: `scripts/bench_mdeq_torch.py --instance`
+    /// reads it, so that both sides train the identical problem.
+    #[arg(long)]
+    write_instance: Option<std::path::PathBuf>,
+    /// Read the batch and labels from an instance file (the initial weights, drawn from
+    /// `--seed`, are checked equal to the file's).
+    #[arg(long)]
+    instance: Option<std::path::PathBuf>,
 }
 
 const CIFAR_SMALL: &str = include_str!("../../../../configs/mdeq/cifar-small.toml");
@@ -48,12 +59,34 @@ fn run(args: &Args) -> Result<()> {
     let mut rng = DeqRng::new(args.seed);
     let model = Mdeq::new(cfg.model.clone(), cfg.deq.clone(), &mut rng, DType::F32, &dev)?;
     let mut opt = Sgd::new(model.named_vars(), cfg.train.lr, cfg.train.momentum, false, cfg.train.weight_decay)?;
-    let x = rng.randn((args.batch, 3, 32, 32), DType::F32, &dev)?;
-    let labels = Tensor::from_vec((0..args.batch).map(|_| (rng.next_u64() % 10) as u32).collect::<Vec<_>>(), args.batch, &dev)?;
+    let mut x = rng.randn((args.batch, 3, 32, 32), DType::F32, &dev)?;
+    let mut labels = Tensor::from_vec((0..args.batch).map(|_| (rng.next_u64() % 10) as u32).collect::<Vec<_>>(), args.batch, &dev)?;
+    if let Some(path) = &args.write_instance {
+        let mut t: std::collections::HashMap<String, Tensor> = model.named_vars().into_iter().map(|(k, v)| (format!("model.{k}"), v.as_tensor().clone())).collect();
+        t.insert("x".into(), x);
+        t.insert("labels".into(), labels);
+        candle_core::safetensors::save(&t, path)?;
+        return Ok(());
+    }
+    if let Some(path) = &args.instance {
+        let mut t = candle_core::safetensors::load(path, &dev).with_context(|| format!("reading {}", path.display()))?;
+        for (name, v) in model.named_vars() {
+            let want = t.get(&format!("model.{name}")).with_context(|| format!("{}: no `model.{name}`", path.display()))?;
+            let same = v.as_tensor().shape() == want.shape() && (v.as_tensor() - want)?.abs()?.max_all()?.to_scalar::<f32>()? == 0.0;
+            anyhow::ensure!(same, "{}: the initial `{name}` differs from this build's (write it again with --write-instance)", path.display());
+        }
+        x = t.remove("x").with_context(|| format!("{}: no `x`", path.display()))?;
+        labels = t.remove("labels").with_context(|| format!("{}: no `labels`", path.display()))?;
+        anyhow::ensure!(x.dims() == [args.batch, 3, 32, 32] && labels.dims() == [args.batch], "{}: the batch is not {} CIFAR images", path.display(), args.batch);
+    }
     let mut nfe = Vec::new();
+    let mut first_loss = None;
     let mut step = || -> Result<()> {
         let out = model.forward(&x, true)?;
         let loss = candle_nn::loss::cross_entropy(&out.logits, &labels)?;
+        if first_loss.is_none() {
+            first_loss = Some(loss.to_scalar::<f32>()?);
+        }
         let grads = deq_core::grad::backward(&loss)?;
         opt.step(&grads)?;
         nfe.push(out.stats.nfe as f64);
@@ -76,7 +109,7 @@ fn run(args: &Args) -> Result<()> {
         serde_json::json!({
             "workload": format!("mdeq/cifar-small/train_step_b{}", args.batch), "impl": "deq-zoo-rs",
             "median_s": times[times.len() / 2], "min_s": times[0], "n_runs": times.len(), "threads": args.threads,
-            "params": model.num_params(), "nfe": mean_nfe,
+            "params": model.num_params(), "nfe": mean_nfe, "first_loss": first_loss, "instance": args.instance,
         })
     );
     Ok(())
