@@ -81,12 +81,6 @@ impl DeqObjective {
         Ok(Self { cfg: cfg.clone(), seed })
     }
 
-    /// Whether training supervises more than the fixed point (`n_states`, `indexing`, or the
-    /// phantom states of `sup_gap` / `sup_loc`).
-    pub fn corrects(&self) -> bool {
-        self.cfg.n_states > 1 || !self.cfg.indexing.is_empty() || self.cfg.sup_gap > 0 || !self.cfg.sup_loc.is_empty()
-    }
-
     /// Whether the Jacobian regulariser is on (it may still skip a step, see
     /// [`DeqObjective::jacobian_weight`]).
     pub fn regularises(&self) -> bool {
@@ -145,7 +139,6 @@ impl DeqObjective {
     pub fn correction(&self, losses: &[Tensor]) -> Result<Tensor> {
         match losses {
             [] => Err(TrainError::Config { key: "deq.n_states".into(), message: "no supervised state".into() }),
-            [one] => Ok(one.clone()),
             _ => Ok(fp_correction(losses, CorrectionWeight::Exp { gamma: self.cfg.gamma })?),
         }
     }
@@ -191,14 +184,23 @@ mod tests {
     #[test]
     fn correction_weights_every_state_by_gamma() {
         let o = DeqObjective::new(&DeqConfig { n_states: 3, gamma: 0.5, ..Default::default() }, 0).unwrap();
-        assert!(o.corrects() && !o.regularises());
+        assert!(!o.regularises());
         let l: Vec<Tensor> = [1.0f64, 10.0, 100.0].iter().map(|&v| Tensor::new(v, &Device::Cpu).unwrap()).collect();
         assert_eq!(o.correction(&l).unwrap().to_scalar::<f64>().unwrap(), 0.25 + 5.0 + 100.0);
         assert_eq!(o.correction(&l[2..]).unwrap().to_scalar::<f64>().unwrap(), 100.0);
-        assert!(o.correction(&[]).is_err());
+        let e = o.correction(&[]).unwrap_err().to_string();
+        assert!(e.contains("deq.n_states") && e.contains("no supervised state"), "{e}");
         assert_eq!(o.active_options(), vec!["deq.n_states"]);
         let e = o.refuse("with amortised training").unwrap_err().to_string();
         assert!(e.contains("deq.n_states") && e.contains("amortised"), "{e}");
+        let e = o.refuse_correction("with amortised training").unwrap_err().to_string();
+        assert!(e.contains("deq.n_states") && e.contains("amortised"), "{e}");
+        // Every option that adds states, by name; sup_gap's "off" (-1) and 0 are not in use.
+        let all = DeqObjective::new(&DeqConfig { n_states: 2, indexing: vec![3], sup_gap: 1, sup_loc: vec![2], f_max_iter: 10, ..Default::default() }, 0).unwrap();
+        assert_eq!(all.correction_options(), vec!["deq.n_states", "deq.indexing", "deq.sup_gap", "deq.sup_loc"]);
+        for gap in [-1, 0] {
+            assert!(DeqObjective::new(&DeqConfig { sup_gap: gap, ..Default::default() }, 0).unwrap().correction_options().is_empty());
+        }
         assert!(DeqObjective::new(&DeqConfig::default(), 0).unwrap().refuse("here").is_ok());
         let jac = DeqObjective::new(&cfg(1.0, 1.0, 0), 0).unwrap();
         assert_eq!((jac.active_options(), jac.correction_options()), (vec!["deq.jac_loss_weight"], vec![]));
