@@ -14,18 +14,23 @@ out=$(mktemp)
 # when libjemalloc is installed (Debian/Ubuntu: `apt install libjemalloc2`), also on jemalloc
 # with the same options, so that the allocator is not mistaken for the implementation.
 JEMALLOC="${JEMALLOC:-$(ls /usr/lib/*/libjemalloc.so.2 /usr/lib/libjemalloc.so.2 2>/dev/null | head -1 || true)}"
+# One instance (coordinates, targets, initial weights), read by both sides.
+inst="$(mktemp -d)/instance.safetensors"
+./target/release/deq-inr-bench --width "$WIDTH" --write-instance "$inst"
 for _ in $(seq "$ROUNDS"); do
-  ./target/release/deq-inr-bench --width "$WIDTH" --threads 2 >> "$out"
-  python3 scripts/bench_inr_torch.py --width "$WIDTH" --threads 2 2>/dev/null >> "$out"
+  ./target/release/deq-inr-bench --width "$WIDTH" --threads 2 --instance "$inst" >> "$out"
+  python3 scripts/bench_inr_torch.py --width "$WIDTH" --threads 2 --instance "$inst" 2>/dev/null >> "$out"
   if [ -n "$JEMALLOC" ]; then
     LD_PRELOAD="$JEMALLOC" MALLOC_CONF="oversize_threshold:0,dirty_decay_ms:30000,muzzy_decay_ms:30000,thp:always" \
-      python3 scripts/bench_inr_torch.py --width "$WIDTH" --threads 2 2>/dev/null >> "$out"
+      python3 scripts/bench_inr_torch.py --width "$WIDTH" --threads 2 --instance "$inst" 2>/dev/null >> "$out"
   fi
 done
+rm -rf "$(dirname "$inst")"
 python3 - "$out" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 r = min((x for x in rows if x["impl"] == "deq-zoo-rs"), key=lambda x: x["median_s"])
+print(f"first loss (the full solve from zeros): rust {r.get('first_loss')}, torch " + ", ".join(str(x.get("first_loss")) for x in rows if x["impl"] == "torchdeq"))
 print("| workload | deq-zoo-rs median (s), jemalloc + THP | TorchDEQ median (s) | PyTorch allocator | ratio |")
 print("|---|---|---|---|---|")
 for alloc in sorted({x.get("allocator", "glibc malloc") for x in rows if x["impl"] == "torchdeq"}):

@@ -21,6 +21,8 @@ import time
 import torch
 import torch.nn as nn
 
+from bench_io import read_safetensors
+
 try:
     from torchdeq import get_deq
     from torchdeq.norm import apply_norm, reset_norm
@@ -79,6 +81,9 @@ def main():
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--instance", default=None,
+                    help="read the coordinates, targets and initial weights written by "
+                         "`deq-inr-bench --write-instance` (the identical problem on both sides)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -86,14 +91,33 @@ def main():
     x = torch.stack(torch.meshgrid(v, v, indexing="xy"), -1).reshape(-1, 2)
     y = torch.sin(3 * x[:, :1]) * torch.cos(2 * x[:, 1:])
     model = DeqInr(args.width, args.layers, 256.0)
+    if args.instance:
+        t = read_safetensors(args.instance)
+        x, y = t["x"], t["y"]
+        names = {"injection.weight": "inj.weight", "injection.bias": "inj.bias", "output.weight": "out.weight", "output.bias": "out.bias"}
+        for i in range(args.layers):
+            for k in ("weight_v", "weight_g", "bias"):
+                names[f"z_map.{i}.{k}"] = f"f.maps.{i}.{k}"
+        params = dict(model.named_parameters())
+        if set(names.values()) != set(params):
+            raise SystemExit(f"parameters {sorted(params)} do not match the instance's {sorted(names.values())}")
+        with torch.no_grad():
+            for rust, name in names.items():
+                value = t.get("model." + rust)
+                if value is None or value.numel() != params[name].numel():
+                    raise SystemExit(f"{args.instance}: model.{rust} is missing or has the wrong size for {name}")
+                params[name].copy_(value.reshape(params[name].shape))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     cache = torch.zeros(x.shape[0], args.width)
+
+    losses = []
 
     def step(skip):
         nonlocal cache
         opt.zero_grad()
         pred, cache = model(x, cache, skip)
         loss = ((pred - y) ** 2).mean()
+        losses.append(loss.item())
         loss.backward()
         opt.step()
 
@@ -106,7 +130,8 @@ def main():
         times.append(time.perf_counter() - t0)
     print(json.dumps({"impl": "torchdeq", "workload": f"inr/siren_like-{args.layers}L{args.width}D/{args.size}x{args.size}/amortised_step",
                       "median_s": statistics.median(times), "min_s": min(times), "steps": len(times), "threads": args.threads,
-                      "torch": torch.__version__, "allocator": allocator()}), flush=True)
+                      "torch": torch.__version__, "allocator": allocator(), "instance": args.instance,
+                      "first_loss": losses[0]}), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 //! `deq-inr-bench`: time of one amortised DEQ-INR training step (siren_like, a full
 //! `size x size` grid as one batch, no solver iterations, 3 phantom-gradient steps, MSE, Adam),
 //! the workload of `scripts/bench_inr_torch.py`; `scripts/bench_inr_compare.sh` runs both.
-//! `--carried --grad 1` times the carried-adjoint step instead.
+//! `--carried --grad 1` times the carried-adjoint step instead. `--write-instance` /
+//! `--instance` share the coordinates, targets and initial weights with the PyTorch twin.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
 use deq_core::rng::DeqRng;
@@ -43,6 +44,15 @@ struct Args {
     /// Carried-adjoint gradient instead of the phantom gradient.
     #[arg(long)]
     carried: bool,
+    /// Write the instance (coordinates, targets and the model's initial weights) to this
+    /// safetensors file and exit: `scripts/bench_inr_torch.py --instance` reads it, so that
+    /// both sides train the identical problem.
+    #[arg(long)]
+    write_instance: Option<std::path::PathBuf>,
+    /// Read the coordinates and targets from an instance file (the initial weights are checked
+    /// equal to the file's).
+    #[arg(long)]
+    instance: Option<std::path::PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -52,13 +62,32 @@ fn main() -> Result<()> {
     let coords = deq_inr::task::image_coords(a.size, a.size, 0, 0, 1);
     let target: Vec<f32> = coords.chunks(2).map(|p| (3.0 * p[0]).sin() * (2.0 * p[1]).cos()).collect();
     let n = a.size * a.size;
-    let x = Tensor::from_vec(coords, (n, 2), &dev)?;
-    let y = Tensor::from_vec(target, (n, 1), &dev)?;
+    let mut x = Tensor::from_vec(coords, (n, 2), &dev)?;
+    let mut y = Tensor::from_vec(target, (n, 1), &dev)?;
     let amortised_grad = if a.carried { AmortisedGrad::CarriedAdjoint } else { AmortisedGrad::Phantom };
     let cfg = InrModelConfig { layers: a.layers, width: a.width, amortised_grad, ..Default::default() };
     let deq = deq_core::DeqConfig { grad: vec![a.grad], ..zoo_deq(100) };
     let net = InrNet::Deq(DeqInr::new(cfg, 2, 1, deq, &mut DeqRng::new(0), DType::F32, &dev)?);
+    if let Some(path) = &a.write_instance {
+        let mut t: std::collections::HashMap<String, Tensor> = net.named_vars().into_iter().map(|(k, v)| (format!("model.{k}"), v.as_tensor().clone())).collect();
+        t.insert("x".into(), x);
+        t.insert("y".into(), y);
+        candle_core::safetensors::save(&t, path)?;
+        return Ok(());
+    }
+    if let Some(path) = &a.instance {
+        let mut t = candle_core::safetensors::load(path, &dev).with_context(|| format!("reading {}", path.display()))?;
+        for (name, v) in net.named_vars() {
+            let want = t.get(&format!("model.{name}")).with_context(|| format!("{}: no `model.{name}`", path.display()))?;
+            let same = v.as_tensor().shape() == want.shape() && (v.as_tensor() - want)?.abs()?.max_all()?.to_scalar::<f32>()? == 0.0;
+            anyhow::ensure!(same, "{}: the initial `{name}` differs from this build's (write it again with --write-instance)", path.display());
+        }
+        x = t.remove("x").with_context(|| format!("{}: no `x`", path.display()))?;
+        y = t.remove("y").with_context(|| format!("{}: no `y`", path.display()))?;
+        anyhow::ensure!(x.dims() == [n, 2] && y.dims() == [n, 1], "{}: not a {}x{} grid", path.display(), a.size, a.size);
+    }
     let mut opt = Adam::new(net.named_vars(), 1e-3, (0.9, 0.999), 1e-8, 0.0, false)?;
+    let mut first_loss = f32::NAN;
     let times = deq_train::run_on_pool(|| -> Result<Vec<f64>> {
         let mut cache = AmortisedCache::default();
         let mut times = Vec::new();
@@ -66,6 +95,9 @@ fn main() -> Result<()> {
             let t0 = Instant::now();
             let fw = net.train_forward(&x, Some(&mut cache))?;
             let loss = (&fw.pred - &y)?.sqr()?.mean_all()?;
+            if i == 0 {
+                first_loss = loss.to_scalar::<f32>()?;
+            }
             let grads = deq_core::grad::backward(&fw.backward_target(loss)?)?;
             net.finish_step(&grads, Some(&mut cache))?;
             opt.step(&grads)?;
@@ -80,7 +112,7 @@ fn main() -> Result<()> {
     println!(
         "{}",
         serde_json::json!({"impl": "deq-zoo-rs", "workload": format!("inr/siren_like-{}L{}D/{}x{}/amortised_step{}", a.layers, a.width, a.size, a.size, if a.carried { format!("/carried_grad{}", a.grad) } else if a.grad != 3 { format!("/grad{}", a.grad) } else { String::new() }),
-            "median_s": s[s.len() / 2], "min_s": s[0], "steps": s.len(), "threads": a.threads})
+            "median_s": s[s.len() / 2], "min_s": s[0], "steps": s.len(), "threads": a.threads, "first_loss": first_loss, "instance": a.instance})
     );
     Ok(())
 }
