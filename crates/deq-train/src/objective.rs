@@ -119,18 +119,12 @@ impl DeqObjective {
     /// An error naming the first option in use when the trainer cannot honour any of them in
     /// its current mode (`why` says which mode).
     pub fn refuse(&self, why: &str) -> Result<()> {
-        match self.active_options().first() {
-            Some(key) => Err(TrainError::Config { key: (*key).into(), message: format!("is not supported {why}") }),
-            None => Ok(()),
-        }
+        refuse_first(&self.active_options(), why)
     }
 
     /// Like [`DeqObjective::refuse`], for the fixed-point-correction options only.
     pub fn refuse_correction(&self, why: &str) -> Result<()> {
-        match self.correction_options().first() {
-            Some(key) => Err(TrainError::Config { key: (*key).into(), message: format!("is not supported {why}") }),
-            None => Ok(()),
-        }
+        refuse_first(&self.correction_options(), why)
     }
 
     /// Fixed-point correction: `sum_k gamma^(n-k-1) losses[k]` over the per-state task losses
@@ -169,6 +163,14 @@ impl DeqObjective {
     /// The random stream of `step` (`stream` 0: the draw, 1: the Hutchinson vectors).
     fn step_rng(&self, step: usize, stream: u64) -> DeqRng {
         DeqRng::new(self.seed ^ 0xA5A5_0B1E_C71E_u64.wrapping_mul(step as u64 + 1).rotate_left(17) ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    }
+}
+
+/// An error naming the first of `options`, if any.
+fn refuse_first(options: &[&'static str], why: &str) -> Result<()> {
+    match options.first() {
+        Some(key) => Err(TrainError::Config { key: (*key).into(), message: format!("is not supported {why}") }),
+        None => Ok(()),
     }
 }
 
