@@ -392,14 +392,7 @@ fn spectral_radius(a: &[Vec<f64>]) -> f64 {
     let n = a.len();
     let (mut m, mut log_scale, mut k) = (a.to_vec(), 0f64, 1f64);
     for _ in 0..60 {
-        let mut sq = vec![vec![0f64; n]; n];
-        for i in 0..n {
-            for l in 0..n {
-                for j in 0..n {
-                    sq[i][j] += m[i][l] * m[l][j];
-                }
-            }
-        }
+        let sq: Vec<Vec<f64>> = m.iter().map(|row| (0..n).map(|j| row.iter().zip(&m).map(|(a, r)| a * r[j]).sum()).collect()).collect();
         let norm = sq.iter().flatten().map(|x| x * x).sum::<f64>().sqrt();
         m = sq.into_iter().map(|r| r.into_iter().map(|x| x / norm).collect()).collect();
         log_scale = 2.0 * log_scale + norm.ln();

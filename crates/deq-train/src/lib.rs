@@ -18,6 +18,7 @@
 //! | [`loss`] | stable BCE with logits |
 //! | [`objective`] | the `[deq]` options that act on the loss: fixed-point correction, Jacobian regulariser |
 //! | [`memory`] | counting allocator and peak RSS for benchmarks |
+//! | [`bench_instance`] | problem instances shared by a benchmark and its PyTorch twin |
 //! | [`metrics`] | JSON-lines writer, top-k accuracy, micro-F1 |
 //! | [`progress`] | progress bars (plain lines when not a terminal) |
 //! | [`data`] | IDX, CIFAR-10, image folders, augmentations, the loader |
@@ -67,6 +68,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod bench_instance;
 pub mod checkpoint;
 pub mod cli;
 pub mod clip;

@@ -83,7 +83,7 @@ fn every_implicit_layer_is_regularised() {
     assert_eq!((logits.len(), solves.jac.len()), (1, 5), "one term per implicit layer");
     let y = Tensor::from_vec((0..10u32).map(|i| i % 2).collect::<Vec<_>>(), 10, &DEV).unwrap();
     let task = ce(&logits[0], &y);
-    let (loss, _) = objective_loss(&objective, &[task.clone()], &solves).unwrap();
+    let (loss, _) = objective_loss(&objective, std::slice::from_ref(&task), &solves).unwrap();
     let reg: f64 = solves.jac.iter().map(|j| j.weight * j.value).sum();
     assert!(solves.jac.iter().all(|j| j.value > 0.0 && j.weight == 0.3));
     assert!((v(&loss) - v(&task) - reg).abs() < 1e-13);

@@ -4,7 +4,7 @@
 //! `--carried --grad 1` times the carried-adjoint step instead. `--write-instance` /
 //! `--instance` share the coordinates, targets and initial weights with the PyTorch twin.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
 use deq_core::rng::DeqRng;
@@ -69,21 +69,13 @@ fn main() -> Result<()> {
     let deq = deq_core::DeqConfig { grad: vec![a.grad], ..zoo_deq(100) };
     let net = InrNet::Deq(DeqInr::new(cfg, 2, 1, deq, &mut DeqRng::new(0), DType::F32, &dev)?);
     if let Some(path) = &a.write_instance {
-        let mut t: std::collections::HashMap<String, Tensor> = net.named_vars().into_iter().map(|(k, v)| (format!("model.{k}"), v.as_tensor().clone())).collect();
-        t.insert("x".into(), x);
-        t.insert("y".into(), y);
-        candle_core::safetensors::save(&t, path)?;
+        deq_train::bench_instance::save(path, &net.named_vars(), vec![("x", x), ("y", y)])?;
         return Ok(());
     }
     if let Some(path) = &a.instance {
-        let mut t = candle_core::safetensors::load(path, &dev).with_context(|| format!("reading {}", path.display()))?;
-        for (name, v) in net.named_vars() {
-            let want = t.get(&format!("model.{name}")).with_context(|| format!("{}: no `model.{name}`", path.display()))?;
-            let same = v.as_tensor().shape() == want.shape() && (v.as_tensor() - want)?.abs()?.max_all()?.to_scalar::<f32>()? == 0.0;
-            anyhow::ensure!(same, "{}: the initial `{name}` differs from this build's (write it again with --write-instance)", path.display());
-        }
-        x = t.remove("x").with_context(|| format!("{}: no `x`", path.display()))?;
-        y = t.remove("y").with_context(|| format!("{}: no `y`", path.display()))?;
+        let mut t = deq_train::bench_instance::load(path, &net.named_vars())?;
+        x = deq_train::bench_instance::take(&mut t, "x", path)?;
+        y = deq_train::bench_instance::take(&mut t, "y", path)?;
         anyhow::ensure!(x.dims() == [n, 2] && y.dims() == [n, 1], "{}: not a {}x{} grid", path.display(), a.size, a.size);
     }
     let mut opt = Adam::new(net.named_vars(), 1e-3, (0.9, 0.999), 1e-8, 0.0, false)?;

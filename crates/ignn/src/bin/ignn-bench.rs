@@ -5,7 +5,7 @@
 //! to the PyTorch + TorchDEQ version, both on one instance written by `--write-instance`
 //! (initial weights, and the random graph) so that the compared problems are identical.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use candle_core::{Device, Tensor};
 use clap::Parser;
 use std::collections::HashMap;
@@ -58,31 +58,25 @@ struct Args {
     instance: Option<std::path::PathBuf>,
 }
 
-/// The instance's tensors: for the random graph its edges, features, labels and training
-/// nodes; always the model's initial weights as `model.<name>`.
-fn instance_tensors(task: &NodeTask, random: bool, model: &ignn::model::NodeModel) -> Result<HashMap<String, Tensor>> {
+/// The random task's tensors for an instance file: edges, features, labels, training nodes.
+fn graph_tensors(task: &NodeTask) -> Result<Vec<(&'static str, Tensor)>> {
     let dev = Device::Cpu;
-    let mut t = HashMap::new();
-    if random {
-        let n = task.graph.n;
-        t.insert("graph.src".into(), Tensor::new(task.graph.src.as_slice(), &dev)?);
-        t.insert("graph.dst".into(), Tensor::new(task.graph.dst.as_slice(), &dev)?);
-        t.insert("graph.weight".into(), Tensor::new(task.graph.weight.as_slice(), &dev)?);
-        t.insert("features".into(), Tensor::from_slice(&task.features, (n, task.feature_dim), &dev)?);
-        let Labels::Single(l) = &task.labels else { anyhow::bail!("the random task is single-label") };
-        t.insert("labels".into(), Tensor::new(l.as_slice(), &dev)?);
-        t.insert("train".into(), Tensor::new(task.split.0.as_slice(), &dev)?);
-    }
-    for (name, v) in model.named_vars() {
-        t.insert(format!("model.{name}"), v.as_tensor().clone());
-    }
-    Ok(t)
+    let Labels::Single(l) = &task.labels else { anyhow::bail!("the random task is single-label") };
+    Ok(vec![
+        ("graph.src", Tensor::new(task.graph.src.as_slice(), &dev)?),
+        ("graph.dst", Tensor::new(task.graph.dst.as_slice(), &dev)?),
+        ("graph.weight", Tensor::new(task.graph.weight.as_slice(), &dev)?),
+        ("features", Tensor::from_slice(&task.features, (task.graph.n, task.feature_dim), &dev)?),
+        ("labels", Tensor::new(l.as_slice(), &dev)?),
+        ("train", Tensor::new(task.split.0.as_slice(), &dev)?),
+    ])
 }
 
 /// The random task stored in an instance file.
-fn task_from_instance(t: &HashMap<String, Tensor>, path: &std::path::Path) -> Result<NodeTask> {
-    let get = |k: &str| t.get(k).with_context(|| format!("{}: no tensor `{k}`", path.display()));
-    let (n, p) = get("features")?.dims2()?;
+fn task_from_instance(t: &mut HashMap<String, Tensor>, path: &std::path::Path) -> Result<NodeTask> {
+    let mut get = |k: &str| deq_train::bench_instance::take(t, k, path);
+    let features = get("features")?;
+    let (n, p) = features.dims2()?;
     let graph = Graph { n, src: get("graph.src")?.to_vec1()?, dst: get("graph.dst")?.to_vec1()?, weight: get("graph.weight")?.to_vec1()? };
     anyhow::ensure!(graph.src.iter().chain(&graph.dst).all(|&v| (v as usize) < n), "{}: edge ids beyond {n} nodes", path.display());
     let labels: Vec<u32> = get("labels")?.to_vec1()?;
@@ -90,7 +84,7 @@ fn task_from_instance(t: &HashMap<String, Tensor>, path: &std::path::Path) -> Re
     let train: Vec<u32> = get("train")?.to_vec1()?;
     let val: Vec<u32> = (0..n as u32).filter(|i| i % 10 == 1).collect();
     let test: Vec<u32> = (0..n as u32).filter(|i| i % 10 >= 2).collect();
-    Ok(NodeTask { graph, features: get("features")?.flatten_all()?.to_vec1()?, feature_dim: p, labels: Labels::Single(labels), classes, split: (train, val, test) })
+    Ok(NodeTask { graph, features: features.flatten_all()?.to_vec1()?, feature_dim: p, labels: Labels::Single(labels), classes, split: (train, val, test) })
 }
 
 fn random_task(n: usize, e: usize, p: usize, seed: u64) -> Result<NodeTask> {
@@ -128,27 +122,19 @@ fn main() -> Result<()> {
         }
         other => anyhow::bail!("--graph `{other}` is not cora or random"),
     };
-    let stored = match &args.instance {
-        Some(path) => Some(candle_core::safetensors::load(path, &Device::Cpu).with_context(|| format!("reading {}", path.display()))?),
-        None => None,
-    };
-    let task = match (&stored, args.graph.as_str()) {
-        (Some(t), "random") => task_from_instance(t, args.instance.as_deref().unwrap_or(std::path::Path::new("")))?,
-        _ => task,
-    };
     // The model train_nodes builds: its initialisation draws from `cfg.seed` first.
     let initial = ignn::train::build_model(&task, &cfg, &deq, &mut DeqRng::new(cfg.seed), &Device::Cpu)?;
     if let Some(path) = &args.write_instance {
-        candle_core::safetensors::save(&instance_tensors(&task, args.graph == "random", &initial)?, path)?;
+        deq_train::bench_instance::save(path, &initial.named_vars(), if args.graph == "random" { graph_tensors(&task)? } else { Vec::new() })?;
         return Ok(());
     }
-    if let Some(t) = &stored {
-        for (name, v) in initial.named_vars() {
-            let want = t.get(&format!("model.{name}")).with_context(|| format!("instance has no `model.{name}`"))?;
-            let same = (v.as_tensor() - want)?.abs()?.max_all()?.to_scalar::<f32>()? == 0.0;
-            anyhow::ensure!(same, "the instance's initial `{name}` differs from this build's: write it again with --write-instance");
+    let task = match &args.instance {
+        Some(path) => {
+            let mut t = deq_train::bench_instance::load(path, &initial.named_vars())?;
+            if args.graph == "random" { task_from_instance(&mut t, path)? } else { task }
         }
-    }
+        None => task,
+    };
     cfg.epochs = args.epochs + 1;
     cfg.select_by_val = false;
     cfg.eval_every = usize::MAX;

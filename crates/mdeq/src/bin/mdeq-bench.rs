@@ -4,7 +4,7 @@
 //! which has both sides read one instance written by `--write-instance`: the batch, its labels
 //! and the initial weights).
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
 use deq_core::rng::DeqRng;
@@ -62,21 +62,13 @@ fn run(args: &Args) -> Result<()> {
     let mut x = rng.randn((args.batch, 3, 32, 32), DType::F32, &dev)?;
     let mut labels = Tensor::from_vec((0..args.batch).map(|_| (rng.next_u64() % 10) as u32).collect::<Vec<_>>(), args.batch, &dev)?;
     if let Some(path) = &args.write_instance {
-        let mut t: std::collections::HashMap<String, Tensor> = model.named_vars().into_iter().map(|(k, v)| (format!("model.{k}"), v.as_tensor().clone())).collect();
-        t.insert("x".into(), x);
-        t.insert("labels".into(), labels);
-        candle_core::safetensors::save(&t, path)?;
+        deq_train::bench_instance::save(path, &model.named_vars(), vec![("x", x), ("labels", labels)])?;
         return Ok(());
     }
     if let Some(path) = &args.instance {
-        let mut t = candle_core::safetensors::load(path, &dev).with_context(|| format!("reading {}", path.display()))?;
-        for (name, v) in model.named_vars() {
-            let want = t.get(&format!("model.{name}")).with_context(|| format!("{}: no `model.{name}`", path.display()))?;
-            let same = v.as_tensor().shape() == want.shape() && (v.as_tensor() - want)?.abs()?.max_all()?.to_scalar::<f32>()? == 0.0;
-            anyhow::ensure!(same, "{}: the initial `{name}` differs from this build's (write it again with --write-instance)", path.display());
-        }
-        x = t.remove("x").with_context(|| format!("{}: no `x`", path.display()))?;
-        labels = t.remove("labels").with_context(|| format!("{}: no `labels`", path.display()))?;
+        let mut t = deq_train::bench_instance::load(path, &model.named_vars())?;
+        x = deq_train::bench_instance::take(&mut t, "x", path)?;
+        labels = deq_train::bench_instance::take(&mut t, "labels", path)?;
         anyhow::ensure!(x.dims() == [args.batch, 3, 32, 32] && labels.dims() == [args.batch], "{}: the batch is not {} CIFAR images", path.display(), args.batch);
     }
     let mut nfe = Vec::new();
