@@ -88,7 +88,7 @@ pub mod plot;
 
 pub use checkpoint::{load_vars, Checkpoint, Checkpointer};
 pub use clip::{clip_grad_norm, clip_grad_value, grad_norm};
-pub use dist::{collective_for, Collective, DistContext, SingleProcess};
+pub use dist::{collective_for, Collective, DistContext, SingleProcess, ThreadGroup};
 pub use error::{Result, TrainError};
 pub use loss::bce_with_logits;
 pub use metrics::{accuracy, micro_f1, topk_correct, MetricsWriter};

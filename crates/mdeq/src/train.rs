@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use deq_core::rng::DeqRng;
 use deq_train::data::augment::{flip_horizontal, normalize, random_crop_with_padding, random_resized_crop, to_f32};
 use deq_train::data::{find_dataset_dir, load_cifar10, load_image, load_image_folder, load_mnist, AugmentFn, ImageDataset, Loader, LoaderConfig, Shard};
-use deq_train::{check_finite, clip_grad_norm, Adam, Checkpointer, DeqObjective, DistContext, JacTerm, MetricsWriter, Optimizer, Progress, Schedule, Sgd, SolverMetrics};
+use deq_train::{check_finite, clip_grad_norm, Adam, Checkpointer, Collective, DeqObjective, DistContext, JacTerm, MetricsWriter, Optimizer, Progress, Schedule, Sgd, SolverMetrics};
 use crate::model::MdeqOutput;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -241,11 +241,23 @@ pub fn training_loss(model: &Mdeq, objective: &DeqObjective, images: &Tensor, la
     Ok(StepLoss { loss, task, jac, out })
 }
 
-/// Trains `cfg` and returns the final test figures.
+/// Trains `cfg` and returns the final test figures, in the data-parallel job the environment
+/// describes (a single process when it describes none).
 pub fn train(cfg: &RunConfig, opts: &RunOptions) -> Result<TrainSummary> {
+    train_with(cfg, opts, deq_train::collective_for(DistContext::from_env()?)?)
+}
+
+/// [`train`] as one rank of `collective`'s job: each rank trains on its shard of every global
+/// batch (`train.batch_size` per rank), gradients are averaged over the ranks, batch norms use
+/// the statistics of the global batch, rank 0's initial parameters and buffers are broadcast,
+/// and only rank 0 evaluates and writes metrics and checkpoints (its summary is the run's).
+pub fn train_with(cfg: &RunConfig, opts: &RunOptions, collective: Arc<dyn Collective>) -> Result<TrainSummary> {
+    deq_train::dist::with_group(collective.clone(), || train_rank(cfg, opts, &*collective))
+}
+
+fn train_rank(cfg: &RunConfig, opts: &RunOptions, collective: &dyn Collective) -> Result<TrainSummary> {
     let start = Instant::now();
-    let dist = DistContext::from_env()?;
-    let collective = deq_train::collective_for(dist)?;
+    let dist = collective.context().clone();
     let objective = DeqObjective::new(&cfg.deq, cfg.train.seed)?;
     let dev = Device::Cpu;
     let main = dist.is_main();
@@ -281,8 +293,17 @@ pub fn train(cfg: &RunConfig, opts: &RunOptions) -> Result<TrainSummary> {
             None => tracing::warn!("--resume: no checkpoint in {}, starting fresh", ckpt.dir().display()),
         }
     }
-    tracing::info!(params, train = train_ds.len(), test = test_ds.len(), steps_per_epoch, "MDEQ on {}", cfg.data.dataset);
+    tracing::info!(params, train = train_ds.len(), test = test_ds.len(), steps_per_epoch, world = dist.world_size, "MDEQ on {}", cfg.data.dataset);
     let vars: Vec<_> = model.named_vars().into_iter().map(|(_, v)| v).collect();
+    // Every rank starts from rank 0's parameters and batch-norm buffers.
+    deq_train::dist::broadcast_vars(collective, &vars)?;
+    if dist.world_size > 1 {
+        for (_, bn) in model.batch_norms() {
+            let mut b = Vec::new();
+            bn.buffers("", &mut b);
+            bn.load_buffers(collective.broadcast(&b[0].1, 0)?, collective.broadcast(&b[1].1, 0)?)?;
+        }
+    }
     let mut last_test = EvalSummary::default();
     for epoch in epoch0..cfg.train.epochs {
         let t0 = Instant::now();
@@ -322,7 +343,12 @@ pub fn train(cfg: &RunConfig, opts: &RunOptions) -> Result<TrainSummary> {
             }
         }
         let train_secs = t0.elapsed().as_secs_f64();
-        last_test = evaluate(&model, &test_loader, main)?;
+        // The epoch's figures over all ranks.
+        let g = deq_train::dist::all_reduce_sum_f64(collective, &[loss_sum, correct as f64, seen as f64, nfe_sum, res_sum, batches as f64, jac_sum, jac_steps as f64])?;
+        (loss_sum, correct, seen, nfe_sum, res_sum, batches, jac_sum, jac_steps) = (g[0], g[1] as usize, g[2] as usize, g[3], g[4], g[5] as usize, g[6], g[7] as usize);
+        if main {
+            last_test = evaluate(&model, &test_loader, main)?;
+        }
         let mut record = serde_json::json!({
             "epoch": epoch + 1, "step": step, "lr": opt.lr(),
             "train_loss": loss_sum / seen.max(1) as f64, "train_acc": correct as f64 / seen.max(1) as f64,

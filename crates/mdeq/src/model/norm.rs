@@ -71,7 +71,10 @@ impl GroupNorm {
 }
 
 /// Batch normalisation over `(B, C, H, W)` (`torch.nn.BatchNorm2d`, momentum 0.1): batch
-/// statistics in training (running averages updated), running statistics in evaluation.
+/// statistics in training (running averages updated), running statistics in evaluation. In a
+/// data-parallel job (a [`deq_train::dist::with_group`] of several ranks) the training
+/// statistics are those of the global batch (`torch.nn.SyncBatchNorm`); every rank has equal
+/// per-rank batch sizes.
 #[derive(Debug)]
 pub struct BatchNorm2d {
     affine: ChannelAffine,
@@ -96,9 +99,21 @@ impl BatchNorm2d {
         let (b, c, h, w) = x.dims4()?;
         let (mean, var) = if train {
             let xt = x.transpose(0, 1)?.reshape((c, b * h * w))?;
-            let mean = xt.mean_keepdim(1)?;
-            let var = xt.broadcast_sub(&mean)?.sqr()?.mean_keepdim(1)?;
-            let n = (b * h * w) as f64;
+            // Synchronised over the ranks of a data-parallel job (the statistics of the global
+            // batch, as a single process would compute them); two passes, as without ranks.
+            let (mean, var, n) = match deq_train::dist::current_group() {
+                None => {
+                    let mean = xt.mean_keepdim(1)?;
+                    (mean.clone(), xt.broadcast_sub(&mean)?.sqr()?.mean_keepdim(1)?, (b * h * w) as f64)
+                }
+                Some(group) => {
+                    let n = (b * h * w * group.context().world_size) as f64;
+                    let sum = deq_train::dist::all_reduce_sum_differentiable(&group, &xt.sum_keepdim(1)?)?;
+                    let mean = sum.affine(1.0 / n, 0.0)?;
+                    let sq = deq_train::dist::all_reduce_sum_differentiable(&group, &xt.broadcast_sub(&mean)?.sqr()?.sum_keepdim(1)?)?;
+                    (mean, sq.affine(1.0 / n, 0.0)?, n)
+                }
+            };
             let mut run = self.running.lock().expect("batch norm stats poisoned");
             let unbiased = var.detach().affine(n / (n - 1.0).max(1.0), 0.0)?.flatten_all()?;
             run.0 = (run.0.affine(1.0 - self.momentum, 0.0)? + mean.detach().flatten_all()?.affine(self.momentum, 0.0)?)?;

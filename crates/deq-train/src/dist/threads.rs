@@ -1,0 +1,145 @@
+//! An in-process [`Collective`]: `world_size` threads of one process, each holding one rank.
+//! It runs the same trainer code as a multi-process job, so `cargo test` can check that a
+//! world-N run equals a world-1 run on the same global batch.
+
+use super::collective::{mismatch, Collective};
+use super::DistContext;
+use crate::error::Result;
+use candle_core::{DType, Shape, Tensor};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+/// How long a rank waits for the others before giving up (a rank that died or diverged in
+/// its sequence of collectives).
+const TIMEOUT: Duration = Duration::from_secs(600);
+
+#[derive(Default)]
+struct Round {
+    /// Completed rounds.
+    generation: u64,
+    /// Each rank's contribution to the current round.
+    slots: Vec<Option<(Vec<f64>, Shape, DType)>>,
+    /// The result of the last completed round, per rank (all equal except for broadcasts'
+    /// shapes, which are the root's).
+    result: Option<Arc<(Vec<f64>, Shape, DType)>>,
+    /// Set when a round failed (ranks disagreed): every waiting rank returns the error.
+    failed: Option<String>,
+}
+
+struct Shared {
+    round: Mutex<Round>,
+    done: Condvar,
+}
+
+/// One rank of an in-process group.
+pub struct ThreadGroup {
+    ctx: DistContext,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ThreadGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ThreadGroup(rank {} of {})", self.ctx.rank, self.ctx.world_size)
+    }
+}
+
+impl ThreadGroup {
+    /// The `world` ranks of a new group; hand one to each thread.
+    pub fn new(world: usize) -> Vec<ThreadGroup> {
+        let world = world.max(1);
+        let shared = Arc::new(Shared { round: Mutex::new(Round { slots: vec![None; world], ..Default::default() }), done: Condvar::new() });
+        (0..world)
+            .map(|rank| ThreadGroup { ctx: DistContext { rank, world_size: world, local_rank: rank, local_world_size: world, ..Default::default() }, shared: shared.clone() })
+            .collect()
+    }
+
+    /// Contributes `mine` to a round and returns the round's result, computed by the last rank
+    /// to arrive with `combine` over the contributions in rank order.
+    fn round(&self, mine: Option<(Vec<f64>, Shape, DType)>, combine: &dyn Fn(&[Option<(Vec<f64>, Shape, DType)>]) -> std::result::Result<(Vec<f64>, Shape, DType), String>) -> Result<Arc<(Vec<f64>, Shape, DType)>> {
+        let s = &*self.shared;
+        let mut r = s.round.lock().map_err(|_| mismatch("a rank panicked inside a collective"))?;
+        if let Some(e) = &r.failed {
+            return Err(mismatch(e.clone()));
+        }
+        // A rank may arrive for round g+1 before slower ranks have left round g: its slot is
+        // free again as soon as round g completed.
+        while r.slots[self.ctx.rank].is_some() {
+            r = s.done.wait_timeout(r, TIMEOUT).map_err(|_| mismatch("a rank panicked inside a collective"))?.0;
+        }
+        let generation = r.generation;
+        r.slots[self.ctx.rank] = Some(mine.unwrap_or_else(|| (Vec::new(), Shape::from(()), DType::F64)));
+        if r.slots.iter().all(Option::is_some) {
+            match combine(&r.slots) {
+                Ok(out) => r.result = Some(Arc::new(out)),
+                Err(e) => r.failed = Some(e),
+            }
+            r.slots.iter_mut().for_each(|x| *x = None);
+            r.generation += 1;
+            s.done.notify_all();
+        } else {
+            while r.generation == generation && r.failed.is_none() {
+                let (next, timeout) = s.done.wait_timeout(r, TIMEOUT).map_err(|_| mismatch("a rank panicked inside a collective"))?;
+                r = next;
+                if timeout.timed_out() && r.generation == generation {
+                    return Err(mismatch(format!("rank {} waited {} s for the other ranks", self.ctx.rank, TIMEOUT.as_secs())));
+                }
+            }
+        }
+        if let Some(e) = &r.failed {
+            return Err(mismatch(e.clone()));
+        }
+        Ok(r.result.clone().expect("a completed round has a result"))
+    }
+}
+
+fn to_parts(t: &Tensor) -> Result<(Vec<f64>, Shape, DType)> {
+    Ok((t.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?, t.shape().clone(), t.dtype()))
+}
+
+fn from_parts(p: &(Vec<f64>, Shape, DType), dev: &candle_core::Device) -> Result<Tensor> {
+    Ok(Tensor::from_slice(&p.0, p.1.clone(), dev)?.to_dtype(p.2)?)
+}
+
+impl Collective for ThreadGroup {
+    fn context(&self) -> &DistContext {
+        &self.ctx
+    }
+
+    fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor> {
+        let out = self.round(Some(to_parts(t)?), &|slots| {
+            let first = slots[0].as_ref().expect("full round");
+            let mut sum = vec![0f64; first.0.len()];
+            for (rank, s) in slots.iter().enumerate() {
+                let s = s.as_ref().expect("full round");
+                if s.1 != first.1 || s.2 != first.2 {
+                    return Err(format!("all_reduce: rank {rank} sent {:?} {:?}, rank 0 {:?} {:?}", s.1, s.2, first.1, first.2));
+                }
+                sum.iter_mut().zip(&s.0).for_each(|(a, b)| *a += b);
+            }
+            Ok((sum, first.1.clone(), first.2))
+        })?;
+        from_parts(&out, t.device())
+    }
+
+    fn broadcast(&self, t: &Tensor, root: usize) -> Result<Tensor> {
+        if root >= self.ctx.world_size {
+            return Err(mismatch(format!("broadcast from rank {root} in a world of {}", self.ctx.world_size)));
+        }
+        let mine = if self.ctx.rank == root { Some(to_parts(t)?) } else { Some((Vec::new(), t.shape().clone(), t.dtype())) };
+        let out = self.round(mine, &|slots| {
+            let r = slots[root].as_ref().expect("full round");
+            for (rank, s) in slots.iter().enumerate() {
+                let s = s.as_ref().expect("full round");
+                if s.1 != r.1 || s.2 != r.2 {
+                    return Err(format!("broadcast: rank {rank} expects {:?} {:?}, the root sends {:?} {:?}", s.1, s.2, r.1, r.2));
+                }
+            }
+            Ok(r.clone())
+        })?;
+        from_parts(&out, t.device())
+    }
+
+    fn barrier(&self) -> Result<()> {
+        self.round(None, &|_| Ok((Vec::new(), Shape::from(()), DType::F64))).map(|_| ())
+    }
+}

@@ -1,0 +1,89 @@
+//! Data parallelism: two ranks (threads of a [`ThreadGroup`]) with per-rank batch B compute the
+//! gradient of the global batch of 2B, as one process does: synchronised batch norm and the
+//! bucketed all-reduce, in f64.
+
+use candle_core::{DType, Device, Tensor};
+use deq_core::rng::DeqRng;
+use deq_train::{Collective, ThreadGroup};
+use mdeq::config::{RunConfig, MNIST_SMALL};
+use std::sync::Arc;
+
+fn config(batch: usize) -> RunConfig {
+    let mut cfg = RunConfig::from_toml(MNIST_SMALL, "built-in").unwrap();
+    cfg.model.channels = vec![8, 8];
+    cfg.model.head_channels = vec![2, 4];
+    cfg.model.final_chansize = 16;
+    cfg.model.groups = 4;
+    // A fixed number of solver steps: every sample's solve is then independent of the others
+    // in its batch (a tolerance would stop a batch at its worst sample).
+    cfg.deq.f_max_iter = 3;
+    cfg.deq.f_tol = 0.0;
+    cfg.deq.eval_f_max_iter = 3;
+    cfg.train.batch_size = batch;
+    cfg.train.eval_batch_size = 100;
+    cfg.train.train_limit = 96;
+    cfg.train.test_limit = 100;
+    cfg.train.epochs = 2;
+    cfg.train.lr = 0.01;
+    cfg.data.dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../datasets/mnist").into();
+    cfg
+}
+
+/// The gradients of one step, in f64: the whole batch in one process, or this rank's
+/// interleaved half in a [`ThreadGroup`] of two (synchronised batch norm, bucketed all-reduce).
+fn step_grads(cfg: &RunConfig, x: &Tensor, y: &Tensor, group: Option<Arc<dyn Collective>>) -> Vec<(String, Vec<f64>)> {
+    let model = mdeq::Mdeq::new(cfg.model.clone(), cfg.deq.clone(), &mut DeqRng::new(0), DType::F64, &Device::Cpu).unwrap();
+    let run = || {
+        let out = model.forward(x, true).unwrap();
+        let loss = candle_nn::loss::cross_entropy(&out.logits, y).unwrap();
+        let mut g = deq_core::grad::backward(&loss).unwrap();
+        let vars: Vec<_> = model.named_vars().into_iter().map(|(_, v)| v).collect();
+        if let Some(c) = &group {
+            deq_train::dist::all_reduce_mean_bucketed(&**c, &mut g, &vars, 1000).unwrap();
+        }
+        model.named_vars().into_iter().map(|(n, v)| (n, g.get(v.as_tensor()).map(|t| t.flatten_all().unwrap().to_vec1::<f64>().unwrap()).unwrap_or_default())).collect()
+    };
+    match group.clone() {
+        Some(c) => deq_train::dist::with_group(c, run),
+        None => run(),
+    }
+}
+
+#[test]
+fn two_ranks_give_the_gradient_of_the_global_batch_in_f64() {
+    let cfg = config(32);
+    let x = DeqRng::new(5).randn((32, 1, 28, 28), DType::F64, &Device::Cpu).unwrap();
+    let y = Tensor::from_vec((0..32u32).map(|i| (i * 7) % 10).collect::<Vec<_>>(), 32, &Device::Cpu).unwrap();
+    let full = step_grads(&cfg, &x, &y, None);
+    // Rank r gets samples r, r + 2, r + 4, ... (the loader's interleaving).
+    let half = |t: &Tensor, r: u32| t.index_select(&Tensor::from_vec((0..16u32).map(|k| r + 2 * k).collect::<Vec<_>>(), 16, &Device::Cpu).unwrap(), 0).unwrap();
+    let groups: Vec<Arc<dyn Collective>> = ThreadGroup::new(2).into_iter().map(|g| Arc::new(g) as Arc<dyn Collective>).collect();
+    let ranks: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = groups.iter().enumerate().map(|(r, g)| {
+            let (cfg, x, y) = (&cfg, half(&x, r as u32), half(&y, r as u32));
+            s.spawn(move || step_grads(cfg, &x, &y, Some(g.clone())))
+        }).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(full.len() > 50);
+    for rank in &ranks {
+        for ((name, a), (_, b)) in full.iter().zip(rank) {
+            assert_eq!(a.len(), b.len(), "{name}");
+            let scale = a.iter().fold(0f64, |m, p| m.max(p.abs())).max(1e-12);
+            let diff = a.iter().zip(b).fold(0f64, |m, (p, q)| m.max((p - q).abs()));
+            assert!(diff <= 1e-10 * scale + 1e-14, "{name}: world 2 differs by {diff:e} (scale {scale:e})");
+        }
+    }
+    // Without synchronised batch norm the ranks normalise by their own halves: not the same.
+    let unsynced: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..2u32).map(|r| {
+            let (cfg, x, y) = (&cfg, half(&x, r), half(&y, r));
+            s.spawn(move || step_grads(cfg, &x, &y, None))
+        }).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
+    });
+    let stem = |g: &Vec<(String, Vec<f64>)>| g.iter().find(|(n, _)| n == "stem.0.conv.weight").unwrap().1.clone();
+    let mean: Vec<f64> = stem(&unsynced[0]).iter().zip(stem(&unsynced[1])).map(|(a, b)| (a + b) / 2.0).collect();
+    let d = mean.iter().zip(stem(&full)).fold(0f64, |m, (p, q)| m.max((p - q).abs()));
+    assert!(d > 1e-6, "the check can tell: unsynchronised statistics change the gradient by {d:e}");
+}
