@@ -49,6 +49,20 @@ pub struct TrainConfig {
     pub keep_checkpoints: usize,
     /// Compute threads (rayon); 0 leaves `RAYON_NUM_THREADS` or the machine default.
     pub threads: usize,
+    /// Floating-point type of the parameters and activations: `f32`, or `f64` (slower; for
+    /// checks that must be exact to rounding, such as data-parallel equivalence).
+    pub dtype: String,
+}
+
+impl TrainConfig {
+    /// The [`candle_core::DType`] of `dtype` (validated by [`RunConfig::validate`]).
+    pub fn dtype(&self) -> candle_core::DType {
+        if self.dtype == "f64" {
+            candle_core::DType::F64
+        } else {
+            candle_core::DType::F32
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -73,6 +87,7 @@ impl Default for TrainConfig {
             test_limit: 0,
             keep_checkpoints: 2,
             threads: 0,
+            dtype: "f32".into(),
         }
     }
 }
@@ -181,6 +196,9 @@ impl RunConfig {
         }
         if !(t.lr > 0.0 && t.lr.is_finite()) {
             return Err("train.lr: must be positive".into());
+        }
+        if !["f32", "f64"].contains(&t.dtype.as_str()) {
+            return Err(format!("train.dtype: `{}` is not f32 or f64 (bf16 needs the CUDA build)", t.dtype));
         }
         let d = &self.data;
         if !["mnist", "cifar10", "imagenet"].contains(&d.dataset.as_str()) {

@@ -147,7 +147,7 @@ pub fn evaluate(model: &Mdeq, loader: &Loader, progress: bool) -> Result<EvalSum
         let out = model.forward(&batch.images, false)?;
         let n = batch.labels.dim(0)?;
         correct += deq_train::topk_correct(&out.logits, &batch.labels, 1)?;
-        loss_sum += candle_nn::loss::cross_entropy(&out.logits, &batch.labels)?.to_scalar::<f32>()? as f64 * n as f64;
+        loss_sum += candle_nn::loss::cross_entropy(&out.logits, &batch.labels)?.to_dtype(DType::F64)?.to_scalar::<f64>()? * n as f64;
         nfe_sum += out.stats.nfe as f64;
         res_sum += out.stats.rel_lowest.iter().sum::<f64>();
         if batches == 0 {
@@ -271,7 +271,7 @@ fn train_rank(cfg: &RunConfig, opts: &RunOptions, collective: &dyn Collective) -
     let train_loader = make_loader(cfg, train_ds.clone(), true, shard)?;
     let test_loader = make_loader(cfg, test_ds.clone(), false, Shard::default())?;
     let mut rng = DeqRng::new(cfg.train.seed);
-    let model = Mdeq::new(cfg.model.clone(), cfg.deq.clone(), &mut rng, DType::F32, &dev)?;
+    let model = Mdeq::new(cfg.model.clone(), cfg.deq.clone(), &mut rng, cfg.train.dtype(), &dev)?;
     let params = model.num_params();
     let mut opt = build_optimizer(cfg, &model)?;
     let steps_per_epoch = train_loader.num_batches();
@@ -397,7 +397,7 @@ pub fn load_trained(cfg: &RunConfig, ckpt_path: &Path) -> Result<Mdeq> {
     let dev = Device::Cpu;
     let json = if ckpt_path.is_dir() { ckpt_path.join("checkpoints").join("latest.json") } else { ckpt_path.to_path_buf() };
     let ckpt = Checkpointer::load(&json, &dev)?;
-    let model = Mdeq::new(cfg.model.clone(), cfg.deq.clone(), &mut DeqRng::new(0), DType::F32, &dev)?;
+    let model = Mdeq::new(cfg.model.clone(), cfg.deq.clone(), &mut DeqRng::new(0), cfg.train.dtype(), &dev)?;
     restore_model(&model, &ckpt)?;
     Ok(model)
 }

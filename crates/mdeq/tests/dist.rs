@@ -1,11 +1,15 @@
 //! Data parallelism: two ranks (threads of a [`ThreadGroup`]) with per-rank batch B compute the
-//! gradient of the global batch of 2B, as one process does: synchronised batch norm and the
-//! bucketed all-reduce, in f64.
+//! gradient of the global batch of 2B, as one process does (synchronised batch norm, the
+//! bucketed all-reduce), and a whole world-2 training run with batch B per rank ends where a
+//! world-1 run with batch 2B ends: same losses, parameters and batch-norm buffers (in f64, to
+//! rounding; in f32 the per-sample choice of the best solver iterate can flip on rounding noise
+//! and the runs drift apart visibly).
 
 use candle_core::{DType, Device, Tensor};
 use deq_core::rng::DeqRng;
-use deq_train::{Collective, ThreadGroup};
+use deq_train::{Checkpointer, Collective, ThreadGroup};
 use mdeq::config::{RunConfig, MNIST_SMALL};
+use mdeq::train::{train_with, RunOptions};
 use std::sync::Arc;
 
 fn config(batch: usize) -> RunConfig {
@@ -86,4 +90,58 @@ fn two_ranks_give_the_gradient_of_the_global_batch_in_f64() {
     let mean: Vec<f64> = stem(&unsynced[0]).iter().zip(stem(&unsynced[1])).map(|(a, b)| (a + b) / 2.0).collect();
     let d = mean.iter().zip(stem(&full)).fold(0f64, |m, (p, q)| m.max((p - q).abs()));
     assert!(d > 1e-6, "the check can tell: unsynchronised statistics change the gradient by {d:e}");
+}
+
+fn out_dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("mdeq-dist-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn metrics(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn world_two_with_batch_b_trains_as_world_one_with_batch_2b() {
+    let f64_config = |batch: usize| RunConfig { train: mdeq::config::TrainConfig { dtype: "f64".into(), ..config(batch).train }, ..config(batch) };
+    let one = out_dir("one");
+    train_with(&f64_config(32), &RunOptions { out_dir: one.clone(), resume: false, max_steps: 0 }, Arc::new(deq_train::SingleProcess::default())).unwrap();
+    let two = out_dir("two");
+    let handles: Vec<_> = ThreadGroup::new(2)
+        .into_iter()
+        .map(|g| {
+            let (cfg, opts) = (f64_config(16), RunOptions { out_dir: two.clone(), resume: false, max_steps: 0 });
+            std::thread::spawn(move || train_with(&cfg, &opts, Arc::new(g)).map_err(|e| format!("{e:#}")))
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap().unwrap();
+    }
+    let (m1, m2) = (metrics(&one), metrics(&two));
+    assert_eq!((m1.len(), m2.len()), (2, 2), "two epochs; only rank 0 writes metrics");
+    for (a, b) in m1.iter().zip(&m2) {
+        assert_eq!(a["step"], b["step"], "3 steps of 32 samples per epoch on both");
+        for key in ["train_loss", "test_loss"] {
+            let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
+            assert!((x - y).abs() <= 1e-9 * x.abs(), "{key}: {x} (world 1) against {y} (world 2)");
+        }
+        assert_eq!(a["train_acc"], b["train_acc"]);
+    }
+    let dev = Device::Cpu;
+    let (c1, c2) = (Checkpointer::load(&one.join("checkpoints/latest.json"), &dev).unwrap(), Checkpointer::load(&two.join("checkpoints/latest.json"), &dev).unwrap());
+    assert_eq!(c1.step, c2.step);
+    let mut compared = 0;
+    for (name, t1) in &c1.tensors {
+        let t2 = c2.tensors.get(name).unwrap_or_else(|| panic!("{name} missing in the world-2 checkpoint"));
+        let (a, b) = (t1.flatten_all().unwrap().to_vec1::<f64>().unwrap(), t2.flatten_all().unwrap().to_vec1::<f64>().unwrap());
+        let scale = a.iter().fold(0f64, |m, x| m.max(x.abs()));
+        let diff = a.iter().zip(&b).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+        assert!(diff <= 1e-9 * scale + 1e-15, "{name}: differs by {diff:e} (scale {scale:e})");
+        compared += 1;
+    }
+    assert!(compared > 40, "{compared} tensors (parameters, optimiser state, batch-norm buffers) compared");
+    for d in [one, two] {
+        let _ = std::fs::remove_dir_all(d);
+    }
 }

@@ -86,6 +86,7 @@ pub struct Mdeq {
     head: Head,
     deq_train: Deq,
     deq_eval: Deq,
+    dtype: DType,
 }
 
 /// What a forward pass returns.
@@ -134,12 +135,17 @@ impl Mdeq {
         let deq_train = Deq::new(deq.clone()).map_err(deq_err)?;
         let mut deq_eval = Deq::new(deq).map_err(deq_err)?;
         deq_eval.set_training(false);
-        Ok(Self { cfg, stem, stage0, blocks, fusion, head, deq_train, deq_eval })
+        Ok(Self { cfg, stem, stage0, blocks, fusion, head, deq_train, deq_eval, dtype })
     }
 
     /// The architecture.
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+
+    /// The floating-point type of the parameters (inputs are converted to it).
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// The DEQ function `f(z, u)`: residual block per branch (injection into branch 0), then
@@ -194,7 +200,7 @@ impl Mdeq {
     /// (phantom or implicit); in evaluation it is detached.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<MdeqOutput> {
         self.reset_norms()?;
-        let u = self.inject(x, train)?;
+        let u = self.inject(&x.to_dtype(self.dtype)?, train)?;
         let z0 = self.z0(&u)?;
         let deq = if train { &self.deq_train } else { &self.deq_eval };
         let out = deq.forward(|z: &[Tensor], inp: &[Tensor]| self.f(z, &inp[0]), std::slice::from_ref(&u), &z0).map_err(deq_err)?;
