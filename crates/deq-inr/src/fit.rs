@@ -147,11 +147,27 @@ pub fn evaluate(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, 
 
 /// Fits `net` to `train`, evaluating on `test`.
 pub fn fit(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, opts: &FitOptions) -> Result<FitResult> {
+    let collective = deq_train::collective_for(deq_train::DistContext::from_env()?)?;
+    fit_with(net, train, test, cfg, opts, &*collective)
+}
+
+/// [`fit`] as one rank of `collective`'s job (minibatch fits only): every rank draws the same
+/// global minibatch of `world_size * fit.batch_size` points and trains on its slice of it,
+/// gradients are averaged over the ranks, rank 0's initial parameters are broadcast, the time
+/// budget is rank 0's, and only rank 0 writes metrics and checkpoints. A world-N fit with
+/// `batch_size` B ends where a world-1 fit with `N * B` ends.
+pub fn fit_with(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, opts: &FitOptions, collective: &dyn deq_train::Collective) -> Result<FitResult> {
     let dev = Device::Cpu;
-    let x = train.coords_tensor(&dev)?;
-    let y = train.targets_tensor(&dev)?;
+    let ctx = collective.context().clone();
+    let (world, main) = (ctx.world_size, ctx.is_main());
+    let dtype = net.named_vars().first().map(|(_, v)| v.dtype()).unwrap_or(candle_core::DType::F32);
+    let x = train.coords_tensor(&dev)?.to_dtype(dtype)?;
+    let y = train.targets_tensor(&dev)?.to_dtype(dtype)?;
     let n = train.len();
     let full = cfg.batch_size == 0 || cfg.batch_size >= n;
+    if world > 1 && full {
+        return Err(InrError::Config { key: "fit.batch_size".into(), message: format!("a full-batch fit runs in one process ({world} were started): set a minibatch size") });
+    }
     let objective = net.objective(cfg.seed, full)?;
     cfg.lr_at(0, 0.0)?;
     let mut opt = Adam::new(net.named_vars(), cfg.lr, (0.9, 0.999), 1e-8, 0.0, false)?;
@@ -159,7 +175,7 @@ pub fn fit(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, opts:
     let mut cache = AmortisedCache::default();
     let (mut step0, mut train_seconds) = (0usize, 0.0f64);
     let mut curve: Vec<EvalPoint> = Vec::new();
-    let mut files = match &opts.out_dir {
+    let mut files = match opts.out_dir.as_ref().filter(|_| main) {
         Some(d) => {
             std::fs::create_dir_all(d).map_err(|e| InrError::io(d, e))?;
             Some((Checkpointer::new(d.join("checkpoints"), 2)?, MetricsWriter::open(d.join("metrics.jsonl"))?))
@@ -167,7 +183,8 @@ pub fn fit(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, opts:
         None => None,
     };
     if opts.resume {
-        let (ck, _) = files.as_ref().ok_or_else(|| InrError::Config { key: "--resume".into(), message: "needs an output folder".into() })?;
+        let dir = opts.out_dir.as_ref().ok_or_else(|| InrError::Config { key: "--resume".into(), message: "needs an output folder".into() })?;
+        let ck = Checkpointer::new(dir.join("checkpoints"), 2)?;
         if let Some(c) = ck.load_latest(&dev)? {
             deq_train::load_vars(&net.named_vars(), &c, "model.")?;
             let optim: std::collections::HashMap<String, Tensor> = c.tensors.iter().filter_map(|(k, v)| k.strip_prefix("optim.").map(|s| (s.to_string(), v.clone()))).collect();
@@ -181,7 +198,8 @@ pub fn fit(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, opts:
         }
     }
     let vars: Vec<_> = net.named_vars().into_iter().map(|(_, v)| v).collect();
-    let mut bar = Progress::new(format!("fit {}", net.kind()), cfg.steps.saturating_sub(step0), opts.progress);
+    deq_train::dist::broadcast_vars(collective, &vars)?;
+    let mut bar = Progress::new(format!("fit {}", net.kind()), cfg.steps.saturating_sub(step0), opts.progress && main);
     let (mut loss_sum, mut loss_n) = (0.0, 0usize);
     let (mut evals_after_first, mut steps_after_first) = (0usize, 0usize);
     let mut step = step0;
@@ -193,9 +211,11 @@ pub fn fit(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, opts:
         let (xb, yb) = if full {
             (x.clone(), y.clone())
         } else {
-            let mut idx: Vec<u32> = (0..cfg.batch_size).map(|_| (rng.next_u64() % n as u64) as u32).collect();
+            // The global minibatch (the same draw on every rank), this rank's slice of it.
+            let mut idx: Vec<u32> = (0..cfg.batch_size * world).map(|_| (rng.next_u64() % n as u64) as u32).collect();
             idx.sort_unstable();
-            let it = Tensor::from_vec(idx, cfg.batch_size, &dev)?;
+            let mine = idx[ctx.rank * cfg.batch_size..(ctx.rank + 1) * cfg.batch_size].to_vec();
+            let it = Tensor::from_vec(mine, cfg.batch_size, &dev)?;
             (x.index_select(&it, 0)?, y.index_select(&it, 0)?)
         };
         let fw = net.train_forward(&xb, if full { Some(&mut cache) } else { None })?;
@@ -203,6 +223,7 @@ pub fn fit(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, opts:
         deq_train::check_finite("training loss", loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?, step)?;
         let mut grads = deq_core::grad::backward(&fw.backward_target(loss)?)?;
         net.finish_step(&grads, if full { Some(&mut cache) } else { None })?;
+        collective.all_reduce_mean(&mut grads, &vars)?;
         if cfg.clip_value > 0.0 {
             deq_train::clip_grad_value(&mut grads, &vars, cfg.clip_value)?;
         }
@@ -212,12 +233,19 @@ pub fn fit(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, opts:
             steps_after_first += 1;
         }
         train_seconds += t0.elapsed().as_secs_f64();
+        if world > 1 {
+            // One clock for the budget: rank 0's (the ranks stop at the same step).
+            train_seconds = collective.broadcast(&Tensor::new(&[train_seconds], &dev)?, 0)?.to_vec1::<f64>()?[0];
+        }
         step += 1;
         loss_sum += lv;
         loss_n += 1;
         bar.inc(1, &format!("loss {lv:.3e} {:.0}s", train_seconds));
         let out_of_time = cfg.max_seconds > 0.0 && train_seconds >= cfg.max_seconds;
         if step % cfg.eval_every.max(1) == 0 || step == cfg.steps || out_of_time {
+            // The training loss over all ranks' slices.
+            let g = deq_train::dist::all_reduce_sum_f64(collective, &[loss_sum, loss_n as f64])?;
+            (loss_sum, loss_n) = (g[0] / world as f64, (g[1] / world as f64) as usize);
             let (train_psnr, test_psnr, solves, pred) = evaluate(net, train, test, cfg, &dev)?;
             let eval_steps = solves.mean_steps;
             let p = EvalPoint { step, train_seconds, train_psnr, test_psnr, eval_solver_steps: eval_steps, train_loss: loss_sum / loss_n.max(1) as f64 };

@@ -159,6 +159,7 @@ impl InrNet {
     pub fn predict(&self, x: &Tensor, chunk: usize) -> Result<(Vec<f32>, PredictSolves)> {
         let n = x.dim(0)?;
         let chunk = if chunk == 0 { n.max(1) } else { chunk };
+        let x = &x.to_dtype(self.named_vars().first().map(|(_, v)| v.dtype()).unwrap_or(candle_core::DType::F32))?;
         let mut out = Vec::new();
         let (mut steps, mut parts) = (0.0, 0usize);
         let mut solves = PredictSolves::default();
@@ -179,7 +180,7 @@ impl InrNet {
                     y
                 }
             };
-            out.extend(y.flatten_all()?.to_vec1::<f32>()?);
+            out.extend(y.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?);
             start += len;
         }
         solves.mean_steps = if parts > 0 { steps / parts as f64 } else { 0.0 };
