@@ -80,7 +80,7 @@ mod tests {
             let gb = g.get(bv.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             // Broadcast of the initial parameters, and metrics.
             let w = Var::new(&[r as f32, -(r as f32)], &Device::Cpu).unwrap();
-            broadcast_vars(&*c, &[w.clone()]).unwrap();
+            broadcast_vars(&*c, std::slice::from_ref(&w)).unwrap();
             let m = all_reduce_sum_f64(&*c, &[1.0, r]).unwrap();
             (sum, b, ga, gb, w.as_tensor().to_vec1::<f32>().unwrap(), m)
         });

@@ -13,15 +13,21 @@ use std::time::Duration;
 /// its sequence of collectives).
 const TIMEOUT: Duration = Duration::from_secs(600);
 
+/// One rank's contribution: values (as f64), shape and dtype.
+type Part = (Vec<f64>, Shape, DType);
+
+/// How the last rank of a round combines the contributions (in rank order).
+type Combine<'a> = &'a dyn Fn(&[Option<Part>]) -> std::result::Result<Part, String>;
+
 #[derive(Default)]
 struct Round {
     /// Completed rounds.
     generation: u64,
     /// Each rank's contribution to the current round.
-    slots: Vec<Option<(Vec<f64>, Shape, DType)>>,
+    slots: Vec<Option<Part>>,
     /// The result of the last completed round, per rank (all equal except for broadcasts'
     /// shapes, which are the root's).
-    result: Option<Arc<(Vec<f64>, Shape, DType)>>,
+    result: Option<Arc<Part>>,
     /// Set when a round failed (ranks disagreed): every waiting rank returns the error.
     failed: Option<String>,
 }
@@ -55,7 +61,7 @@ impl ThreadGroup {
 
     /// Contributes `mine` to a round and returns the round's result, computed by the last rank
     /// to arrive with `combine` over the contributions in rank order.
-    fn round(&self, mine: Option<(Vec<f64>, Shape, DType)>, combine: &dyn Fn(&[Option<(Vec<f64>, Shape, DType)>]) -> std::result::Result<(Vec<f64>, Shape, DType), String>) -> Result<Arc<(Vec<f64>, Shape, DType)>> {
+    fn round(&self, mine: Option<Part>, combine: Combine<'_>) -> Result<Arc<Part>> {
         let s = &*self.shared;
         let mut r = s.round.lock().map_err(|_| mismatch("a rank panicked inside a collective"))?;
         if let Some(e) = &r.failed {
@@ -92,11 +98,11 @@ impl ThreadGroup {
     }
 }
 
-fn to_parts(t: &Tensor) -> Result<(Vec<f64>, Shape, DType)> {
+fn to_parts(t: &Tensor) -> Result<Part> {
     Ok((t.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?, t.shape().clone(), t.dtype()))
 }
 
-fn from_parts(p: &(Vec<f64>, Shape, DType), dev: &candle_core::Device) -> Result<Tensor> {
+fn from_parts(p: &Part, dev: &candle_core::Device) -> Result<Tensor> {
     Ok(Tensor::from_slice(&p.0, p.1.clone(), dev)?.to_dtype(p.2)?)
 }
 
