@@ -141,7 +141,30 @@ fn world_two_with_batch_b_trains_as_world_one_with_batch_2b() {
         compared += 1;
     }
     assert!(compared > 40, "{compared} tensors (parameters, optimiser state, batch-norm buffers) compared");
-    for d in [one, two] {
+
+    // Resume across world sizes: epoch 1 in one process, epoch 2 resumed by two ranks, ends
+    // where the uninterrupted world-1 run ends.
+    let mixed = out_dir("mixed");
+    train_with(&f64_config(32), &RunOptions { out_dir: mixed.clone(), resume: false, max_steps: 3 }, Arc::new(deq_train::SingleProcess::default())).unwrap();
+    let handles: Vec<_> = ThreadGroup::new(2)
+        .into_iter()
+        .map(|g| {
+            let (cfg, opts) = (f64_config(16), RunOptions { out_dir: mixed.clone(), resume: true, max_steps: 0 });
+            std::thread::spawn(move || train_with(&cfg, &opts, Arc::new(g)).map_err(|e| format!("{e:#}")))
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap().unwrap();
+    }
+    let c3 = Checkpointer::load(&mixed.join("checkpoints/latest.json"), &dev).unwrap();
+    assert_eq!(c3.step, c1.step);
+    for (name, t1) in &c1.tensors {
+        let (a, b) = (t1.flatten_all().unwrap().to_vec1::<f64>().unwrap(), c3.tensors[name].flatten_all().unwrap().to_vec1::<f64>().unwrap());
+        let scale = a.iter().fold(0f64, |m, x| m.max(x.abs()));
+        let diff = a.iter().zip(&b).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+        assert!(diff <= 1e-9 * scale + 1e-15, "resumed {name}: differs by {diff:e} (scale {scale:e})");
+    }
+    for d in [one, two, mixed] {
         let _ = std::fs::remove_dir_all(d);
     }
 }
