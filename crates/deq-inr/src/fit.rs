@@ -127,10 +127,11 @@ fn mse(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
 /// `objective` draws (`None`: SIREN, plain MSE). Also returns the fixed point's MSE (the
 /// figure reported as the training loss).
 pub fn training_loss(net: &InrNet, objective: Option<&DeqObjective>, fw: &TrainForward, targets: &Tensor, step: usize) -> Result<(Tensor, f64)> {
-    let task = mse(&fw.pred, targets)?;
-    let task_v = task.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-    let Some(objective) = objective else { return Ok((task, task_v)) };
+    // One MSE per state; the last state's prediction is `fw.pred`.
     let losses = fw.state_preds.iter().map(|p| mse(p, targets)).collect::<Result<Vec<_>>>()?;
+    let task = losses.last().ok_or_else(|| candle_core::Error::Msg("a training forward has a prediction".into()))?;
+    let task_v = task.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+    let Some(objective) = objective else { return Ok((task.clone(), task_v)) };
     let mut loss = objective.correction(&losses)?;
     if let Some(j) = net.jacobian(objective, step, fw)? {
         loss = (loss + j.term)?;
