@@ -102,22 +102,43 @@ fn metrics(dir: &std::path::Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
-#[test]
-fn world_two_with_batch_b_trains_as_world_one_with_batch_2b() {
-    let f64_config = |batch: usize| RunConfig { train: mdeq::config::TrainConfig { dtype: "f64".into(), ..config(batch).train }, ..config(batch) };
-    let one = out_dir("one");
-    train_with(&f64_config(32), &RunOptions { out_dir: one.clone(), resume: false, max_steps: 0 }, Arc::new(deq_train::SingleProcess::default())).unwrap();
-    let two = out_dir("two");
+/// Trains `cfg` in `dir` as the two ranks of a [`ThreadGroup`] (threads).
+fn train_two_ranks(cfg: &RunConfig, dir: &std::path::Path, resume: bool) {
     let handles: Vec<_> = ThreadGroup::new(2)
         .into_iter()
         .map(|g| {
-            let (cfg, opts) = (f64_config(16), RunOptions { out_dir: two.clone(), resume: false, max_steps: 0 });
+            let (cfg, opts) = (cfg.clone(), RunOptions { out_dir: dir.to_path_buf(), resume, max_steps: 0 });
             std::thread::spawn(move || train_with(&cfg, &opts, Arc::new(g)).map_err(|e| format!("{e:#}")))
         })
         .collect();
     for h in handles {
         h.join().unwrap().unwrap();
     }
+}
+
+/// Asserts that the latest checkpoints of `a` and `b` hold the same step and every tensor of
+/// `a`'s, equal to 1e-9 relative (f64); returns the number of tensors compared.
+fn assert_same_checkpoint(a: &std::path::Path, b: &std::path::Path, what: &str) -> usize {
+    let dev = Device::Cpu;
+    let (c1, c2) = (Checkpointer::load(&a.join("checkpoints/latest.json"), &dev).unwrap(), Checkpointer::load(&b.join("checkpoints/latest.json"), &dev).unwrap());
+    assert_eq!(c1.step, c2.step, "{what}");
+    for (name, t1) in &c1.tensors {
+        let t2 = c2.tensors.get(name).unwrap_or_else(|| panic!("{what}: {name} missing"));
+        let (x, y) = (t1.flatten_all().unwrap().to_vec1::<f64>().unwrap(), t2.flatten_all().unwrap().to_vec1::<f64>().unwrap());
+        let scale = x.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let diff = x.iter().zip(&y).fold(0f64, |m, (p, q)| m.max((p - q).abs()));
+        assert!(diff <= 1e-9 * scale + 1e-15, "{what}: {name} differs by {diff:e} (scale {scale:e})");
+    }
+    c1.tensors.len()
+}
+
+#[test]
+fn world_two_with_batch_b_trains_as_world_one_with_batch_2b() {
+    let f64_config = |batch: usize| RunConfig { train: mdeq::config::TrainConfig { dtype: "f64".into(), ..config(batch).train }, ..config(batch) };
+    let one = out_dir("one");
+    train_with(&f64_config(32), &RunOptions { out_dir: one.clone(), resume: false, max_steps: 0 }, Arc::new(deq_train::SingleProcess::default())).unwrap();
+    let two = out_dir("two");
+    train_two_ranks(&f64_config(16), &two, false);
     let (m1, m2) = (metrics(&one), metrics(&two));
     assert_eq!((m1.len(), m2.len()), (2, 2), "two epochs; only rank 0 writes metrics");
     for (a, b) in m1.iter().zip(&m2) {
@@ -128,42 +149,15 @@ fn world_two_with_batch_b_trains_as_world_one_with_batch_2b() {
         }
         assert_eq!(a["train_acc"], b["train_acc"]);
     }
-    let dev = Device::Cpu;
-    let (c1, c2) = (Checkpointer::load(&one.join("checkpoints/latest.json"), &dev).unwrap(), Checkpointer::load(&two.join("checkpoints/latest.json"), &dev).unwrap());
-    assert_eq!(c1.step, c2.step);
-    let mut compared = 0;
-    for (name, t1) in &c1.tensors {
-        let t2 = c2.tensors.get(name).unwrap_or_else(|| panic!("{name} missing in the world-2 checkpoint"));
-        let (a, b) = (t1.flatten_all().unwrap().to_vec1::<f64>().unwrap(), t2.flatten_all().unwrap().to_vec1::<f64>().unwrap());
-        let scale = a.iter().fold(0f64, |m, x| m.max(x.abs()));
-        let diff = a.iter().zip(&b).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
-        assert!(diff <= 1e-9 * scale + 1e-15, "{name}: differs by {diff:e} (scale {scale:e})");
-        compared += 1;
-    }
+    let compared = assert_same_checkpoint(&one, &two, "world 2");
     assert!(compared > 40, "{compared} tensors (parameters, optimiser state, batch-norm buffers) compared");
 
     // Resume across world sizes: epoch 1 in one process, epoch 2 resumed by two ranks, ends
     // where the uninterrupted world-1 run ends.
     let mixed = out_dir("mixed");
     train_with(&f64_config(32), &RunOptions { out_dir: mixed.clone(), resume: false, max_steps: 3 }, Arc::new(deq_train::SingleProcess::default())).unwrap();
-    let handles: Vec<_> = ThreadGroup::new(2)
-        .into_iter()
-        .map(|g| {
-            let (cfg, opts) = (f64_config(16), RunOptions { out_dir: mixed.clone(), resume: true, max_steps: 0 });
-            std::thread::spawn(move || train_with(&cfg, &opts, Arc::new(g)).map_err(|e| format!("{e:#}")))
-        })
-        .collect();
-    for h in handles {
-        h.join().unwrap().unwrap();
-    }
-    let c3 = Checkpointer::load(&mixed.join("checkpoints/latest.json"), &dev).unwrap();
-    assert_eq!(c3.step, c1.step);
-    for (name, t1) in &c1.tensors {
-        let (a, b) = (t1.flatten_all().unwrap().to_vec1::<f64>().unwrap(), c3.tensors[name].flatten_all().unwrap().to_vec1::<f64>().unwrap());
-        let scale = a.iter().fold(0f64, |m, x| m.max(x.abs()));
-        let diff = a.iter().zip(&b).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
-        assert!(diff <= 1e-9 * scale + 1e-15, "resumed {name}: differs by {diff:e} (scale {scale:e})");
-    }
+    train_two_ranks(&f64_config(16), &mixed, true);
+    assert_same_checkpoint(&one, &mixed, "resumed by two ranks");
     for d in [one, two, mixed] {
         let _ = std::fs::remove_dir_all(d);
     }
