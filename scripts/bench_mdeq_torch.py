@@ -337,12 +337,22 @@ def main():
     ap.add_argument("--instance", default=None,
                     help="read the batch, labels and initial weights written by "
                          "`mdeq-bench --write-instance` (the identical problem on both sides)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    ap.add_argument("--ift", action="store_true",
+                    help="implicit differentiation instead of the 5-step phantom gradient")
+    ap.add_argument("--f-max-iter", type=int, default=None,
+                    help="forward (and with --ift backward) iterations, tolerance 0")
     ap.add_argument("--profile", action="store_true",
                     help="profile one extra step and print the top ops to stderr")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    if args.ift:
+        DEQ_KWARGS.update(ift=True, grad=1)
+    if args.f_max_iter is not None:
+        DEQ_KWARGS.update(f_max_iter=args.f_max_iter, b_max_iter=args.f_max_iter, f_tol=0.0, b_tol=0.0)
+    dev = torch.device(args.device)
 
     model = MDEQSmall()
     model.train()
@@ -357,6 +367,9 @@ def main():
     else:
         x = torch.randn(args.batch, IN_CHANNELS, 32, 32)
         y = torch.randint(0, NUM_CLASSES, (args.batch,))
+    model.to(dev)
+    x, y = x.to(dev), y.to(dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
 
     def step():
@@ -367,12 +380,19 @@ def main():
         losses.append(loss.item())
         loss.backward()
         opt.step()
+        sync()
         return model.last_info
 
     losses = []
 
     for _ in range(args.warmup):
         step()
+
+    peak_mb = None
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+        step()
+        peak_mb = torch.cuda.max_memory_allocated(dev) / 2**20
 
     times, nfes = [], []
     total = 0.0
@@ -398,6 +418,8 @@ def main():
         "nfe": statistics.mean(nfes) if nfes else None,
         "first_loss": losses[0] if losses else None,
         "instance": args.instance,
+        "device": args.device, "ift": DEQ_KWARGS["ift"], "f_max_iter": DEQ_KWARGS["f_max_iter"],
+        "peak_gpu_mb": peak_mb,
     }), flush=True)
 
     if args.profile:

@@ -80,6 +80,8 @@
 #![warn(missing_docs)]
 
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod deq;
 pub mod dropout;
 pub mod error;

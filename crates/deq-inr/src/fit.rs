@@ -148,7 +148,7 @@ pub fn evaluate(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, 
 
 /// Fits `net` to `train`, evaluating on `test`.
 pub fn fit(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, opts: &FitOptions) -> Result<FitResult> {
-    let collective = deq_train::collective_for(deq_train::DistContext::from_env()?)?;
+    let collective = deq_train::collective_for(deq_train::DistContext::from_env()?, &Device::Cpu)?;
     fit_with(net, train, test, cfg, opts, &*collective)
 }
 

@@ -75,6 +75,8 @@ pub mod clip;
 pub mod data;
 pub mod dist;
 pub mod error;
+#[cfg(feature = "cuda")]
+pub mod gpu_memory;
 pub mod loss;
 pub mod memory;
 pub mod metrics;
@@ -88,7 +90,7 @@ pub mod plot;
 
 pub use checkpoint::{load_vars, Checkpoint, Checkpointer};
 pub use clip::{clip_grad_norm, clip_grad_value, grad_norm};
-pub use dist::{collective_for, Collective, DistContext, SingleProcess, ThreadGroup};
+pub use dist::{collective_for, Collective, DistContext, SingleProcess, TcpGroup, ThreadGroup};
 pub use error::{Result, TrainError};
 pub use loss::bce_with_logits;
 pub use metrics::{accuracy, micro_f1, topk_correct, MetricsWriter};

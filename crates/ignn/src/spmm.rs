@@ -1,5 +1,6 @@
-//! Sparse-dense products `A^T X` as a candle custom op (CPU): the adjacency in compressed rows,
-//! rows in parallel, no `(E, m)` message tensor. The backward pass is the same op with the
+//! Sparse-dense products `A^T X` as a candle custom op: the adjacency in compressed rows,
+//! rows in parallel (CPU threads; on CUDA one block per row, deq-core's `deq_csr_spmm`
+//! kernel, the matrix uploaded once per device), no `(E, m)` message tensor. The backward pass is the same op with the
 //! transposed matrix (`A X`), so it is itself differentiable. Memory is the `(n, m)` output plus
 //! `O(E)` for the two index structures, built once per graph.
 
@@ -17,6 +18,9 @@ pub struct Csr {
     col: Vec<u32>,
     val32: Vec<f32>,
     val64: Vec<f64>,
+    /// The matrix on each CUDA device it was used on.
+    #[cfg(feature = "cuda")]
+    on_device: std::sync::Mutex<Vec<(candle_core::cuda_backend::DeviceId, Arc<cuda::DeviceCsr>)>>,
 }
 
 impl Csr {
@@ -40,7 +44,16 @@ impl Csr {
             *slot += 1;
         }
         let val64 = val32.iter().map(|&v| v as f64).collect();
-        Self { rows: n_rows, cols: n_cols, ptr, col, val32, val64 }
+        Self {
+            rows: n_rows,
+            cols: n_cols,
+            ptr,
+            col,
+            val32,
+            val64,
+            #[cfg(feature = "cuda")]
+            on_device: Default::default(),
+        }
     }
 
     /// Bytes held by the index structure.
@@ -115,7 +128,87 @@ impl CustomOp1 for SpMM {
         Ok((out, Shape::from((self.m.rows, m))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (n, m) = l.shape().dims2()?;
+        if n != self.m.cols {
+            candle_core::bail!("ignn-spmm: input has {n} rows, the matrix has {} columns", self.m.cols);
+        }
+        let out = cuda::spmm(&self.m, s, l, m)?;
+        Ok((out, Shape::from((self.m.rows, m))))
+    }
+
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(self.transposed().forward(grad)?))
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    //! The CUDA path: the matrix's arrays on the device, and the launch of deq-core's kernel.
+    use super::Csr;
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
+    use candle_core::{CudaDevice, CudaStorage, Layout, Result};
+    use std::sync::Arc;
+
+    /// A [`Csr`]'s arrays in one device's memory.
+    pub(super) struct DeviceCsr {
+        ptr: CudaSlice<i64>,
+        col: CudaSlice<u32>,
+        val32: CudaSlice<f32>,
+        val64: CudaSlice<f64>,
+    }
+
+    impl std::fmt::Debug for DeviceCsr {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "DeviceCsr({} non-zeros)", self.col.len())
+        }
+    }
+
+    fn upload(m: &Csr, dev: &CudaDevice) -> Result<Arc<DeviceCsr>> {
+        let mut cache = m.on_device.lock().map_err(|_| candle_core::Error::Msg("ignn-spmm: poisoned device cache".into()))?;
+        if let Some((_, d)) = cache.iter().find(|(id, _)| *id == dev.id()) {
+            return Ok(d.clone());
+        }
+        let ptr: Vec<i64> = m.ptr.iter().map(|&p| p as i64).collect();
+        let d = Arc::new(DeviceCsr { ptr: dev.clone_htod(&ptr)?, col: dev.clone_htod(&m.col)?, val32: dev.clone_htod(&m.val32)?, val64: dev.clone_htod(&m.val64)? });
+        cache.push((dev.id(), d.clone()));
+        Ok(d)
+    }
+
+    /// `M x` for the contiguous `(cols, m)` input in `s`.
+    pub(super) fn spmm(mat: &Csr, s: &CudaStorage, l: &Layout, m: usize) -> Result<CudaStorage> {
+        let dev = s.device().clone();
+        let (a, b) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("ignn-spmm expects a contiguous input".into()))?;
+        let d = upload(mat, &dev)?;
+        let cfg = LaunchConfig { grid_dim: (mat.rows.max(1) as u32, 1, 1), block_dim: (m.clamp(1, 256).next_multiple_of(32).min(256) as u32, 1, 1), shared_mem_bytes: 0 };
+        let m32 = m as u32;
+        macro_rules! launch {
+            ($x:expr, $t:ty, $vals:expr, $name:literal) => {{
+                let x = $x.slice(a..b);
+                // SAFETY: every element is written by the kernel (one block per output row).
+                let out = unsafe { dev.alloc::<$t>(mat.rows * m)? };
+                if mat.rows > 0 && m > 0 {
+                    let func = dev.get_or_load_custom_func($name, deq_core::cuda::MODULE, deq_core::cuda::PTX)?;
+                    let mut builder = func.builder();
+                    builder.arg(&d.ptr);
+                    builder.arg(&d.col);
+                    builder.arg($vals);
+                    builder.arg(&x);
+                    builder.arg(&out);
+                    builder.arg(&m32);
+                    // SAFETY: the arguments match the kernel's signature; ptr has rows + 1 entries.
+                    unsafe { builder.launch(cfg) }.w()?;
+                }
+                CudaStorage::wrap_cuda_slice(out, dev.clone())
+            }};
+        }
+        Ok(match &s.slice {
+            CudaStorageSlice::F32(x) => launch!(x, f32, &d.val32, "deq_csr_spmm_f32"),
+            CudaStorageSlice::F64(x) => launch!(x, f64, &d.val64, "deq_csr_spmm_f64"),
+            _ => candle_core::bail!("ignn-spmm supports f32 and f64"),
+        })
     }
 }

@@ -72,14 +72,14 @@ fn main() -> Result<()> {
             let loaded = args.config.load::<RunConfig>(Some(DEFAULT_CONFIG), Some(MNIST_SMALL), args.seed)?;
             let (source, out) = (loaded.source(), args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("mdeq-{}", loaded.name))));
             let cfg = loaded.config;
-            args.runtime.device.cpu_only("mdeq")?;
+            let device = args.runtime.device.open()?;
             if args.dry_run {
                 return dry_run(&cfg, &source, &out);
             }
             let threads = args.runtime.configure(cfg.train.threads);
             tracing::info!(threads, "training into {}", out.display());
             deq_train::run_on_pool(move || -> Result<()> {
-                let s = train(&cfg, &RunOptions { out_dir: out.clone(), resume: args.resume, max_steps })?;
+                let s = train(&cfg, &RunOptions { out_dir: out.clone(), resume: args.resume, max_steps, device })?;
                 println!(
                     "{}",
                     serde_json::json!({"test_acc": s.test.accuracy, "test_loss": s.test.loss, "mean_nfe": s.test.mean_nfe,
@@ -92,14 +92,14 @@ fn main() -> Result<()> {
             let dir = run_dir(&run);
             let saved = run.config.load_saved::<RunConfig>(&dir)?;
             let (source, cfg) = (saved.source(), saved.config);
-            run.runtime.device.cpu_only("mdeq")?;
+            let device = run.runtime.device.open()?;
             if run.dry_run {
                 anyhow::ensure!(dir.join("checkpoints").join("latest.json").exists(), "{}: no checkpoints/latest.json", dir.display());
                 return dry_run(&cfg, &source, &dir);
             }
             run.runtime.configure(cfg.train.threads);
             deq_train::run_on_pool(move || -> Result<()> {
-                let model = load_trained(&cfg, &dir)?;
+                let model = load_trained(&cfg, &dir, &device)?;
                 let ds = Arc::new(load_split(&cfg, false)?);
                 let loader = make_loader(&cfg, ds, false, Default::default())?;
                 let s = evaluate(&model, &loader, true)?;
@@ -111,7 +111,7 @@ fn main() -> Result<()> {
             let dir = run_dir(&run);
             let saved = run.config.load_saved::<RunConfig>(&dir)?;
             let (source, cfg) = (saved.source(), saved.config);
-            run.runtime.device.cpu_only("mdeq")?;
+            let device = run.runtime.device.open()?;
             for f in &files {
                 anyhow::ensure!(f.is_file(), "{}: no such image file", f.display());
             }
@@ -120,7 +120,7 @@ fn main() -> Result<()> {
             }
             run.runtime.configure(cfg.train.threads);
             deq_train::run_on_pool(move || -> Result<()> {
-                let model = load_trained(&cfg, &dir).with_context(|| format!("loading the run in {}", dir.display()))?;
+                let model = load_trained(&cfg, &dir, &device).with_context(|| format!("loading the run in {}", dir.display()))?;
                 let ds = load_split(&cfg, false).ok();
                 let size = ds.map(|d| (d.height, d.width)).unwrap_or((cfg.data.image_size, cfg.data.image_size));
                 let probs = predict(&cfg, &model, &files, size)?;

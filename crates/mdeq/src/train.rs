@@ -145,9 +145,10 @@ pub fn evaluate(model: &Mdeq, loader: &Loader, progress: bool) -> Result<EvalSum
     for batch in loader.epoch(0) {
         let batch = batch?;
         let out = model.forward(&batch.images, false)?;
-        let n = batch.labels.dim(0)?;
+        let labels = batch.labels.to_device(out.logits.device())?;
+        let n = labels.dim(0)?;
         correct += deq_train::topk_correct(&out.logits, &batch.labels, 1)?;
-        loss_sum += candle_nn::loss::cross_entropy(&out.logits, &batch.labels)?.to_dtype(DType::F64)?.to_scalar::<f64>()? * n as f64;
+        loss_sum += candle_nn::loss::cross_entropy(&out.logits, &labels)?.to_dtype(DType::F64)?.to_scalar::<f64>()? * n as f64;
         nfe_sum += out.stats.nfe as f64;
         res_sum += out.stats.rel_lowest.iter().sum::<f64>();
         if batches == 0 {
@@ -179,7 +180,7 @@ pub struct TrainSummary {
 }
 
 /// Options of a training run beyond the config.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RunOptions {
     /// Output folder (metrics, checkpoints, resolved config).
     pub out_dir: PathBuf,
@@ -187,6 +188,14 @@ pub struct RunOptions {
     pub resume: bool,
     /// Stop after this many optimiser steps in total (0: no limit), for smoke tests.
     pub max_steps: usize,
+    /// Where the model runs (batches are read on the CPU and moved there).
+    pub device: Device,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self { out_dir: PathBuf::new(), resume: false, max_steps: 0, device: Device::Cpu }
+    }
 }
 
 fn state_tensors(model: &Mdeq, opt: &dyn Optimizer) -> Result<Vec<(String, Tensor)>> {
@@ -231,6 +240,7 @@ pub struct StepLoss {
 /// regulariser at the fixed point on the steps `objective` draws.
 pub fn training_loss(model: &Mdeq, objective: &DeqObjective, images: &Tensor, labels: &Tensor, step: usize) -> Result<StepLoss> {
     let out = model.forward(images, true)?;
+    let labels = &labels.to_device(out.logits.device())?;
     let losses = out.state_logits.iter().map(|l| candle_nn::loss::cross_entropy(l, labels)).collect::<candle_core::Result<Vec<_>>>()?;
     let task = losses.last().map(|l| l.to_dtype(DType::F64)?.to_scalar::<f64>()).transpose()?.unwrap_or(f64::NAN);
     let mut loss = objective.correction(&losses)?;
@@ -244,7 +254,7 @@ pub fn training_loss(model: &Mdeq, objective: &DeqObjective, images: &Tensor, la
 /// Trains `cfg` and returns the final test figures, in the data-parallel job the environment
 /// describes (a single process when it describes none).
 pub fn train(cfg: &RunConfig, opts: &RunOptions) -> Result<TrainSummary> {
-    train_with(cfg, opts, deq_train::collective_for(DistContext::from_env()?)?)
+    train_with(cfg, opts, deq_train::collective_for(DistContext::from_env()?, &opts.device)?)
 }
 
 /// [`train`] as one rank of `collective`'s job: each rank trains on its shard of every global
@@ -259,7 +269,7 @@ fn train_rank(cfg: &RunConfig, opts: &RunOptions, collective: &dyn Collective) -
     let start = Instant::now();
     let dist = collective.context().clone();
     let objective = DeqObjective::new(&cfg.deq, cfg.train.seed)?;
-    let dev = Device::Cpu;
+    let dev = opts.device.clone();
     let main = dist.is_main();
     std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating {}", opts.out_dir.display()))?;
     if main {
@@ -392,9 +402,9 @@ fn train_rank(cfg: &RunConfig, opts: &RunOptions, collective: &dyn Collective) -
     Ok(TrainSummary { test: last_test, seconds: start.elapsed().as_secs_f64(), params, epochs: cfg.train.epochs })
 }
 
-/// Loads a model from the latest checkpoint of `run_dir` (or a `latest.json` path).
-pub fn load_trained(cfg: &RunConfig, ckpt_path: &Path) -> Result<Mdeq> {
-    let dev = Device::Cpu;
+/// Loads a model onto `dev` from the latest checkpoint of `run_dir` (or a `latest.json` path).
+pub fn load_trained(cfg: &RunConfig, ckpt_path: &Path, dev: &Device) -> Result<Mdeq> {
+    let dev = dev.clone();
     let json = if ckpt_path.is_dir() { ckpt_path.join("checkpoints").join("latest.json") } else { ckpt_path.to_path_buf() };
     let ckpt = Checkpointer::load(&json, &dev)?;
     let model = Mdeq::new(cfg.model.clone(), cfg.deq.clone(), &mut DeqRng::new(0), cfg.train.dtype(), &dev)?;

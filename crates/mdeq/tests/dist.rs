@@ -107,7 +107,7 @@ fn train_two_ranks(cfg: &RunConfig, dir: &std::path::Path, resume: bool) {
     let handles: Vec<_> = ThreadGroup::new(2)
         .into_iter()
         .map(|g| {
-            let (cfg, opts) = (cfg.clone(), RunOptions { out_dir: dir.to_path_buf(), resume, max_steps: 0 });
+            let (cfg, opts) = (cfg.clone(), RunOptions { out_dir: dir.to_path_buf(), resume, max_steps: 0, device: Device::Cpu });
             std::thread::spawn(move || train_with(&cfg, &opts, Arc::new(g)).map_err(|e| format!("{e:#}")))
         })
         .collect();
@@ -136,7 +136,7 @@ fn assert_same_checkpoint(a: &std::path::Path, b: &std::path::Path, what: &str) 
 fn world_two_with_batch_b_trains_as_world_one_with_batch_2b() {
     let f64_config = |batch: usize| RunConfig { train: mdeq::config::TrainConfig { dtype: "f64".into(), ..config(batch).train }, ..config(batch) };
     let one = out_dir("one");
-    train_with(&f64_config(32), &RunOptions { out_dir: one.clone(), resume: false, max_steps: 0 }, Arc::new(deq_train::SingleProcess::default())).unwrap();
+    train_with(&f64_config(32), &RunOptions { out_dir: one.clone(), resume: false, max_steps: 0, device: Device::Cpu }, Arc::new(deq_train::SingleProcess::default())).unwrap();
     let two = out_dir("two");
     train_two_ranks(&f64_config(16), &two, false);
     let (m1, m2) = (metrics(&one), metrics(&two));
@@ -155,10 +155,50 @@ fn world_two_with_batch_b_trains_as_world_one_with_batch_2b() {
     // Resume across world sizes: epoch 1 in one process, epoch 2 resumed by two ranks, ends
     // where the uninterrupted world-1 run ends.
     let mixed = out_dir("mixed");
-    train_with(&f64_config(32), &RunOptions { out_dir: mixed.clone(), resume: false, max_steps: 3 }, Arc::new(deq_train::SingleProcess::default())).unwrap();
+    train_with(&f64_config(32), &RunOptions { out_dir: mixed.clone(), resume: false, max_steps: 3, device: Device::Cpu }, Arc::new(deq_train::SingleProcess::default())).unwrap();
     train_two_ranks(&f64_config(16), &mixed, true);
     assert_same_checkpoint(&one, &mixed, "resumed by two ranks");
     for d in [one, two, mixed] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+/// The multi-process path end to end: two `mdeq train` processes started by
+/// `scripts/launch.sh` find each other over TCP (torchrun's environment, the id port) and end
+/// where two in-process ranks end; both equal the one-process run with the global batch
+/// (the test above), so this checks the transport, the launcher and the binary's wiring.
+#[test]
+fn two_processes_started_by_the_launcher_train_as_two_in_process_ranks() {
+    let f64_config = |batch: usize| RunConfig { train: mdeq::config::TrainConfig { dtype: "f64".into(), epochs: 1, ..config(batch).train }, ..config(batch) };
+    let cfg = f64_config(16);
+    let threads = out_dir("threads");
+    train_two_ranks(&cfg, &threads, false);
+    let procs = out_dir("procs");
+    let cfg_path = deq_train::cli::save_config(&procs.join("cfg"), &cfg).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let launcher = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/launch.sh");
+    let run = procs.join("run");
+    let out = std::process::Command::new("bash")
+        .args([launcher, "--nproc-per-node", "2", "--master-port", &(port - 1).to_string(), "--"])
+        .arg(env!("CARGO_BIN_EXE_mdeq"))
+        .args(["train", "--threads", "1", "--config"])
+        .arg(&cfg_path)
+        .arg("--out")
+        .arg(&run)
+        .env("DEQ_DIST_TIMEOUT", "120")
+        .output()
+        .unwrap();
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("[rank 0] ") && log.contains("[rank 1] "), "{log}");
+    let (m1, m2) = (metrics(&threads), metrics(&run));
+    assert_eq!(m2.len(), 1, "rank 0 alone writes metrics");
+    for key in ["train_loss", "test_loss", "train_acc", "step"] {
+        let (x, y) = (m1[0][key].as_f64().unwrap(), m2[0][key].as_f64().unwrap());
+        assert!((x - y).abs() <= 1e-9 * x.abs(), "{key}: {x} (threads) against {y} (processes)");
+    }
+    assert!(assert_same_checkpoint(&threads, &run, "two processes") > 40);
+    for d in [threads, procs] {
         let _ = std::fs::remove_dir_all(d);
     }
 }

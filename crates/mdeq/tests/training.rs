@@ -1,6 +1,7 @@
 //! End-to-end behaviour of the trainer on a small MNIST slice: the loss falls, checkpoints
 //! round-trip and resume, configs reject unknown keys, a diverging run stops with a clear error.
 
+use candle_core::Device;
 use mdeq::config::{RunConfig, MNIST_SMALL};
 use mdeq::train::{load_trained, train, RunOptions};
 
@@ -21,7 +22,7 @@ fn tiny(out: &str) -> (RunConfig, RunOptions) {
     cfg.data.dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../datasets/mnist").into();
     let dir = std::env::temp_dir().join(format!("mdeq-test-{out}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    (cfg, RunOptions { out_dir: dir, resume: false, max_steps: 0 })
+    (cfg, RunOptions { out_dir: dir, resume: false, max_steps: 0, device: Device::Cpu })
 }
 
 fn metrics(opts: &RunOptions) -> Vec<serde_json::Value> {
@@ -66,7 +67,7 @@ fn checkpoints_round_trip_and_resume_continues_exactly() {
     let first = train(&cfg, &RunOptions { max_steps: 10, ..part.clone() }).unwrap();
     assert_eq!(metrics(&part).len(), 1);
     // ...whose checkpoint evaluates like the live model...
-    let model = load_trained(&cfg, &part.out_dir).unwrap();
+    let model = load_trained(&cfg, &part.out_dir, &Device::Cpu).unwrap();
     let split = std::sync::Arc::new(mdeq::train::load_split(&cfg, false).unwrap());
     let loader = mdeq::train::make_loader(&cfg, split, false, Default::default()).unwrap();
     let loaded = mdeq::train::evaluate(&model, &loader, false).unwrap();
@@ -119,7 +120,7 @@ fn missing_dataset_names_the_folder() {
 fn predict_gives_probabilities_for_png_files() {
     let (cfg, opts) = tiny("predict");
     train(&cfg, &RunOptions { max_steps: 5, ..opts.clone() }).unwrap();
-    let model = load_trained(&cfg, &opts.out_dir).unwrap();
+    let model = load_trained(&cfg, &opts.out_dir, &Device::Cpu).unwrap();
     // Two MNIST test digits written as PNG files (one grey, one RGB).
     let ds = mdeq::train::load_split(&cfg, false).unwrap();
     let grey = opts.out_dir.join("digit0.png");

@@ -240,22 +240,26 @@ impl Loader {
             return Err(config_err("indices", format!("index {bad} out of range for a dataset of {}", ds.n)));
         }
         let seed = self.cfg.seed;
-        let samples: Vec<Vec<f32>> = indices
-            .par_iter()
-            .map(|&i| {
-                let img = ds.image(i);
-                match &self.augment {
-                    Some((f, _)) => f(img, c, h, w, &mut sample_rng(seed, epoch, i)),
-                    None => {
-                        let mut x = to_f32(img);
-                        if !self.cfg.mean.is_empty() {
-                            normalize(&mut x, c, h, w, &self.cfg.mean, &self.cfg.std);
-                        }
-                        x
+        let one = |&i: &usize| {
+            let img = ds.image(i);
+            match &self.augment {
+                Some((f, _)) => f(img, c, h, w, &mut sample_rng(seed, epoch, i)),
+                None => {
+                    let mut x = to_f32(img);
+                    if !self.cfg.mean.is_empty() {
+                        normalize(&mut x, c, h, w, &self.cfg.mean, &self.cfg.std);
                     }
+                    x
                 }
-            })
-            .collect();
+            }
+        };
+        // On a pool of one thread, that thread is the trainer's (`run_on_pool`), waiting for
+        // this batch: handing the samples to the pool would deadlock, so transform them here.
+        let samples: Vec<Vec<f32>> = if rayon::current_thread_index().is_some() || rayon::current_num_threads() > 1 {
+            indices.par_iter().map(one).collect()
+        } else {
+            indices.iter().map(one).collect()
+        };
         let mut data = Vec::with_capacity(indices.len() * per);
         for (s, &i) in samples.iter().zip(&indices) {
             if s.len() != per {

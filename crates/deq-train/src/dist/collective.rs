@@ -7,7 +7,7 @@
 use super::DistContext;
 use crate::error::{Result, TrainError};
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor, Var};
+use candle_core::{DType, Shape, Tensor, Var};
 
 /// Gradient bucket size of [`Collective::all_reduce_mean`], in elements (PyTorch DDP's 25 MiB
 /// of f32).
@@ -120,4 +120,45 @@ pub fn all_reduce_sum_f64<C: Collective + ?Sized>(c: &C, values: &[f64]) -> Resu
 /// The error of a collective whose ranks disagree (shapes, dtypes, a rank that left).
 pub(crate) fn mismatch(message: impl Into<String>) -> TrainError {
     TrainError::Config { key: "collective".into(), message: message.into() }
+}
+
+/// One rank's contribution to a collective round: values (as f64, which holds every f32, f16
+/// and bf16 value exactly), shape and dtype.
+pub(crate) type Part = (Vec<f64>, Shape, DType);
+
+/// `t` as a [`Part`].
+pub(crate) fn to_parts(t: &Tensor) -> Result<Part> {
+    Ok((t.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?, t.shape().clone(), t.dtype()))
+}
+
+/// The tensor of a [`Part`] on `dev`.
+pub(crate) fn from_parts(p: &Part, dev: &candle_core::Device) -> Result<Tensor> {
+    Ok(Tensor::from_slice(&p.0, p.1.clone(), dev)?.to_dtype(p.2)?)
+}
+
+/// The element-wise sum of the ranks' parts, added in rank order in f64 (every implementation
+/// reduces this way, so that a multi-process run and an in-process one agree bit for bit).
+pub(crate) fn sum_in_rank_order(slots: &[Option<Part>]) -> std::result::Result<Part, String> {
+    let first = slots[0].as_ref().ok_or("all_reduce: rank 0 sent nothing")?;
+    let mut sum = vec![0f64; first.0.len()];
+    for (rank, s) in slots.iter().enumerate() {
+        let s = s.as_ref().ok_or_else(|| format!("all_reduce: rank {rank} sent nothing"))?;
+        if s.1 != first.1 || s.2 != first.2 || s.0.len() != first.0.len() {
+            return Err(format!("all_reduce: rank {rank} sent {:?} {:?}, rank 0 {:?} {:?}", s.1, s.2, first.1, first.2));
+        }
+        sum.iter_mut().zip(&s.0).for_each(|(a, b)| *a += b);
+    }
+    Ok((sum, first.1.clone(), first.2))
+}
+
+/// The root's part, after checking that every rank expects its shape and dtype.
+pub(crate) fn pick_root(slots: &[Option<Part>], root: usize) -> std::result::Result<Part, String> {
+    let r = slots.get(root).and_then(Option::as_ref).ok_or_else(|| format!("broadcast: root rank {root} sent nothing"))?;
+    for (rank, s) in slots.iter().enumerate() {
+        let s = s.as_ref().ok_or_else(|| format!("broadcast: rank {rank} sent nothing"))?;
+        if s.1 != r.1 || s.2 != r.2 {
+            return Err(format!("broadcast: rank {rank} expects {:?} {:?}, the root sends {:?} {:?}", s.1, s.2, r.1, r.2));
+        }
+    }
+    Ok(r.clone())
 }

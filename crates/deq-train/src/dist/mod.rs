@@ -3,36 +3,53 @@
 //! bucketed gradient all-reduce, the broadcast of initial parameters, metric reductions), and
 //! the process group that synchronised layers reduce over ([`with_group`]).
 //!
-//! Implementations: [`SingleProcess`] (the identity) and [`ThreadGroup`] (ranks as threads of
-//! one process: what `cargo test` uses to prove a world-N run equal to a world-1 run). A job
-//! launched with `WORLD_SIZE > 1` needs a multi-process collective, which this version does not
-//! have yet: [`collective_for`] refuses it with an error, never training several unsynchronised
-//! copies. Trainers are written against [`Collective`] so that nothing else changes.
+//! Implementations: [`SingleProcess`] (the identity), [`ThreadGroup`] (ranks as threads of
+//! one process: what `cargo test` uses to prove a world-N run equal to a world-1 run),
+//! [`TcpGroup`] (processes on one or many machines, through rank 0 over TCP: CPU jobs) and,
+//! with the `nccl` feature, [`NcclGroup`] (one process per GPU). [`collective_for`] picks one
+//! from the job's environment and device. Ranks meet at `MASTER_ADDR` on
+//! [`DistContext::id_port`]; every wait ends after [`dist_timeout`] with an error naming the
+//! rank that is missing.
 
 mod collective;
 mod context;
+#[cfg(feature = "nccl")]
+mod nccl;
+mod rendezvous;
 mod sync;
+mod tcp;
 mod threads;
 
 pub use collective::{all_reduce_mean_bucketed, all_reduce_sum_f64, broadcast_vars, Collective, SingleProcess, DEFAULT_BUCKET_ELEMS};
 pub use context::DistContext;
 pub use sync::{all_reduce_sum_differentiable, current_group, with_group};
+pub use rendezvous::dist_timeout;
+#[cfg(feature = "nccl")]
+pub use nccl::NcclGroup;
+pub use tcp::TcpGroup;
 pub use threads::ThreadGroup;
 
-use crate::error::{Result, TrainError};
+use crate::error::Result;
 use std::sync::Arc;
 
-/// The collective for `ctx`: [`SingleProcess`] for a world of one; an error naming
-/// `WORLD_SIZE` for larger worlds, which no build supports yet (rather than silently training
-/// `world_size` unsynchronised copies).
-pub fn collective_for(ctx: DistContext) -> Result<Arc<dyn Collective>> {
+/// The collective for `ctx` on `device`: [`SingleProcess`] for a world of one; for larger
+/// worlds NCCL when the model runs on a CUDA device and the build has the `nccl` feature,
+/// otherwise [`TcpGroup`] (CPU jobs; on CUDA without `nccl` it works through host copies, and
+/// says so in the log). Waits at most [`dist_timeout`] for the other ranks.
+pub fn collective_for(ctx: DistContext, device: &candle_core::Device) -> Result<Arc<dyn Collective>> {
     if ctx.world_size == 1 {
         return Ok(Arc::new(SingleProcess::default()));
     }
-    Err(TrainError::Config {
-        key: "WORLD_SIZE".into(),
-        message: format!("{} processes requested, but multi-process data parallelism is not available in this version: run one process (unset WORLD_SIZE or set it to 1)", ctx.world_size),
-    })
+    let timeout = dist_timeout()?;
+    tracing::info!("rank {} of {}: joining the job at {}:{}", ctx.rank, ctx.world_size, ctx.master_addr, ctx.id_port()?);
+    #[cfg(feature = "nccl")]
+    if let candle_core::Device::Cuda(d) = device {
+        return Ok(Arc::new(NcclGroup::connect(ctx, d, timeout)?));
+    }
+    if device.is_cuda() {
+        tracing::warn!("this build has no `nccl` feature: collectives of a CUDA job go through host memory over TCP (slow); build with --features nccl");
+    }
+    Ok(Arc::new(TcpGroup::connect(ctx, timeout)?))
 }
 
 #[cfg(test)]
@@ -41,12 +58,23 @@ mod tests {
     use candle_core::{DType, Device, Tensor, Var};
 
     #[test]
-    fn single_process_defaults_and_multi_process_is_refused() {
+    fn single_process_defaults_and_a_larger_world_meets_over_tcp() {
         let ctx = DistContext::default();
         assert!(ctx.is_main());
-        assert!(collective_for(ctx.clone()).is_ok());
-        let e = collective_for(DistContext { rank: 1, world_size: 2, local_rank: 1, local_world_size: 2, ..ctx }).err().unwrap().to_string();
-        assert!(e.contains("WORLD_SIZE") && e.contains("2 processes") && !e.contains("--features"), "{e}");
+        assert_eq!(collective_for(ctx.clone(), &Device::Cpu).unwrap().context().world_size, 1);
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let ranks: Vec<_> = (0..2)
+            .map(|rank| {
+                let ctx = DistContext { rank, world_size: 2, local_rank: rank, local_world_size: 2, master_port: port - 1, ..ctx.clone() };
+                std::thread::spawn(move || {
+                    let c = collective_for(ctx, &Device::Cpu).unwrap();
+                    c.all_reduce_sum(&Tensor::new(&[rank as f32 + 1.0], &Device::Cpu).unwrap()).unwrap().to_vec1::<f32>().unwrap()
+                })
+            })
+            .collect();
+        for h in ranks {
+            assert_eq!(h.join().unwrap(), vec![3.0]);
+        }
     }
 
     /// Runs `f(rank's collective)` on `world` threads and returns the results in rank order.

@@ -4,7 +4,7 @@
 //! global batch, as a world-1 run does.
 
 use super::Collective;
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use std::cell::RefCell;
 use std::sync::Arc;
 
@@ -33,41 +33,43 @@ pub fn current_group() -> Option<Arc<dyn Collective>> {
 }
 
 /// `t` summed over the ranks of `group`, differentiable: the gradient of a sum over ranks is
-/// the sum over ranks of the gradients.
+/// the sum over ranks of the gradients. Works on any device: the values are reduced by the
+/// collective, and a custom op whose forward passes them through carries the backward rule.
 pub fn all_reduce_sum_differentiable(group: &Arc<dyn Collective>, t: &Tensor) -> candle_core::Result<Tensor> {
-    t.contiguous()?.apply_op1(AllReduce(group.clone()))
+    let summed = group.all_reduce_sum(&t.detach()).map_err(|e| candle_core::Error::Msg(e.to_string()))?.contiguous()?;
+    t.contiguous()?.apply_op2_arc(&summed, Arc::new(Box::new(AllReduce(group.clone()))))
 }
 
+/// `(t, sum over ranks of t) -> the sum`, with the gradient of `t` all-reduced.
 struct AllReduce(Arc<dyn Collective>);
 
-impl CustomOp1 for AllReduce {
+impl CustomOp2 for AllReduce {
     fn name(&self) -> &'static str {
         "all-reduce-sum"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let shape = layout.shape().clone();
-        let t = match storage {
-            CpuStorage::F32(v) => Tensor::from_slice(contiguous(v, layout)?, shape.clone(), &candle_core::Device::Cpu)?,
-            CpuStorage::F64(v) => Tensor::from_slice(contiguous(v, layout)?, shape.clone(), &candle_core::Device::Cpu)?,
-            _ => candle_core::bail!("all-reduce-sum: f32 or f64 only"),
+    fn cpu_fwd(&self, _s1: &CpuStorage, _l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (a, b) = l2.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("all-reduce-sum: needs a contiguous tensor".into()))?;
+        let out = match s2 {
+            CpuStorage::F32(v) => CpuStorage::F32(v[a..b].to_vec()),
+            CpuStorage::F64(v) => CpuStorage::F64(v[a..b].to_vec()),
+            CpuStorage::BF16(v) => CpuStorage::BF16(v[a..b].to_vec()),
+            CpuStorage::F16(v) => CpuStorage::F16(v[a..b].to_vec()),
+            _ => candle_core::bail!("all-reduce-sum: floating-point tensors only"),
         };
-        let r = self.0.all_reduce_sum(&t).map_err(|e| candle_core::Error::Msg(e.to_string()))?.flatten_all()?;
-        let out = match storage {
-            CpuStorage::F32(_) => CpuStorage::F32(r.to_vec1()?),
-            _ => CpuStorage::F64(r.to_vec1()?),
-        };
-        Ok((out, shape))
+        Ok((out, l2.shape().clone()))
     }
 
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad_res.contiguous()?.apply_op1(AllReduce(self.0.clone()))?))
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, _s1: &candle_core::CudaStorage, _l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        if l2.start_offset() != 0 || !l2.is_contiguous() {
+            candle_core::bail!("all-reduce-sum: needs a contiguous tensor at offset 0");
+        }
+        Ok((s2.try_clone(l2)?, l2.shape().clone()))
     }
-}
 
-fn contiguous<'a, T>(v: &'a [T], layout: &Layout) -> candle_core::Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("all-reduce-sum: needs a contiguous tensor"),
+    fn bwd(&self, _arg1: &Tensor, _arg2: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(all_reduce_sum_differentiable(&self.0, grad_res)?), None))
     }
 }

@@ -2,7 +2,7 @@
 //! It runs the same trainer code as a multi-process job, so `cargo test` can check that a
 //! world-N run equals a world-1 run on the same global batch.
 
-use super::collective::{mismatch, Collective};
+use super::collective::{from_parts, mismatch, pick_root, sum_in_rank_order, to_parts, Collective, Part};
 use super::DistContext;
 use crate::error::Result;
 use candle_core::{DType, Shape, Tensor};
@@ -12,9 +12,6 @@ use std::time::Duration;
 /// How long a rank waits for the others before giving up (a rank that died or diverged in
 /// its sequence of collectives).
 const TIMEOUT: Duration = Duration::from_secs(600);
-
-/// One rank's contribution: values (as f64), shape and dtype.
-type Part = (Vec<f64>, Shape, DType);
 
 /// How the last rank of a round combines the contributions (in rank order).
 type Combine<'a> = &'a dyn Fn(&[Option<Part>]) -> std::result::Result<Part, String>;
@@ -98,32 +95,13 @@ impl ThreadGroup {
     }
 }
 
-fn to_parts(t: &Tensor) -> Result<Part> {
-    Ok((t.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?, t.shape().clone(), t.dtype()))
-}
-
-fn from_parts(p: &Part, dev: &candle_core::Device) -> Result<Tensor> {
-    Ok(Tensor::from_slice(&p.0, p.1.clone(), dev)?.to_dtype(p.2)?)
-}
-
 impl Collective for ThreadGroup {
     fn context(&self) -> &DistContext {
         &self.ctx
     }
 
     fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor> {
-        let out = self.round(Some(to_parts(t)?), &|slots| {
-            let first = slots[0].as_ref().expect("full round");
-            let mut sum = vec![0f64; first.0.len()];
-            for (rank, s) in slots.iter().enumerate() {
-                let s = s.as_ref().expect("full round");
-                if s.1 != first.1 || s.2 != first.2 {
-                    return Err(format!("all_reduce: rank {rank} sent {:?} {:?}, rank 0 {:?} {:?}", s.1, s.2, first.1, first.2));
-                }
-                sum.iter_mut().zip(&s.0).for_each(|(a, b)| *a += b);
-            }
-            Ok((sum, first.1.clone(), first.2))
-        })?;
+        let out = self.round(Some(to_parts(t)?), &|slots| sum_in_rank_order(slots))?;
         from_parts(&out, t.device())
     }
 
@@ -132,16 +110,7 @@ impl Collective for ThreadGroup {
             return Err(mismatch(format!("broadcast from rank {root} in a world of {}", self.ctx.world_size)));
         }
         let mine = if self.ctx.rank == root { Some(to_parts(t)?) } else { Some((Vec::new(), t.shape().clone(), t.dtype())) };
-        let out = self.round(mine, &|slots| {
-            let r = slots[root].as_ref().expect("full round");
-            for (rank, s) in slots.iter().enumerate() {
-                let s = s.as_ref().expect("full round");
-                if s.1 != r.1 || s.2 != r.2 {
-                    return Err(format!("broadcast: rank {rank} expects {:?} {:?}, the root sends {:?} {:?}", s.1, s.2, r.1, r.2));
-                }
-            }
-            Ok(r.clone())
-        })?;
+        let out = self.round(mine, &|slots| pick_root(slots, root))?;
         from_parts(&out, t.device())
     }
 

@@ -43,6 +43,16 @@ struct Args {
     /// `--seed`, are checked equal to the file's).
     #[arg(long)]
     instance: Option<std::path::PathBuf>,
+    /// Device: `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    device: deq_train::cli::DeviceArg,
+    /// Implicit differentiation (IFT, backward solve) instead of the config's phantom gradient.
+    #[arg(long)]
+    ift: bool,
+    /// Forward solver iterations (the config's 22 by default); with `--ift` also the backward
+    /// solve's, to show that memory does not grow with them.
+    #[arg(long)]
+    f_max_iter: Option<usize>,
 }
 
 const CIFAR_SMALL: &str = include_str!("../../../../configs/mdeq/cifar-small.toml");
@@ -54,13 +64,24 @@ fn main() -> Result<()> {
 }
 
 fn run(args: &Args) -> Result<()> {
-    let cfg = RunConfig::from_toml(CIFAR_SMALL, "configs/mdeq/cifar-small.toml")?;
-    let dev = Device::Cpu;
+    let mut cfg = RunConfig::from_toml(CIFAR_SMALL, "configs/mdeq/cifar-small.toml")?;
+    if args.ift {
+        cfg.deq.ift = true;
+    }
+    if let Some(n) = args.f_max_iter {
+        cfg.deq.f_max_iter = n;
+        cfg.deq.b_max_iter = n;
+        // A fixed number of iterations: the memory comparison needs the solver to run them all.
+        cfg.deq.f_tol = 0.0;
+        cfg.deq.b_tol = 0.0;
+    }
+    let dev = args.device.open()?;
+    let instance_dev = Device::Cpu;
     let mut rng = DeqRng::new(args.seed);
     let model = Mdeq::new(cfg.model.clone(), cfg.deq.clone(), &mut rng, DType::F32, &dev)?;
     let mut opt = Sgd::new(model.named_vars(), cfg.train.lr, cfg.train.momentum, false, cfg.train.weight_decay)?;
-    let mut x = rng.randn((args.batch, 3, 32, 32), DType::F32, &dev)?;
-    let mut labels = Tensor::from_vec((0..args.batch).map(|_| (rng.next_u64() % 10) as u32).collect::<Vec<_>>(), args.batch, &dev)?;
+    let mut x = rng.randn((args.batch, 3, 32, 32), DType::F32, &instance_dev)?;
+    let mut labels = Tensor::from_vec((0..args.batch).map(|_| (rng.next_u64() % 10) as u32).collect::<Vec<_>>(), args.batch, &instance_dev)?;
     if let Some(path) = &args.write_instance {
         deq_train::bench_instance::save(path, &model.named_vars(), vec![("x", x), ("labels", labels)])?;
         return Ok(());
@@ -71,6 +92,7 @@ fn run(args: &Args) -> Result<()> {
         labels = deq_train::bench_instance::take(&mut t, "labels", path)?;
         anyhow::ensure!(x.dims() == [args.batch, 3, 32, 32] && labels.dims() == [args.batch], "{}: the batch is not {} CIFAR images", path.display(), args.batch);
     }
+    let (x, labels) = (x.to_device(&dev)?, labels.to_device(&dev)?);
     let mut nfe = Vec::new();
     let mut first_loss = None;
     let mut step = || -> Result<()> {
@@ -82,11 +104,13 @@ fn run(args: &Args) -> Result<()> {
         let grads = deq_core::grad::backward(&loss)?;
         opt.step(&grads)?;
         nfe.push(out.stats.nfe as f64);
+        dev.synchronize()?;
         Ok(())
     };
     for _ in 0..args.warmup {
         step()?;
     }
+    let peak_mb = peak_step_memory_mb(&dev, &mut step)?;
     let mut times = Vec::new();
     let start = Instant::now();
     while times.len() < args.runs || start.elapsed().as_secs_f64() < args.min_time {
@@ -102,7 +126,20 @@ fn run(args: &Args) -> Result<()> {
             "workload": format!("mdeq/cifar-small/train_step_b{}", args.batch), "impl": "deq-zoo-rs",
             "median_s": times[times.len() / 2], "min_s": times[0], "n_runs": times.len(), "threads": args.threads,
             "params": model.num_params(), "nfe": mean_nfe, "first_loss": first_loss, "instance": args.instance,
+            "device": args.device.to_string(), "ift": cfg.deq.ift, "f_max_iter": cfg.deq.f_max_iter, "peak_gpu_mb": peak_mb,
         })
     );
     Ok(())
+}
+
+/// The peak GPU memory of one more step, in MiB (None on the CPU).
+fn peak_step_memory_mb(dev: &Device, step: &mut dyn FnMut() -> Result<()>) -> Result<Option<f64>> {
+    #[cfg(feature = "cuda")]
+    if dev.is_cuda() {
+        deq_train::gpu_memory::reset_peak(dev)?;
+        step()?;
+        return Ok(Some(deq_train::gpu_memory::peak_bytes(dev)? as f64 / (1 << 20) as f64));
+    }
+    let _ = (dev, step);
+    Ok(None)
 }

@@ -87,6 +87,7 @@ pub struct Mdeq {
     deq_train: Deq,
     deq_eval: Deq,
     dtype: DType,
+    device: Device,
 }
 
 /// What a forward pass returns.
@@ -135,7 +136,7 @@ impl Mdeq {
         let deq_train = Deq::new(deq.clone()).map_err(deq_err)?;
         let mut deq_eval = Deq::new(deq).map_err(deq_err)?;
         deq_eval.set_training(false);
-        Ok(Self { cfg, stem, stage0, blocks, fusion, head, deq_train, deq_eval, dtype })
+        Ok(Self { cfg, stem, stage0, blocks, fusion, head, deq_train, deq_eval, dtype, device: dev.clone() })
     }
 
     /// The architecture.
@@ -200,7 +201,7 @@ impl Mdeq {
     /// (phantom or implicit); in evaluation it is detached.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<MdeqOutput> {
         self.reset_norms()?;
-        let u = self.inject(&x.to_dtype(self.dtype)?, train)?;
+        let u = self.inject(&x.to_device(&self.device)?.to_dtype(self.dtype)?, train)?;
         let z0 = self.z0(&u)?;
         let deq = if train { &self.deq_train } else { &self.deq_eval };
         let out = deq.forward(|z: &[Tensor], inp: &[Tensor]| self.f(z, &inp[0]), std::slice::from_ref(&u), &z0).map_err(deq_err)?;
