@@ -4,6 +4,7 @@
 #
 #   scripts/build-cuda.sh                      # mdeq, ignn, deq-inr with --features cuda
 #   FEATURES=cuda,nccl CRATES=mdeq scripts/build-cuda.sh
+#   FEATURES=cuda,nccl CRATES=deq-zoo BINS=deq-gpu-check scripts/build-cuda.sh   # the GPU checks
 #
 # Without `nvcc` on PATH (or in $CUDA_HOME / /usr/local/cuda) it installs NVIDIA's CUDA 13.0
 # compiler and libraries from PyPI into target/cuda-tools (pinned to 13.0: a GPU driver of
@@ -15,6 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 FEATURES="${FEATURES:-cuda}"
 CRATES="${CRATES:-mdeq ignn deq-inr}"
+BINS="${BINS:-$CRATES}"
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
 export CUDARC_CUDA_VERSION="${CUDARC_CUDA_VERSION:-13000}"
 TOOLS="${CUDA_TOOLS:-$PWD/target/cuda-tools}"
@@ -71,13 +73,13 @@ cargo build --release --features "$FEATURES" "${args[@]}"
 # 3. What was built and what it needs at run time.
 echo "build-cuda: done in $(( $(date +%s) - start )) s; binaries (stripped copies in $CARGO_TARGET_DIR/release/stripped):" >&2
 mkdir -p "$CARGO_TARGET_DIR/release/stripped"
-for c in $CRATES; do
+for c in $BINS; do
   bin="$CARGO_TARGET_DIR/release/$c"
   [ -x "$bin" ] || continue
   strip -o "$CARGO_TARGET_DIR/release/stripped/$c" "$bin"
   printf '  %s  %s (stripped %s)\n' "$bin" "$(du -h "$bin" | cut -f1)" "$(du -h "$CARGO_TARGET_DIR/release/stripped/$c" | cut -f1)" >&2
 done
-first=$(for c in $CRATES; do [ -x "$CARGO_TARGET_DIR/release/$c" ] && echo "$CARGO_TARGET_DIR/release/$c" && break; done)
+first=$(for c in $BINS; do [ -x "$CARGO_TARGET_DIR/release/$c" ] && echo "$CARGO_TARGET_DIR/release/$c" && break; done)
 if [ -n "$first" ]; then
   echo "build-cuda: shared libraries needed at run time (on a GPU machine whose CUDA libraries come from a Python environment, point LD_LIBRARY_PATH at them; find / -name libnccl.so.2):" >&2
   readelf -d "$first" | awk '/NEEDED/ {print "  " $NF}' | tr -d '[]' >&2

@@ -11,6 +11,7 @@
 //! | [`model`] | `Mdeq` and its parts: [`model::block`], [`model::fusion`], [`model::head`], [`model::norm`], [`model::conv`] |
 //! | [`config`] | the run configuration (`[model]`, `[deq]`, `[train]`, `[data]`) |
 //! | [`train`] | training, evaluation and prediction loops |
+//! | [`bench`] | the timed training step of `mdeq-bench` (CPU or CUDA, peak GPU memory) |
 //!
 //! The binary `mdeq` trains (`mdeq train`, default: MNIST), evaluates and predicts;
 //! `mdeq-bench` times the CIFAR-small training step.
@@ -44,6 +45,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod config;
 pub mod model;
 pub mod train;
