@@ -167,6 +167,8 @@ fn accuracy(model: &GraphClassifier, batches: &[Batch]) -> Result<(f64, f64, deq
 /// after every epoch.
 pub fn train_graphs(ds: &GraphDataset, cfg: &GraphTrainConfig, deq: &DeqConfig, opts: &RunOptions, mut on_epoch: impl FnMut(usize, usize, f64)) -> Result<CvResult> {
     anyhow::ensure!(!ds.graphs.is_empty(), "the dataset has no graphs");
+    let world = deq_train::DistContext::from_env()?.world_size;
+    anyhow::ensure!(world == 1, "WORLD_SIZE = {world}: graph classification (TU) runs in one process (data parallelism covers ignn's node tasks with train.inductive = true)");
     anyhow::ensure!(cfg.folds >= 2 || cfg.fold.is_none(), "train.folds must be at least 2");
     let dev = Device::Cpu;
     let objective = deq_train::DeqObjective::new(deq, cfg.seed)?;
@@ -227,7 +229,7 @@ pub fn train_graphs(ds: &GraphDataset, cfg: &GraphTrainConfig, deq: &DeqConfig, 
                 let losses = logits.iter().map(|l| candle_nn::loss::cross_entropy(l, &b.labels)).collect::<candle_core::Result<Vec<_>>>()?;
                 let (loss, lv) = crate::train::objective_loss(&objective, &losses, &solves)?;
                 check_finite("training loss", loss.to_dtype(DType::F64)?.to_scalar::<f64>()?, epoch)?;
-                crate::train::backward_and_step(&loss, &vars, cfg.clip_per_param, &mut opt)?;
+                crate::train::backward_and_step(&loss, &vars, cfg.clip_per_param, &mut opt, &deq_train::SingleProcess::default())?;
                 solves.add_backward_to(&mut train_solver);
                 loss_sum += lv * b.count as f64;
                 seen += b.count;

@@ -74,7 +74,10 @@ fn main() -> Result<()> {
             }
             let threads = args.runtime.configure(0);
             tracing::info!(threads, "training into {}", out.display());
-            deq_train::cli::save_config(&out, &cfg)?;
+            // In a data-parallel job rank 0 alone writes the run's files.
+            if deq_train::DistContext::from_env()?.is_main() {
+                deq_train::cli::save_config(&out, &cfg)?;
+            }
             let opts = RunOptions { out_dir: Some(out.clone()), resume: args.resume };
             if cfg.data.task == "tu" {
                 let tc = cfg.graph_train().with_context(|| source.clone())?;

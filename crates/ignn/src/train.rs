@@ -13,7 +13,9 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use deq_core::rng::DeqRng;
 use deq_core::DeqConfig;
-use deq_train::{check_finite, Adam, Checkpointer, DeqObjective, MetricsWriter, Optimizer, Progress, SolverMetrics};
+use deq_train::data::loader::sample_rng;
+use deq_train::dist::{all_reduce_sum_f64, broadcast_vars};
+use deq_train::{check_finite, Adam, Checkpointer, Collective, DeqObjective, DistContext, MetricsWriter, Optimizer, Progress, SolverMetrics};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -61,6 +63,10 @@ pub struct NodeTrainConfig {
     /// Minibatches per epoch (inductive only): the training subgraph's connected components
     /// are dealt into this many groups, visited in a seeded random order every epoch.
     pub batches: usize,
+    /// Minibatches per optimiser step and process (inductive only): the step's gradient is the
+    /// mean over them (and over the processes of a data-parallel job, each of which takes its
+    /// own minibatches of the step).
+    pub parts_per_step: usize,
 }
 
 impl Default for NodeTrainConfig {
@@ -83,6 +89,7 @@ impl Default for NodeTrainConfig {
             eval_every: 10,
             inductive: false,
             batches: 1,
+            parts_per_step: 1,
         }
     }
 }
@@ -168,10 +175,11 @@ pub fn normalize(g: &Graph, adjacency: &str) -> Result<(Graph, f64)> {
     Ok((norm, lambda))
 }
 
-/// Backpropagates `loss`, clips each parameter's gradient norm to `clip_per_param` (0: off)
-/// and takes an optimiser step.
-pub(crate) fn backward_and_step(loss: &Tensor, vars: &[candle_core::Var], clip_per_param: f64, opt: &mut Adam) -> Result<()> {
+/// Backpropagates `loss`, averages the gradients over the ranks of `collective`, clips each
+/// parameter's gradient norm to `clip_per_param` (0: off) and takes an optimiser step.
+pub(crate) fn backward_and_step(loss: &Tensor, vars: &[candle_core::Var], clip_per_param: f64, opt: &mut Adam, collective: &dyn Collective) -> Result<()> {
     let mut grads = deq_core::grad::backward(loss)?;
+    collective.all_reduce_mean(&mut grads, vars)?;
     if clip_per_param > 0.0 {
         for v in vars {
             deq_train::clip_grad_norm(&mut grads, std::slice::from_ref(v), clip_per_param)?;
@@ -310,9 +318,27 @@ fn state_tensors(model: &NodeModel, opt: &Adam) -> Result<Vec<(String, Tensor)>>
 /// Trains `cfg.model` on `task` and reports the scores of the last evaluation (or of the best
 /// validation score with `select_by_val`). `on_epoch(epoch, mean training loss, mean forward
 /// NFE)` is called after every epoch.
-pub fn train_nodes(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig, opts: &RunOptions, mut on_epoch: impl FnMut(usize, f64, f64)) -> Result<NodeResult> {
+pub fn train_nodes(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig, opts: &RunOptions, on_epoch: impl FnMut(usize, f64, f64)) -> Result<NodeResult> {
+    let collective = deq_train::collective_for(DistContext::from_env()?, &Device::Cpu)?;
+    train_nodes_with(task, cfg, deq, opts, on_epoch, &*collective)
+}
+
+/// [`train_nodes`] as one rank of `collective`'s job (inductive training only: a
+/// transductive graph is one minibatch). Every optimiser step takes `world * parts_per_step`
+/// minibatches of the epoch's order, `parts_per_step` per rank, and averages the gradient
+/// over them (fewer in an epoch's last step); dropout masks are drawn per (epoch, minibatch),
+/// so a world-N run with `parts_per_step = k` trains as a world-1 run with `N k`. Rank 0's
+/// initial parameters are broadcast; every rank evaluates, only rank 0 writes files.
+pub fn train_nodes_with(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig, opts: &RunOptions, mut on_epoch: impl FnMut(usize, f64, f64), collective: &dyn Collective) -> Result<NodeResult> {
     let start = std::time::Instant::now();
     let dev = Device::Cpu;
+    let (rank, world) = (collective.context().rank, collective.context().world_size);
+    let main = rank == 0;
+    anyhow::ensure!(cfg.parts_per_step >= 1, "train.parts_per_step must be at least 1");
+    if !cfg.inductive {
+        anyhow::ensure!(cfg.parts_per_step == 1, "train.parts_per_step = {} needs train.inductive = true (a transductive graph is one batch)", cfg.parts_per_step);
+        anyhow::ensure!(world == 1, "WORLD_SIZE = {world}: data parallelism needs train.inductive = true (a transductive graph is one batch; run one process)");
+    }
     let (a, lambda_pf, u) = full_graph(task, &cfg.adjacency, &dev)?;
     let parts = training_parts(task, cfg, (&a, lambda_pf, &u), &dev)?;
     let mut rng = DeqRng::new(cfg.seed);
@@ -326,16 +352,16 @@ pub fn train_nodes(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig, opts
     let cfg_json = serde_json::to_value(cfg)?;
 
     let mut files = match &opts.out_dir {
-        Some(d) => {
+        Some(d) if main => {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
             Some((Checkpointer::new(d.join("checkpoints"), 2)?, Checkpointer::new(d.join("best"), 1)?, MetricsWriter::open(d.join("metrics.jsonl"))?))
         }
-        None => None,
+        _ => None,
     };
     let mut best: Option<NodeResult> = None;
     let mut epoch0 = 0;
     if opts.resume {
-        let (ck, _, _) = files.as_ref().context("--resume needs an output folder")?;
+        let ck = Checkpointer::new(opts.out_dir.as_ref().context("--resume needs an output folder")?.join("checkpoints"), 2)?;
         match ck.load_latest(&dev)? {
             Some(c) => {
                 deq_train::load_vars(&model.named_vars(), &c, "model.")?;
@@ -350,37 +376,75 @@ pub fn train_nodes(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig, opts
         }
     }
 
-    let mut bar = Progress::new(format!("{} epochs", cfg.model), cfg.epochs.saturating_sub(epoch0), true);
+    // Every rank starts from rank 0's parameters (a resumed run: from the same checkpoint).
+    broadcast_vars(collective, &vars)?;
+
+    let mut bar = Progress::new(format!("{} epochs", cfg.model), cfg.epochs.saturating_sub(epoch0), main);
     let mut last = None;
     let mut order: Vec<usize> = (0..parts.len()).collect();
+    // Minibatches per optimiser step over all ranks, and steps per epoch.
+    let per_step = world * cfg.parts_per_step;
+    let steps = parts.len().div_ceil(per_step);
     for epoch in epoch0..cfg.epochs {
         if parts.len() > 1 {
+            // The epoch's order, the same on every rank: from the main stream of a single
+            // minibatch-per-step run (as before data parallelism), else from (seed, epoch).
+            let mut order_rng = sample_rng(cfg.seed, epoch, usize::MAX);
+            let r = if cfg.inductive && per_step > 1 { &mut order_rng } else { &mut rng };
             for i in (1..order.len()).rev() {
-                order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+                order.swap(i, (r.next_u64() % (i as u64 + 1)) as usize);
             }
         }
         let (mut loss_sum, mut nfe_sum) = (0.0, 0usize);
         let (mut jac_sum, mut jac_steps) = (0f64, 0usize);
         let mut train_solver = SolverMetrics::default();
-        for (k, &pi) in order.iter().enumerate() {
-            let part = &parts[pi];
-            let step = epoch * parts.len() + k;
-            let u_in = crate::model::dropout(&part.u, cfg.input_dropout, &mut rng)?;
-            let (logits, solves) = model.forward_train(&u_in, &part.a, part.lambda, &mut rng, &objective, step)?;
-            nfe_sum += solves.nfe();
-            solves.add_forward_to(&mut train_solver);
-            let losses = logits.iter().map(|l| loss_of(&task.labels, &l.index_select(&part.rows, 0)?, &part.targets)).collect::<Result<Vec<_>>>()?;
-            let (loss, lv) = objective_loss(&objective, &losses, &solves)?;
-            if !solves.jac.is_empty() {
-                (jac_sum, jac_steps) = (jac_sum + solves.jac.iter().map(|j| j.value).sum::<f64>(), jac_steps + 1);
+        for step_k in 0..steps {
+            let step = epoch * steps + step_k;
+            let global = &order[step_k * per_step..((step_k + 1) * per_step).min(order.len())];
+            let mine = global.iter().skip(rank * cfg.parts_per_step).take(cfg.parts_per_step);
+            // Each rank's loss is weighted so that the mean over ranks is the mean over the
+            // step's minibatches.
+            let weight = world as f64 / global.len() as f64;
+            let mut total: Option<Tensor> = None;
+            let mut solves_all = Vec::new();
+            for &pi in mine {
+                let part = &parts[pi];
+                // Per-minibatch dropout streams make the masks independent of which rank
+                // draws them; a single minibatch per step keeps the run's main stream.
+                let mut part_rng = sample_rng(cfg.seed ^ 0x5eed_d80f, epoch, pi);
+                let r = if per_step > 1 { &mut part_rng } else { &mut rng };
+                let u_in = crate::model::dropout(&part.u, cfg.input_dropout, r)?;
+                let (logits, solves) = model.forward_train(&u_in, &part.a, part.lambda, r, &objective, step)?;
+                nfe_sum += solves.nfe();
+                solves.add_forward_to(&mut train_solver);
+                let losses = logits.iter().map(|l| loss_of(&task.labels, &l.index_select(&part.rows, 0)?, &part.targets)).collect::<Result<Vec<_>>>()?;
+                let (loss, lv) = objective_loss(&objective, &losses, &solves)?;
+                if !solves.jac.is_empty() {
+                    (jac_sum, jac_steps) = (jac_sum + solves.jac.iter().map(|j| j.value).sum::<f64>(), jac_steps + 1);
+                }
+                check_finite("training loss", loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?, epoch)?;
+                let loss = if weight == 1.0 { loss } else { loss.affine(weight, 0.0)? };
+                total = Some(match total {
+                    Some(t) => (t + loss)?,
+                    None => loss,
+                });
+                loss_sum += lv;
+                solves_all.push(solves);
             }
-            check_finite("training loss", loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?, epoch)?;
-            backward_and_step(&loss, &vars, cfg.clip_per_param, &mut opt)?;
-            solves.add_backward_to(&mut train_solver);
-            loss_sum += lv;
+            // A rank without a minibatch in the epoch's last step contributes zero gradients.
+            let total = match total {
+                Some(t) => t,
+                None => (vars[0].as_tensor().sum_all()? * 0.0)?,
+            };
+            backward_and_step(&total, &vars, cfg.clip_per_param, &mut opt, collective)?;
+            for solves in &solves_all {
+                solves.add_backward_to(&mut train_solver);
+            }
         }
+        let sums = all_reduce_sum_f64(collective, &[loss_sum, nfe_sum as f64, jac_sum, jac_steps as f64])?;
+        let (loss_sum, nfe_sum, jac_sum, jac_steps) = (sums[0], sums[1], sums[2], sums[3] as usize);
         let loss = loss_sum / parts.len() as f64;
-        on_epoch(epoch, loss, nfe_sum as f64 / parts.len() as f64);
+        on_epoch(epoch, loss, nfe_sum / parts.len() as f64);
         bar.inc(1, &format!("loss {loss:.4}"));
         if (epoch + 1) % cfg.eval_every.max(1) != 0 && epoch + 1 != cfg.epochs {
             continue;
@@ -394,7 +458,7 @@ pub fn train_nodes(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig, opts
         tracing::debug!(epoch = epoch + 1, loss, train = r.train, val = r.val, test = r.test, nfe = r.nfe);
         if let Some((ck, best_ck, metrics)) = files.as_mut() {
             let m = if metric_name(&task.labels) == "accuracy" { "acc" } else { "f1" };
-            let mut record = serde_json::json!({"epoch": epoch + 1, "step": (epoch + 1) * parts.len(), "train_loss": loss, "metric": metric_name(&task.labels),
+            let mut record = serde_json::json!({"epoch": epoch + 1, "step": (epoch + 1) * steps, "train_loss": loss, "metric": metric_name(&task.labels),
                 "train": r.train, "val": r.val, "test": r.test, format!("train_{m}"): r.train, format!("val_{m}"): r.val, format!("test_{m}"): r.test,
                 "eval_nfe": r.nfe, "elapsed_seconds": r.seconds});
             if objective.regularises() {
