@@ -60,7 +60,7 @@ pub fn load(net: &InrNet, path: &Path) -> Result<()> {
         if t.dims() != v.as_tensor().dims() {
             return Err(InrError::format(path, format!("tensor `{k}` has shape {:?}, the model expects {:?}", t.dims(), v.as_tensor().dims())));
         }
-        v.set(&t.to_dtype(v.as_tensor().dtype())?)?;
+        v.set(&t.to_device(v.device())?.to_dtype(v.as_tensor().dtype())?)?;
     }
     Ok(())
 }

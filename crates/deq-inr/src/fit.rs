@@ -148,7 +148,7 @@ pub fn evaluate(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, 
 
 /// Fits `net` to `train`, evaluating on `test`.
 pub fn fit(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, opts: &FitOptions) -> Result<FitResult> {
-    let collective = deq_train::collective_for(deq_train::DistContext::from_env()?, &Device::Cpu)?;
+    let collective = deq_train::collective_for(deq_train::DistContext::from_env()?, &net.device())?;
     fit_with(net, train, test, cfg, opts, &*collective)
 }
 
@@ -158,7 +158,7 @@ pub fn fit(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, opts:
 /// budget is rank 0's, and only rank 0 writes metrics and checkpoints. A world-N fit with
 /// `batch_size` B ends where a world-1 fit with `N * B` ends.
 pub fn fit_with(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, opts: &FitOptions, collective: &dyn deq_train::Collective) -> Result<FitResult> {
-    let dev = Device::Cpu;
+    let dev = net.device();
     let ctx = collective.context().clone();
     let (world, main) = (ctx.world_size, ctx.is_main());
     let dtype = net.named_vars().first().map(|(_, v)| v.dtype()).unwrap_or(candle_core::DType::F32);

@@ -98,7 +98,7 @@ fn main() -> Result<()> {
             let want = format!("{kind:?}").to_lowercase();
             anyhow::ensure!(cfg.data.kind == want, "{source}: data.kind is `{}`, but `fit {want}` was asked", cfg.data.kind);
             let out = args.out.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_OUT));
-            args.runtime.device.cpu_only("deq-inr")?;
+            let device = args.runtime.device.open()?;
             // The [deq] options that act on the loss: refused where they could not act.
             let objective = deq_train::DeqObjective::new(&cfg.deq, cfg.fit.seed)?;
             if model == Which::Siren {
@@ -119,7 +119,7 @@ fn main() -> Result<()> {
                 Which::Both => &["deq", "siren"],
             };
             for k in kinds {
-                let (s, _) = deq_train::run_on_pool(|| run_one(&cfg, k, &train, &test, &out.join(k), args.resume))?;
+                let (s, _) = deq_train::run_on_pool(|| run_one(&cfg, k, &train, &test, &out.join(k), args.resume, &device))?;
                 println!("{}", serde_json::to_string(&s)?);
             }
         }
@@ -128,7 +128,7 @@ fn main() -> Result<()> {
             let saved = run.config.load_saved::<RunConfig>(&dir)?;
             let (source, cfg) = (saved.source(), saved.config);
             let kind = saved_kind(&dir)?;
-            run.runtime.device.cpu_only("deq-inr")?;
+            let device = run.runtime.device.open()?;
             let size = match (height, width) {
                 (None, None) => None,
                 (h, w) => Some((h.unwrap_or(0), w.unwrap_or(0))),
@@ -140,7 +140,7 @@ fn main() -> Result<()> {
                 return Ok(deq_train::cli::print_dry_run(&source, &dir, &cfg.data_path()?.display().to_string(), &cfg)?);
             }
             run.runtime.configure(0);
-            let r = deq_train::run_on_pool(|| render(&cfg, &kind, &dir, &file, size, f16))?;
+            let r = deq_train::run_on_pool(|| render(&cfg, &kind, &dir, &file, size, f16, &device))?;
             println!("{}", serde_json::to_string(&r)?);
         }
         Cmd::Plot(p) => deq_train::plot::run(&p, DEFAULT_OUT)?,

@@ -187,6 +187,11 @@ impl InrNet {
         Ok((out, solves))
     }
 
+    /// The device of the parameters (the CPU for a network without any).
+    pub fn device(&self) -> candle_core::Device {
+        self.named_vars().first().map(|(_, v)| v.device().clone()).unwrap_or(candle_core::Device::Cpu)
+    }
+
     /// Trainable variables with names.
     pub fn named_vars(&self) -> Vec<(String, Var)> {
         match self {

@@ -37,24 +37,25 @@ pub fn load_task(cfg: &RunConfig) -> Result<(Samples, Samples)> {
     }
 }
 
-/// Builds the DEQ-INR of `cfg` for `layout`.
-pub fn build_deq(cfg: &RunConfig, layout: &Layout) -> Result<DeqInr> {
+/// Builds the DEQ-INR of `cfg` for `layout` on `dev`.
+pub fn build_deq(cfg: &RunConfig, layout: &Layout, dev: &Device) -> Result<DeqInr> {
     let mut rng = DeqRng::new(cfg.fit.seed);
-    DeqInr::new(cfg.model.clone(), layout.coord_dim(), layout.channels(), cfg.deq.clone(), &mut rng, DType::F32, &Device::Cpu)
+    DeqInr::new(cfg.model.clone(), layout.coord_dim(), layout.channels(), cfg.deq.clone(), &mut rng, DType::F32, dev)
 }
 
-/// Builds the network `kind` (`deq` or `siren`, the latter with the DEQ's parameter count).
-pub fn build_net(cfg: &RunConfig, layout: &Layout, kind: &str) -> Result<InrNet> {
-    let deq = build_deq(cfg, layout)?;
+/// Builds the network `kind` (`deq` or `siren`, the latter with the DEQ's parameter count)
+/// on `dev`.
+pub fn build_net(cfg: &RunConfig, layout: &Layout, kind: &str, dev: &Device) -> Result<InrNet> {
+    let deq = build_deq(cfg, layout, dev)?;
     match kind {
         "deq" => Ok(InrNet::Deq(deq)),
         "siren" => {
             let layers = if cfg.siren.layers == 0 { cfg.model.layers.max(1) + 1 } else { cfg.siren.layers };
             let mut rng = DeqRng::new(cfg.fit.seed ^ 0x51_4E);
-            let mut s = Siren::matching(deq.num_params(), layout.coord_dim(), layers, layout.channels(), &mut rng, DType::F32, &Device::Cpu)?;
+            let mut s = Siren::matching(deq.num_params(), layout.coord_dim(), layers, layout.channels(), &mut rng, DType::F32, dev)?;
             if cfg.siren.omega_first != 30.0 || cfg.siren.omega != 30.0 {
                 let mut rng = DeqRng::new(cfg.fit.seed ^ 0x51_4E);
-                s = Siren::new(layout.coord_dim(), s.width(), layers, layout.channels(), cfg.siren.omega_first, cfg.siren.omega, &mut rng, DType::F32, &Device::Cpu)?;
+                s = Siren::new(layout.coord_dim(), s.width(), layers, layout.channels(), cfg.siren.omega_first, cfg.siren.omega, &mut rng, DType::F32, dev)?;
             }
             Ok(InrNet::Siren(s))
         }
@@ -114,18 +115,18 @@ pub fn write_outputs(dir: &Path, test: &Samples, pred: &[f32]) -> Result<()> {
     Ok(())
 }
 
-/// Fits `kind` and writes everything under `dir`.
-pub fn run_one(cfg: &RunConfig, kind: &str, train: &Samples, test: &Samples, dir: &Path, resume: bool) -> Result<(Summary, FitResult)> {
+/// Fits `kind` on `dev` and writes everything under `dir`.
+pub fn run_one(cfg: &RunConfig, kind: &str, train: &Samples, test: &Samples, dir: &Path, resume: bool, dev: &Device) -> Result<(Summary, FitResult)> {
     std::fs::create_dir_all(dir).map_err(|e| InrError::io(dir, e))?;
     let cfg_path = dir.join("config.toml");
     std::fs::write(&cfg_path, format!("# model = \"{kind}\"\n{}", cfg.to_toml())).map_err(|e| InrError::io(&cfg_path, e))?;
-    let net = build_net(cfg, &train.layout, kind)?;
+    let net = build_net(cfg, &train.layout, kind, dev)?;
     tracing::info!(model = kind, params = net.num_params(), samples = train.len(), "fitting");
     let r = fit(&net, train, test, &cfg.fit, &FitOptions { out_dir: Some(dir.to_path_buf()), resume, progress: true })?;
     write_outputs(dir, test, &r.test_pred)?;
     let bytes = compress::save_f16(&net, &dir.join("model_f16.safetensors"))?;
     let saved = compress::quantize_f16(&net)?;
-    let (pred16, _) = net.predict(&test.coords_tensor(&Device::Cpu)?, cfg.fit.eval_chunk)?;
+    let (pred16, _) = net.predict(&test.coords_tensor(dev)?, cfg.fit.eval_chunk)?;
     compress::restore(&net, &saved)?;
     let last = r.last();
     let s = Summary {
@@ -169,14 +170,14 @@ pub fn saved_kind(run: &Path) -> Result<String> {
 /// normally its saved `config.toml`): its last checkpoint, or the f16 file with `f16`, on the
 /// test grid, or for images on a `(height, width)` grid (0 keeps that side) into `out` (`.png`,
 /// `.wav`, or a folder of frames for video).
-pub fn render(cfg: &RunConfig, kind: &str, run: &Path, out: &Path, size: Option<(usize, usize)>, f16: bool) -> Result<Rendered> {
+pub fn render(cfg: &RunConfig, kind: &str, run: &Path, out: &Path, size: Option<(usize, usize)>, f16: bool, dev: &Device) -> Result<Rendered> {
     let kind = kind.to_string();
     let (_, mut test) = load_task(cfg)?;
-    let net = build_net(cfg, &test.layout, &kind)?;
+    let net = build_net(cfg, &test.layout, &kind, dev)?;
     if f16 {
         compress::load(&net, &run.join("model_f16.safetensors"))?;
     } else {
-        let ck = deq_train::Checkpointer::load(&run.join("checkpoints").join("latest.json"), &Device::Cpu)?;
+        let ck = deq_train::Checkpointer::load(&run.join("checkpoints").join("latest.json"), dev)?;
         deq_train::load_vars(&net.named_vars(), &ck, "model.")?;
     }
     let mut on_test_grid = true;
@@ -187,7 +188,7 @@ pub fn render(cfg: &RunConfig, kind: &str, run: &Path, out: &Path, size: Option<
             test = Samples { coords: task::image_coords(h, w, 0, 0, 1), targets: vec![0.0; h * w * channels], layout: Layout::Image { height: h, width: w, channels } };
         }
     }
-    let (pred, _) = net.predict(&test.coords_tensor(&Device::Cpu)?, cfg.fit.eval_chunk)?;
+    let (pred, _) = net.predict(&test.coords_tensor(dev)?, cfg.fit.eval_chunk)?;
     match &test.layout {
         Layout::Image { .. } => task::to_image(&pred, &test.layout).expect("image layout").write_png(out)?,
         Layout::Audio { .. } => task::to_audio(&pred, &test.layout).expect("audio layout").write(out, true)?,

@@ -167,7 +167,7 @@ fn a_run_folder_renders_at_its_psnr_and_at_other_sizes() {
     cfg.fit = FitConfig { steps: 8, eval_every: 8, ..Default::default() };
     cfg.deq.f_max_iter = 20;
     let (train, test) = deq_inr::run::load_task(&cfg).unwrap();
-    let (s, _) = deq_inr::run::run_one(&cfg, "deq", &train, &test, &d.join("deq"), false).unwrap();
+    let (s, _) = deq_inr::run::run_one(&cfg, "deq", &train, &test, &d.join("deq"), false, &Device::Cpu).unwrap();
     for f in ["reconstruction.png", "error.png", "model_f16.safetensors", "summary.json", "metrics.jsonl", "config.toml"] {
         assert!(d.join("deq").join(f).exists(), "{f}");
     }
@@ -176,11 +176,11 @@ fn a_run_folder_renders_at_its_psnr_and_at_other_sizes() {
     assert_eq!(saved, cfg);
     let kind = deq_inr::run::saved_kind(&d.join("deq")).unwrap();
     assert_eq!(kind, "deq");
-    let r = deq_inr::run::render(&saved, &kind, &d.join("deq"), &d.join("again.png"), None, false).unwrap();
+    let r = deq_inr::run::render(&saved, &kind, &d.join("deq"), &d.join("again.png"), None, false, &Device::Cpu).unwrap();
     assert!((r.psnr.unwrap() - s.test_psnr).abs() < 1e-9, "{:?} vs {}", r.psnr, s.test_psnr);
-    let r16 = deq_inr::run::render(&saved, &kind, &d.join("deq"), &d.join("f16.png"), None, true).unwrap();
+    let r16 = deq_inr::run::render(&saved, &kind, &d.join("deq"), &d.join("f16.png"), None, true, &Device::Cpu).unwrap();
     assert!((r16.psnr.unwrap() - s.test_psnr_f16).abs() < 1e-9);
-    let big = deq_inr::run::render(&saved, &kind, &d.join("deq"), &d.join("big.png"), Some((48, 48)), false).unwrap();
+    let big = deq_inr::run::render(&saved, &kind, &d.join("deq"), &d.join("big.png"), Some((48, 48)), false, &Device::Cpu).unwrap();
     assert!(big.psnr.is_none());
     let img = Image::read(&d.join("big.png")).unwrap();
     assert_eq!((img.height, img.width), (48, 48));

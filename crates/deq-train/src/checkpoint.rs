@@ -134,7 +134,7 @@ pub fn load_vars(vars: &[(String, Var)], ckpt: &Checkpoint, prefix: &str) -> Res
         if t.shape() != var.as_tensor().shape() {
             return Err(TrainError::format(&ckpt.path, format!("tensor `{key}` has shape {:?}, the model expects {:?}", t.dims(), var.as_tensor().dims())));
         }
-        var.set(&t.to_dtype(var.as_tensor().dtype())?)?;
+        var.set(&t.to_device(var.device())?.to_dtype(var.as_tensor().dtype())?)?;
     }
     Ok(())
 }

@@ -164,10 +164,10 @@ impl Graph {
         (g, owner)
     }
 
-    /// The edge tensors on `device` for [`aggregate`] (on the CPU with the compressed-row
-    /// kernels of [`crate::spmm`]).
+    /// The edge tensors on `device` for [`aggregate`] (on the CPU, and on CUDA in builds with
+    /// the `cuda` feature, with the compressed-row kernels of [`crate::spmm`]).
     pub fn tensors(&self, dtype: DType, device: &Device) -> Result<EdgeTensors> {
-        let spmm = device.is_cpu().then(|| {
+        let spmm = has_spmm(device).then(|| {
             let at = Csr::from_triplets(self.n, self.n, &self.dst, &self.src, &self.weight);
             let a = Csr::from_triplets(self.n, self.n, &self.src, &self.dst, &self.weight);
             SpMM::new(Arc::new(at), Arc::new(a))
@@ -193,19 +193,25 @@ pub struct EdgeTensors {
     pub dst: Tensor,
     /// Weights `(E, 1)`.
     pub weight: Tensor,
-    /// The CPU kernel for `A^T X` (None on other devices).
+    /// The compressed-row kernel for `A^T X` (None on devices without one).
     pub spmm: Option<SpMM>,
 }
 
 /// `A^T X` for node-major features `x` (`(n, m)`): row `j` of the result is
 /// `sum_{i -> j} A[i, j] x[i]` (in the column convention of the IGNN paper, `X A`).
-/// Differentiable with respect to `x`. On the CPU (f32/f64) this is the compressed-row kernel
-/// of [`crate::spmm`] (memory: the output); elsewhere [`aggregate_indexed`].
+/// Differentiable with respect to `x`. On the CPU and on CUDA (f32/f64) this is the
+/// compressed-row kernel of [`crate::spmm`] (memory: the output); elsewhere (other dtypes,
+/// builds without `cuda`) [`aggregate_indexed`].
 pub fn aggregate(x: &Tensor, a: &EdgeTensors) -> Result<Tensor> {
     match &a.spmm {
-        Some(op) if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) => op.forward(x),
+        Some(op) if has_spmm(x.device()) && matches!(x.dtype(), DType::F32 | DType::F64) => op.forward(x),
         _ => aggregate_indexed(x, a),
     }
+}
+
+/// Whether [`crate::spmm`] has a kernel for `device`.
+fn has_spmm(device: &Device) -> bool {
+    device.is_cpu() || (cfg!(feature = "cuda") && device.is_cuda())
 }
 
 /// `A^T X` through `index_select` + `index_add` (any device; memory proportional to the number

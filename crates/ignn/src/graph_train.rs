@@ -167,6 +167,7 @@ fn accuracy(model: &GraphClassifier, batches: &[Batch]) -> Result<(f64, f64, deq
 /// after every epoch.
 pub fn train_graphs(ds: &GraphDataset, cfg: &GraphTrainConfig, deq: &DeqConfig, opts: &RunOptions, mut on_epoch: impl FnMut(usize, usize, f64)) -> Result<CvResult> {
     anyhow::ensure!(!ds.graphs.is_empty(), "the dataset has no graphs");
+    anyhow::ensure!(opts.device.is_cpu(), "graph classification (TU) runs on the CPU only; `--device {:?}` cannot be honoured", opts.device);
     let world = deq_train::DistContext::from_env()?.world_size;
     anyhow::ensure!(world == 1, "WORLD_SIZE = {world}: graph classification (TU) runs in one process (data parallelism covers ignn's node tasks with train.inductive = true)");
     anyhow::ensure!(cfg.folds >= 2 || cfg.fold.is_none(), "train.folds must be at least 2");

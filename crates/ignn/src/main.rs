@@ -68,7 +68,7 @@ fn main() -> Result<()> {
             let loaded = args.config.load::<RunConfig>(Some(DEFAULT_CONFIG), None, args.seed)?;
             let (source, out) = (loaded.source(), args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("ignn-{}", loaded.name))));
             let cfg = loaded.config;
-            args.runtime.device.cpu_only("ignn")?;
+            let device = args.runtime.device.open()?;
             if args.dry_run {
                 return dry_run(&cfg, &source, &out);
             }
@@ -78,7 +78,7 @@ fn main() -> Result<()> {
             if deq_train::DistContext::from_env()?.is_main() {
                 deq_train::cli::save_config(&out, &cfg)?;
             }
-            let opts = RunOptions { out_dir: Some(out.clone()), resume: args.resume };
+            let opts = RunOptions { out_dir: Some(out.clone()), resume: args.resume, device };
             if cfg.data.task == "tu" {
                 let tc = cfg.graph_train().with_context(|| source.clone())?;
                 let ds = ignn::tu::load_tu(&data_dir(&cfg.data)?, &cfg.data.name)?;
@@ -99,7 +99,7 @@ fn main() -> Result<()> {
             let dir = run.out.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_RUN));
             let saved = run.config.load_saved::<RunConfig>(&dir)?;
             let (source, cfg) = (saved.source(), saved.config);
-            run.runtime.device.cpu_only("ignn")?;
+            let device = run.runtime.device.open()?;
             let target = checkpoint.unwrap_or_else(|| dir.clone());
             anyhow::ensure!(target.exists(), "{}: no such checkpoint or folder", target.display());
             if run.dry_run {
@@ -107,6 +107,7 @@ fn main() -> Result<()> {
             }
             run.runtime.configure(0);
             if cfg.data.task == "tu" {
+                anyhow::ensure!(device.is_cpu(), "graph classification (TU) runs on the CPU only; `--device {}` cannot be honoured", run.runtime.device);
                 let tc = cfg.graph_train()?;
                 let ds = ignn::tu::load_tu(&data_dir(&cfg.data)?, &cfg.data.name)?;
                 let r = deq_train::run_on_pool(|| evaluate_fold(&ds, &tc, &cfg.deq, &target))?;
@@ -124,7 +125,7 @@ fn main() -> Result<()> {
             } else {
                 target.clone()
             };
-            let dev = candle_core::Device::Cpu;
+            let dev = device;
             let ck = deq_train::Checkpointer::load(&json, &dev)?;
             let r = deq_train::run_on_pool(|| -> Result<_> {
                 let model = build_model(&task, &tc, &cfg.deq, &mut deq_core::rng::DeqRng::new(0), &dev)?;

@@ -130,13 +130,22 @@ pub struct NodeTask {
     pub split: (Vec<u32>, Vec<u32>, Vec<u32>),
 }
 
-/// Where a run writes its files (none: nothing is written).
-#[derive(Debug, Clone, Default)]
+/// Where a run writes its files (none: nothing is written) and where it runs.
+#[derive(Debug, Clone)]
 pub struct RunOptions {
     /// Output folder for `metrics.jsonl`, `checkpoints/` and `best/`.
     pub out_dir: Option<PathBuf>,
     /// Continue from the latest checkpoint in `out_dir`.
     pub resume: bool,
+    /// The device of the model and the graphs (node tasks; graph classification runs on the
+    /// CPU).
+    pub device: Device,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self { out_dir: None, resume: false, device: Device::Cpu }
+    }
 }
 
 /// Scores of one evaluation.
@@ -319,7 +328,7 @@ fn state_tensors(model: &NodeModel, opt: &Adam) -> Result<Vec<(String, Tensor)>>
 /// validation score with `select_by_val`). `on_epoch(epoch, mean training loss, mean forward
 /// NFE)` is called after every epoch.
 pub fn train_nodes(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig, opts: &RunOptions, on_epoch: impl FnMut(usize, f64, f64)) -> Result<NodeResult> {
-    let collective = deq_train::collective_for(DistContext::from_env()?, &Device::Cpu)?;
+    let collective = deq_train::collective_for(DistContext::from_env()?, &opts.device)?;
     train_nodes_with(task, cfg, deq, opts, on_epoch, &*collective)
 }
 
@@ -331,7 +340,7 @@ pub fn train_nodes(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig, opts
 /// initial parameters are broadcast; every rank evaluates, only rank 0 writes files.
 pub fn train_nodes_with(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig, opts: &RunOptions, mut on_epoch: impl FnMut(usize, f64, f64), collective: &dyn Collective) -> Result<NodeResult> {
     let start = std::time::Instant::now();
-    let dev = Device::Cpu;
+    let dev = opts.device.clone();
     let (rank, world) = (collective.context().rank, collective.context().world_size);
     let main = rank == 0;
     anyhow::ensure!(cfg.parts_per_step >= 1, "train.parts_per_step must be at least 1");

@@ -32,7 +32,7 @@ fn task() -> NodeTask {
 
 fn run(task: &NodeTask, cfg: &NodeTrainConfig, dir: &Path, c: &dyn Collective) -> (NodeResult, Vec<f64>) {
     let mut losses = Vec::new();
-    let r = train_nodes_with(task, cfg, &deq(), &RunOptions { out_dir: Some(dir.to_path_buf()), resume: false }, |_, l, _| losses.push(l), c).unwrap();
+    let r = train_nodes_with(task, cfg, &deq(), &RunOptions { out_dir: Some(dir.to_path_buf()), resume: false, ..Default::default() }, |_, l, _| losses.push(l), c).unwrap();
     (r, losses)
 }
 

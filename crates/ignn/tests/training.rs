@@ -27,11 +27,11 @@ fn resumed_chains_run_is_bit_identical_and_eval_reproduces_it() {
     let task: ignn::train::NodeTask = ignn::chains::generate(2, 10, 8, 20, 0.1, 0.1, 1).into();
     let (full_dir, part_dir) = (tmp("full"), tmp("part"));
     let mut losses = Vec::new();
-    let full = train_nodes(&task, &chains_cfg(20), &deq(), &RunOptions { out_dir: Some(full_dir.clone()), resume: false }, |_, l, _| losses.push(l)).unwrap();
+    let full = train_nodes(&task, &chains_cfg(20), &deq(), &RunOptions { out_dir: Some(full_dir.clone()), resume: false, ..Default::default() }, |_, l, _| losses.push(l)).unwrap();
     assert!(losses[19] < losses[0], "loss falls: {losses:?}");
-    train_nodes(&task, &chains_cfg(10), &deq(), &RunOptions { out_dir: Some(part_dir.clone()), resume: false }, |_, _, _| {}).unwrap();
+    train_nodes(&task, &chains_cfg(10), &deq(), &RunOptions { out_dir: Some(part_dir.clone()), resume: false, ..Default::default() }, |_, _, _| {}).unwrap();
     let mut resumed_losses = Vec::new();
-    let resumed = train_nodes(&task, &chains_cfg(20), &deq(), &RunOptions { out_dir: Some(part_dir.clone()), resume: true }, |e, l, _| resumed_losses.push((e, l))).unwrap();
+    let resumed = train_nodes(&task, &chains_cfg(20), &deq(), &RunOptions { out_dir: Some(part_dir.clone()), resume: true, ..Default::default() }, |e, l, _| resumed_losses.push((e, l))).unwrap();
     assert_eq!(resumed_losses.first().map(|x| x.0), Some(10), "resumes after epoch 10");
     assert_eq!(resumed_losses.iter().map(|x| x.1).collect::<Vec<_>>(), losses[10..].to_vec(), "same losses after resuming");
     assert_eq!((full.train, full.val, full.test, full.epoch), (resumed.train, resumed.val, resumed.test, resumed.epoch));
@@ -116,14 +116,14 @@ fn graph_classifier_trains_and_its_fold_checkpoint_evaluates() {
     let cfg = GraphTrainConfig { hidden: 8, layers: 2, epochs: 15, batch_size: 8, folds: 4, fold: Some(2), dropout: 0.0, lr: 0.02, ..Default::default() };
     let out = tmp("tu");
     let mut losses = Vec::new();
-    let r = train_graphs(&ds, &cfg, &deq(), &RunOptions { out_dir: Some(out.clone()), resume: false }, |_, _, l| losses.push(l)).unwrap();
+    let r = train_graphs(&ds, &cfg, &deq(), &RunOptions { out_dir: Some(out.clone()), resume: false, ..Default::default() }, |_, _, l| losses.push(l)).unwrap();
     assert_eq!(r.folds.len(), 1);
     assert!(losses[14] < losses[0], "loss falls: {losses:?}");
     let again = evaluate_fold(&ds, &cfg, &deq(), &out.join("fold-2")).unwrap();
     assert_eq!((again.fold, again.test_acc, again.train_acc), (2, r.folds[0].test_acc, r.folds[0].train_acc));
     // Resume skips the finished fold.
     let mut calls = 0;
-    let r2 = train_graphs(&ds, &cfg, &deq(), &RunOptions { out_dir: Some(out.clone()), resume: true }, |_, _, _| calls += 1).unwrap();
+    let r2 = train_graphs(&ds, &cfg, &deq(), &RunOptions { out_dir: Some(out.clone()), resume: true, ..Default::default() }, |_, _, _| calls += 1).unwrap();
     assert_eq!((calls, r2.folds[0].test_acc), (0, r.folds[0].test_acc));
     let _ = std::fs::remove_dir_all(out);
 }
