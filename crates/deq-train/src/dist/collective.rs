@@ -10,8 +10,25 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Shape, Tensor, Var};
 
 /// Gradient bucket size of [`Collective::all_reduce_mean`], in elements (PyTorch DDP's 25 MiB
-/// of f32).
+/// of f32); `DEQ_BUCKET_CAP_MB` overrides it (see [`bucket_elems`]).
 pub const DEFAULT_BUCKET_ELEMS: usize = 25 * 1024 * 1024 / 4;
+
+/// The gradient bucket size in elements: `DEQ_BUCKET_CAP_MB` MiB of f32 (DDP's
+/// `bucket_cap_mb`), or [`DEFAULT_BUCKET_ELEMS`]. A value that is not a positive number is an
+/// error naming the variable.
+pub fn bucket_elems() -> Result<usize> {
+    parse_bucket_cap(std::env::var("DEQ_BUCKET_CAP_MB").ok().as_deref())
+}
+
+fn parse_bucket_cap(v: Option<&str>) -> Result<usize> {
+    match v {
+        None => Ok(DEFAULT_BUCKET_ELEMS),
+        Some(v) => match v.trim().parse::<f64>() {
+            Ok(mb) if mb > 0.0 && mb.is_finite() => Ok(((mb * 1024.0 * 1024.0 / 4.0) as usize).max(1)),
+            _ => Err(TrainError::Config { key: "DEQ_BUCKET_CAP_MB".into(), message: format!("`{v}` is not a positive number of MiB") }),
+        },
+    }
+}
 
 /// Collective operations over the processes (or threads) of one job. Every rank must call the
 /// same operations in the same order with tensors of the same shape and dtype.
@@ -27,9 +44,9 @@ pub trait Collective: Send + Sync {
     fn barrier(&self) -> Result<()>;
 
     /// Replaces every gradient of `vars` by its mean over the ranks, reduced in flattened
-    /// buckets of [`DEFAULT_BUCKET_ELEMS`] (see [`all_reduce_mean_bucketed`]).
+    /// buckets of [`bucket_elems`] elements (see [`all_reduce_mean_bucketed`]).
     fn all_reduce_mean(&self, grads: &mut GradStore, vars: &[Var]) -> Result<()> {
-        all_reduce_mean_bucketed(self, grads, vars, DEFAULT_BUCKET_ELEMS)
+        all_reduce_mean_bucketed(self, grads, vars, bucket_elems()?)
     }
 }
 
@@ -161,4 +178,95 @@ pub(crate) fn pick_root(slots: &[Option<Part>], root: usize) -> std::result::Res
         }
     }
     Ok(r.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use std::sync::Mutex;
+
+    /// A world of two whose other rank holds zeros: records the size of every reduction.
+    struct Counting {
+        ctx: DistContext,
+        calls: Mutex<Vec<usize>>,
+    }
+
+    impl Collective for Counting {
+        fn context(&self) -> &DistContext {
+            &self.ctx
+        }
+        fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor> {
+            self.calls.lock().unwrap().push(t.elem_count());
+            Ok(t.clone())
+        }
+        fn broadcast(&self, t: &Tensor, _root: usize) -> Result<Tensor> {
+            Ok(t.clone())
+        }
+        fn barrier(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn counting(world: usize) -> Counting {
+        Counting { ctx: DistContext { world_size: world, local_world_size: world, ..Default::default() }, calls: Mutex::new(Vec::new()) }
+    }
+
+    #[test]
+    fn buckets_pack_consecutive_vars_of_one_dtype_up_to_the_cap() {
+        let dev = Device::Cpu;
+        let sizes = [3usize, 2, 5, 1, 1];
+        let dtypes = [DType::F32, DType::F32, DType::F32, DType::F32, DType::F64];
+        let vars: Vec<Var> = sizes.iter().zip(dtypes).map(|(&n, d)| Var::zeros(n, d, &dev).unwrap()).collect();
+        // loss = sum_k (k + 1) * sum(var_k): var k's gradient is k + 1 everywhere.
+        let mut loss = Tensor::new(0f64, &dev).unwrap();
+        for (k, v) in vars.iter().enumerate() {
+            loss = (loss + (v.as_tensor().to_dtype(DType::F64).unwrap().sum_all().unwrap() * (k as f64 + 1.0)).unwrap()).unwrap();
+        }
+        let c = counting(2);
+        let mut g = loss.backward().unwrap();
+        all_reduce_mean_bucketed(&c, &mut g, &vars, 5).unwrap();
+        // [3 + 2], [5] (a var alone may fill a bucket), [1] (f32), [1] (f64: a dtype change).
+        assert_eq!(*c.calls.lock().unwrap(), vec![5, 5, 1, 1]);
+        for (k, v) in vars.iter().enumerate() {
+            let got = g.get(v.as_tensor()).unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+            assert_eq!(got, vec![(k as f64 + 1.0) / 2.0; sizes[k]], "var {k}: its own slice of the bucket, halved");
+        }
+        // A world of one reduces nothing; the trait's method uses the configured bucket size.
+        let one = counting(1);
+        all_reduce_mean_bucketed(&one, &mut g, &vars, 5).unwrap();
+        assert!(one.calls.lock().unwrap().is_empty());
+        let c = counting(2);
+        c.all_reduce_mean(&mut g, &vars).unwrap();
+        assert_eq!(*c.calls.lock().unwrap(), vec![11, 1], "one bucket per dtype at the default cap");
+    }
+
+    #[test]
+    fn bucket_cap_reads_megabytes_of_f32() {
+        assert_eq!(DEFAULT_BUCKET_ELEMS * 4, 25 << 20);
+        assert_eq!(parse_bucket_cap(None).unwrap(), DEFAULT_BUCKET_ELEMS);
+        assert_eq!(parse_bucket_cap(Some("1")).unwrap(), 1 << 18);
+        assert_eq!(parse_bucket_cap(Some(" 0.5 ")).unwrap(), 1 << 17);
+        for bad in ["0", "-2", "x", "inf"] {
+            let e = parse_bucket_cap(Some(bad)).unwrap_err().to_string();
+            assert!(e.contains("DEQ_BUCKET_CAP_MB") && e.contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn rounds_refuse_parts_that_disagree() {
+        let part = |n: usize, d: DType| Some((vec![1.0; n], Shape::from(n), d));
+        let ok = sum_in_rank_order(&[part(2, DType::F32), part(2, DType::F32)]).unwrap();
+        assert_eq!(ok.0, vec![2.0, 2.0]);
+        let e = sum_in_rank_order(&[part(2, DType::F32), part(2, DType::F64)]).unwrap_err();
+        assert!(e.contains("rank 1 sent [2] F64, rank 0 [2] F32"), "{e}");
+        let e = sum_in_rank_order(&[part(2, DType::F32), part(3, DType::F32)]).unwrap_err();
+        assert!(e.contains("rank 1 sent [3]"), "{e}");
+        assert!(sum_in_rank_order(&[part(2, DType::F32), None]).unwrap_err().contains("rank 1 sent nothing"));
+        assert_eq!(pick_root(&[part(2, DType::F32), Some((vec![7.0, 8.0], Shape::from(2), DType::F32))], 1).unwrap().0, vec![7.0, 8.0]);
+        let e = pick_root(&[part(2, DType::F64), part(2, DType::F32)], 1).unwrap_err();
+        assert!(e.contains("rank 0 expects [2] F64"), "{e}");
+        let e = pick_root(&[part(3, DType::F32), part(2, DType::F32)], 1).unwrap_err();
+        assert!(e.contains("rank 0 expects [3] F32"), "{e}");
+    }
 }

@@ -20,7 +20,7 @@ mod sync;
 mod tcp;
 mod threads;
 
-pub use collective::{all_reduce_mean_bucketed, all_reduce_sum_f64, broadcast_vars, Collective, SingleProcess, DEFAULT_BUCKET_ELEMS};
+pub use collective::{all_reduce_mean_bucketed, all_reduce_sum_f64, broadcast_vars, bucket_elems, Collective, SingleProcess, DEFAULT_BUCKET_ELEMS};
 pub use context::DistContext;
 pub use sync::{all_reduce_sum_differentiable, current_group, with_group};
 pub use rendezvous::dist_timeout;

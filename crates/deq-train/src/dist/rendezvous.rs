@@ -20,12 +20,16 @@ const MAX_PAYLOAD: u64 = 1 << 20;
 /// How long a rank waits for the rendezvous and for each collective: `DEQ_DIST_TIMEOUT`
 /// seconds, 600 by default (PyTorch's default process-group timeout is 10 to 30 minutes).
 pub fn dist_timeout() -> Result<Duration> {
-    match std::env::var("DEQ_DIST_TIMEOUT") {
-        Ok(v) => match v.trim().parse::<f64>() {
+    parse_timeout(std::env::var("DEQ_DIST_TIMEOUT").ok().as_deref())
+}
+
+fn parse_timeout(v: Option<&str>) -> Result<Duration> {
+    match v {
+        Some(v) => match v.trim().parse::<f64>() {
             Ok(s) if s > 0.0 && s.is_finite() => Ok(Duration::from_secs_f64(s)),
             _ => Err(TrainError::Config { key: "DEQ_DIST_TIMEOUT".into(), message: format!("`{v}` is not a positive number of seconds") }),
         },
-        Err(_) => Ok(Duration::from_secs(600)),
+        None => Ok(Duration::from_secs(600)),
     }
 }
 
@@ -75,7 +79,11 @@ fn serve(ctx: &DistContext, port: u16, payload: &[u8], deadline: Instant, timeou
                     return Err(mismatch(format!("rendezvous: {msg}")));
                 }
                 if rank == 0 || rank >= ctx.world_size || streams[rank - 1].is_some() {
-                    let msg = format!("a second process claims rank {rank} (from {peer}): every rank must be started once");
+                    let msg = if rank == 0 || rank >= ctx.world_size {
+                        format!("a process (from {peer}) claims rank {rank}, which rank 0 cannot hand out in a world of {}", ctx.world_size)
+                    } else {
+                        format!("a second process claims rank {rank} (from {peer}): every rank must be started once")
+                    };
                     let _ = write_frame(&mut s, b'E', msg.as_bytes());
                     return Err(mismatch(format!("rendezvous: {msg}")));
                 }
@@ -181,6 +189,56 @@ pub(crate) fn read_frame(s: &mut TcpStream, max: u64) -> std::io::Result<(u8, Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeouts_are_positive_seconds() {
+        assert_eq!(parse_timeout(None).unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_timeout(Some(" 2.5")).unwrap(), Duration::from_millis(2500));
+        for bad in ["0", "-1", "soon", "inf", "NaN"] {
+            let e = parse_timeout(Some(bad)).unwrap_err().to_string();
+            assert!(e.contains("DEQ_DIST_TIMEOUT") && e.contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn frames_longer_than_the_limit_are_refused_before_allocation() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let writer = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            write_frame(&mut s, b'P', &[7; 16]).unwrap();
+            write_frame(&mut s, b'P', &[7; 17]).unwrap();
+        });
+        let (mut r, _) = listener.accept().unwrap();
+        assert_eq!(read_frame(&mut r, 16).unwrap(), (b'P', vec![7; 16]), "a frame of exactly the limit");
+        let e = read_frame(&mut r, 16).unwrap_err().to_string();
+        assert!(e.contains("17 bytes (at most 16)"), "{e}");
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn ranks_rank_zero_cannot_hand_out_are_refused() {
+        for claimed in [0u64, 3, 9] {
+            let port = free_port();
+            let server = std::thread::spawn(move || rendezvous(&local(0, 3, port), b"", Duration::from_secs(20)).err().map(|e| e.to_string()));
+            // A raw hello, as a process with a wrong RANK would send it.
+            let mut s = loop {
+                match TcpStream::connect(("127.0.0.1", port)) {
+                    Ok(s) => break s,
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            };
+            let mut hello = MAGIC.to_vec();
+            hello.extend_from_slice(&claimed.to_le_bytes());
+            hello.extend_from_slice(&3u64.to_le_bytes());
+            s.write_all(&hello).unwrap();
+            let (tag, body) = read_frame(&mut s, 1 << 10).unwrap();
+            assert_eq!(tag, b'E');
+            let msg = String::from_utf8(body).unwrap();
+            assert!(msg.contains(&format!("claims rank {claimed}, which rank 0 cannot hand out in a world of 3")), "{msg}");
+            assert!(server.join().unwrap().unwrap().contains("cannot hand out"));
+        }
+    }
 
     /// A context for `rank` of `world` on a free local port.
     pub(crate) fn local(rank: usize, world: usize, port: u16) -> DistContext {
