@@ -226,6 +226,34 @@ mod tests {
     }
 
     #[test]
+    fn a_corrupt_message_is_reported_with_its_rank() {
+        use crate::dist::rendezvous::write_frame;
+        use std::io::Write;
+        let port = free_port();
+        let root = std::thread::spawn(move || {
+            let g = TcpGroup::connect(local(0, 3, port), Duration::from_secs(30)).unwrap();
+            g.barrier().unwrap_err().to_string()
+        });
+        let good = std::thread::spawn(move || TcpGroup::connect(local(1, 3, port), Duration::from_secs(30)).unwrap().barrier().map_err(|e| e.to_string()));
+        // Rank 2 by hand: the hello, then a truncated part.
+        let mut s = loop {
+            match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                Ok(s) => break s,
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        let mut hello = b"DEQZOO01".to_vec();
+        hello.extend_from_slice(&2u64.to_le_bytes());
+        hello.extend_from_slice(&3u64.to_le_bytes());
+        s.write_all(&hello).unwrap();
+        crate::dist::rendezvous::read_frame(&mut s, 1 << 10).unwrap();
+        write_frame(&mut s, b'P', &[0, 1, 2]).unwrap();
+        let e = root.join().unwrap();
+        assert!(e.contains("collective: rank 2: truncated message"), "{e}");
+        assert!(good.join().unwrap().is_err(), "rank 1 learns of the failure too");
+    }
+
+    #[test]
     fn messages_are_checked_before_use() {
         let good = encode(&(vec![1.0, 2.0], Shape::from((1, 2)), DType::F32));
         assert!(decode(&good).is_ok());
@@ -235,6 +263,10 @@ mod tests {
         let mut lying = good.clone();
         lying[1 + 8 + 16] = 3; // three values for a shape of two
         assert!(decode(&lying).is_err());
+        // Tensors of rank 16 pass, 17 do not.
+        let ranked = |r: usize| encode(&(vec![1.0], Shape::from(vec![1; r]), DType::F32));
+        assert!(decode(&ranked(16)).is_ok());
+        assert!(decode(&ranked(17)).unwrap_err().contains("rank 17"));
         let mut huge = good.clone();
         huge[1 + 8 + 16..1 + 8 + 24].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(decode(&huge).unwrap_err().contains("absurd length"));
