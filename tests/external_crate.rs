@@ -45,7 +45,7 @@ fn copy_dir(from: &Path, to: &Path) {
 fn outside_root_manifest() -> String {
     let text = std::fs::read_to_string(repo().join("Cargo.toml")).unwrap();
     let mut doc: toml::Table = toml::from_str(&text).unwrap();
-    for key in ["package", "lib", "dependencies", "dev-dependencies", "patch"] {
+    for key in ["package", "lib", "bin", "features", "dependencies", "dev-dependencies", "patch"] {
         doc.remove(key);
     }
     let ws = doc.get_mut("workspace").and_then(|w| w.as_table_mut()).unwrap();

@@ -107,7 +107,7 @@ fn jacobian_regulariser_is_added_at_the_fixed_point() {
 fn options_that_could_not_act_are_refused_before_training() {
     let mut cfg = RunConfig::from_toml(MNIST_SMALL, "built-in").unwrap();
     cfg.deq.jac_loss_weight = 1.0;
-    let opts = RunOptions { out_dir: std::env::temp_dir().join(format!("mdeq-objective-{}", std::process::id())), resume: false, max_steps: 1 };
+    let opts = RunOptions { out_dir: std::env::temp_dir().join(format!("mdeq-objective-{}", std::process::id())), resume: false, max_steps: 1, device: Device::Cpu };
     let e = format!("{:#}", train(&cfg, &opts).unwrap_err());
     assert!(e.contains("deq.jac_loss_weight") && e.contains("jac_loss_freq"), "{e}");
     let _ = std::fs::remove_dir_all(&opts.out_dir);
