@@ -18,6 +18,7 @@
 //! | [`grad`] | implicit differentiation (custom op), phantom gradients, amortised implicit gradients with a carried adjoint |
 //! | [`recompute`] | checkpointed training steps (no graph of `f` kept between passes) |
 //! | [`loss`] | fixed-point correction, Jacobian regulariser, power method |
+//! | [`nn`] | differentiable LayerNorm and softmax (candle's fused ones have no backward) |
 //! | [`norm`] | weight/spectral-normalised Linear and Conv2d |
 //! | [`dropout`] | variational dropout |
 //! | [`ops`] | vectorised kernels (`tanh`) |
@@ -87,6 +88,7 @@ pub mod dropout;
 pub mod error;
 pub mod grad;
 pub mod loss;
+pub mod nn;
 pub mod norm;
 pub mod ops;
 pub mod problems;

@@ -1,0 +1,258 @@
+//! Layer normalisation over the last dimension, with or without an affine map (DEQ-seq's
+//! post-LN has none), differentiable.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, Var, D};
+
+/// `(x - mean) / sqrt(var + eps)` over the last dimension (biased variance, as PyTorch).
+struct Normalize {
+    eps: f64,
+}
+
+/// Per row: the mean and `1 / sqrt(var + eps)`, accumulated in f64.
+fn row_stats<T: Copy + Into<f64>>(row: &[T], eps: f64) -> (f64, f64) {
+    let n = row.len() as f64;
+    let mean = row.iter().map(|&v| v.into()).sum::<f64>() / n;
+    let var = row.iter().map(|&v| (v.into() - mean) * (v.into() - mean)).sum::<f64>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+fn contiguous<'a, T>(v: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
+    let (a, b) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg(format!("{what} expects a contiguous input")))?;
+    Ok(&v[a..b])
+}
+
+fn last_dim(l: &Layout) -> Result<usize> {
+    l.dims().last().copied().filter(|&d| d > 0).ok_or_else(|| candle_core::Error::Msg("layer norm of an empty last dimension".into()))
+}
+
+impl CustomOp1 for Normalize {
+    fn name(&self) -> &'static str {
+        "deq-layer-norm"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let d = last_dim(l)?;
+        let eps = self.eps;
+        let out = match s {
+            CpuStorage::F32(v) => CpuStorage::F32(
+                contiguous(v, l, "layer norm")?
+                    .chunks(d)
+                    .flat_map(|row| {
+                        let (m, r) = row_stats(row, eps);
+                        row.iter().map(move |&x| ((x as f64 - m) * r) as f32)
+                    })
+                    .collect(),
+            ),
+            CpuStorage::F64(v) => CpuStorage::F64(
+                contiguous(v, l, "layer norm")?
+                    .chunks(d)
+                    .flat_map(|row| {
+                        let (m, r) = row_stats(row, eps);
+                        row.iter().map(move |&x| (x - m) * r)
+                    })
+                    .collect(),
+            ),
+            _ => candle_core::bail!("layer norm: f32 or f64"),
+        };
+        Ok((out, l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &NormalizeBackward { eps: self.eps })?))
+    }
+}
+
+/// `dL/dx` of [`Normalize`] from `x` and `g = dL/dx_hat`, per row:
+/// `r * (g - mean(g) - x_hat * mean(g * x_hat))` with `r = 1 / sqrt(var + eps)`.
+struct NormalizeBackward {
+    eps: f64,
+}
+
+fn backward_rows<T: Copy + Into<f64>>(x: &[T], g: &[T], d: usize, eps: f64, out: impl Fn(f64) -> T) -> Vec<T> {
+    let mut dx = Vec::with_capacity(x.len());
+    for (xr, gr) in x.chunks(d).zip(g.chunks(d)) {
+        let (m, r) = row_stats(xr, eps);
+        let (mut gm, mut gxm) = (0f64, 0f64);
+        for (&xv, &gv) in xr.iter().zip(gr) {
+            let (xh, gv) = ((xv.into() - m) * r, gv.into());
+            gm += gv;
+            gxm += gv * xh;
+        }
+        let (gm, gxm) = (gm / d as f64, gxm / d as f64);
+        dx.extend(xr.iter().zip(gr).map(|(&xv, &gv)| out(r * (gv.into() - gm - (xv.into() - m) * r * gxm))));
+    }
+    dx
+}
+
+impl CustomOp2 for NormalizeBackward {
+    fn name(&self) -> &'static str {
+        "deq-layer-norm-backward"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let d = last_dim(l1)?;
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("layer norm backward: x {:?} and its gradient {:?}", l1.shape(), l2.shape());
+        }
+        let out = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(backward_rows(contiguous(x, l1, "layer norm")?, contiguous(g, l2, "layer norm")?, d, self.eps, |v| v as f32)),
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(backward_rows(contiguous(x, l1, "layer norm")?, contiguous(g, l2, "layer norm")?, d, self.eps, |v| v)),
+            _ => candle_core::bail!("layer norm backward: f32 or f64, both the same"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// The composed normalisation (any device and dtype; candle differentiates it).
+fn normalize_composed(x: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    xc.broadcast_div(&(var + eps)?.sqrt()?)
+}
+
+/// Layer normalisation of `x` over its last dimension, then `* weight + bias` when given
+/// (each of the last dimension's size). Differentiable with respect to all three.
+pub fn layer_norm(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+    let xh = if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+        x.contiguous()?.apply_op1(Normalize { eps })?
+    } else {
+        normalize_composed(x, eps)?
+    };
+    let y = match weight {
+        Some(w) => xh.broadcast_mul(w)?,
+        None => xh,
+    };
+    match bias {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
+}
+
+/// A LayerNorm layer (PyTorch's `nn.LayerNorm(d, eps, elementwise_affine)`): weight 1 and
+/// bias 0 at initialisation when affine.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    affine: Option<(Var, Var)>,
+    eps: f64,
+}
+
+impl LayerNorm {
+    /// A layer over `d` features; `affine` adds the learned weight and bias.
+    pub fn new(d: usize, affine: bool, eps: f64, dtype: DType, dev: &candle_core::Device) -> Result<Self> {
+        let affine = if affine { Some((Var::ones(d, dtype, dev)?, Var::zeros(d, dtype, dev)?)) } else { None };
+        Ok(Self { affine, eps })
+    }
+
+    /// The learned parameters (`weight`, `bias`), none without affine.
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        match &self.affine {
+            Some((w, b)) => vec![("weight".into(), w.clone()), ("bias".into(), b.clone())],
+            None => Vec::new(),
+        }
+    }
+}
+
+impl candle_core::Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.affine {
+            Some((w, b)) => layer_norm(x, Some(w.as_tensor()), Some(b.as_tensor()), self.eps),
+            None => layer_norm(x, None, None, self.eps),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::DeqRng;
+    use candle_core::{Device, Module};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
+    }
+
+    #[test]
+    fn forward_matches_the_composed_ops_and_candle_nn() {
+        let mut rng = DeqRng::new(1);
+        for d in [1usize, 7, 64] {
+            let x = rng.randn((3, 5, d), DType::F64, &Device::Cpu).unwrap().affine(3.0, 1.5).unwrap();
+            let fused = layer_norm(&x, None, None, 1e-5).unwrap();
+            assert!(max_diff(&fused, &normalize_composed(&x, 1e-5).unwrap()) < 1e-12, "d {d}");
+            let w = rng.randn(d, DType::F64, &Device::Cpu).unwrap();
+            let b = rng.randn(d, DType::F64, &Device::Cpu).unwrap();
+            let ours = layer_norm(&x, Some(&w), Some(&b), 1e-5).unwrap();
+            // candle_nn's fused layer norm (f32 only): the same forward, no backward.
+            let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            let candle = candle_nn::ops::layer_norm(&f32(&x), &f32(&w), &f32(&b), 1e-5).unwrap();
+            assert!(max_diff(&ours, &candle) < 1e-5, "d {d}");
+            // f32 against f64.
+            let x32 = x.to_dtype(DType::F32).unwrap();
+            assert!(max_diff(&layer_norm(&x32, None, None, 1e-5).unwrap(), &fused) < 2e-6, "d {d}");
+        }
+    }
+
+    /// Central differences of `sum(layer_norm(x) * m)` in f64 against the gradients of x,
+    /// weight and bias.
+    #[test]
+    fn gradients_match_finite_differences() {
+        let mut rng = DeqRng::new(2);
+        let (n, d) = (4usize, 9usize);
+        let x0 = rng.randn((n, d), DType::F64, &Device::Cpu).unwrap().affine(2.0, 0.3).unwrap();
+        let w0 = rng.randn(d, DType::F64, &Device::Cpu).unwrap();
+        let b0 = rng.randn(d, DType::F64, &Device::Cpu).unwrap();
+        let m = rng.randn((n, d), DType::F64, &Device::Cpu).unwrap();
+        for affine in [false, true] {
+            let (x, w, b) = (Var::from_tensor(&x0).unwrap(), Var::from_tensor(&w0).unwrap(), Var::from_tensor(&b0).unwrap());
+            let f = |x: &Tensor, w: &Tensor, b: &Tensor| -> f64 {
+                let y = if affine { layer_norm(x, Some(w), Some(b), 1e-5) } else { layer_norm(x, None, None, 1e-5) }.unwrap();
+                (y * &m).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+            };
+            let y = if affine { layer_norm(x.as_tensor(), Some(w.as_tensor()), Some(b.as_tensor()), 1e-5) } else { layer_norm(x.as_tensor(), None, None, 1e-5) }.unwrap();
+            let g = (y * &m).unwrap().sum_all().unwrap().backward().unwrap();
+            let h = 1e-6;
+            let fd = |which: usize, i: usize| -> f64 {
+                let bump = |t: &Tensor, s: f64| -> Tensor {
+                    let mut v = t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+                    v[i] += s;
+                    Tensor::from_vec(v, t.shape(), &Device::Cpu).unwrap()
+                };
+                let args = |s: f64| match which {
+                    0 => (bump(&x0, s), w0.clone(), b0.clone()),
+                    1 => (x0.clone(), bump(&w0, s), b0.clone()),
+                    _ => (x0.clone(), w0.clone(), bump(&b0, s)),
+                };
+                let (p, q) = (args(h), args(-h));
+                (f(&p.0, &p.1, &p.2) - f(&q.0, &q.1, &q.2)) / (2.0 * h)
+            };
+            let gx = g.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            for (i, gv) in gx.iter().enumerate() {
+                assert!((gv - fd(0, i)).abs() < 1e-7, "affine {affine}: dx[{i}] {gv} against {}", fd(0, i));
+            }
+            if affine {
+                for (which, var) in [(1, &w), (2, &b)] {
+                    let gv = g.get(var.as_tensor()).unwrap().to_vec1::<f64>().unwrap();
+                    for (i, v) in gv.iter().enumerate() {
+                        assert!((v - fd(which, i)).abs() < 1e-7, "param {which}[{i}] {v} against {}", fd(which, i));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn f32_backward_matches_f64() {
+        let mut rng = DeqRng::new(3);
+        let x = rng.randn((6, 33), DType::F64, &Device::Cpu).unwrap();
+        let m = rng.randn((6, 33), DType::F64, &Device::Cpu).unwrap();
+        let grad = |dtype: DType| {
+            let v = Var::from_tensor(&x.to_dtype(dtype).unwrap()).unwrap();
+            let y = LayerNorm::new(33, false, 1e-5, dtype, &Device::Cpu).unwrap().forward(v.as_tensor()).unwrap();
+            let g = (y * m.to_dtype(dtype).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+            g.get(v.as_tensor()).unwrap().clone()
+        };
+        assert!(max_diff(&grad(DType::F32), &grad(DType::F64)) < 1e-5);
+        assert!(LayerNorm::new(4, false, 1e-5, DType::F32, &Device::Cpu).unwrap().named_vars().is_empty());
+        assert_eq!(LayerNorm::new(4, true, 1e-5, DType::F32, &Device::Cpu).unwrap().named_vars().len(), 2);
+    }
+}

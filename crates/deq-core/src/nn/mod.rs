@@ -1,0 +1,12 @@
+//! Differentiable layers that candle does not differentiate: candle_nn's `LayerNorm`,
+//! `RmsNorm` and `softmax_last_dim` are fused ops without a backward pass, so a model built on
+//! them trains its other parameters and silently leaves these gradients at zero. Here the
+//! forward passes are fused CPU kernels (f32 and f64, statistics accumulated in f64) with
+//! exact backward rules, and other devices and dtypes use candle's composed ops, which candle
+//! differentiates.
+
+mod layer_norm;
+mod softmax;
+
+pub use layer_norm::{layer_norm, LayerNorm};
+pub use softmax::softmax_last_dim;
