@@ -241,6 +241,16 @@ mod tests {
     }
 
     #[test]
+    fn other_dtypes_take_the_composed_path_and_empty_rows_are_refused() {
+        let x = DeqRng::new(6).randn((5, 12), DType::F32, &Device::Cpu).unwrap();
+        let h = layer_norm(&x.to_dtype(DType::BF16).unwrap(), None, None, 1e-5).unwrap();
+        assert_eq!(h.dtype(), DType::BF16);
+        assert!(max_diff(&h, &layer_norm(&x, None, None, 1e-5).unwrap()) < 3e-2);
+        let e = layer_norm(&Tensor::zeros((3, 0), DType::F32, &Device::Cpu).unwrap(), None, None, 1e-5).unwrap_err().to_string();
+        assert!(e.contains("empty last dimension"), "{e}");
+    }
+
+    #[test]
     fn f32_backward_matches_f64() {
         let mut rng = DeqRng::new(3);
         let x = rng.randn((6, 33), DType::F64, &Device::Cpu).unwrap();

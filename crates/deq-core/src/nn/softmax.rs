@@ -71,6 +71,16 @@ mod tests {
     }
 
     #[test]
+    fn other_dtypes_take_candles_softmax() {
+        let x = DeqRng::new(7).randn((3, 9), DType::F32, &Device::Cpu).unwrap();
+        let h = softmax_last_dim(&x.to_dtype(DType::BF16).unwrap()).unwrap();
+        assert_eq!(h.dtype(), DType::BF16);
+        let d = (h.to_dtype(DType::F32).unwrap() - softmax_last_dim(&x).unwrap()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-2, "{d}");
+        assert!(softmax_last_dim(&Tensor::zeros((3, 0), DType::F32, &Device::Cpu).unwrap()).unwrap_err().to_string().contains("empty last dimension"));
+    }
+
+    #[test]
     fn gradient_matches_finite_differences() {
         let mut rng = DeqRng::new(5);
         let x0 = rng.randn((2, 7), DType::F64, &Device::Cpu).unwrap().affine(2.0, 0.0).unwrap();
