@@ -1,0 +1,283 @@
+//! Transformer-XL's relative multi-head attention as the DEQ transformer uses it: queries from
+//! the current segment, keys and values over `[memory; current]`, the injection `u` added to
+//! the q/k/v projections at every key position, learned biases `r_w` (content) and `r_r`
+//! (position), relative positions through `rel_shift`, and a causal mask over the memory and
+//! the segment. Layout: token-first, `(batch, length, features)`.
+
+use candle_core::{DType, Device, Module, Result, Tensor, Var};
+use deq_core::norm::{NormLinear, NormOptions};
+use deq_core::rng::DeqRng;
+
+/// How the `3 * n_head * d_head` channels of the q/k/v projection are ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkvLayout {
+    /// The zoo's `deq-lm`: per head, `d_head` q channels, then k, then v.
+    PerHead,
+    /// The zoo's `deq-seq`, Transformer-XL and the original DEQ: all q channels, then all k,
+    /// then all v, each block head-major.
+    Blocks,
+}
+
+/// Sizes of a [`RelAttention`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionConfig {
+    /// Model width.
+    pub d_model: usize,
+    /// Heads.
+    pub n_head: usize,
+    /// Width of each head.
+    pub d_head: usize,
+    /// Channel order of the q/k/v projection (and of the injection added to it).
+    pub layout: QkvLayout,
+}
+
+/// Relative multi-head attention (the linear maps optionally weight-normalised).
+#[derive(Debug)]
+pub struct RelAttention {
+    cfg: AttentionConfig,
+    qkv: NormLinear,
+    r: NormLinear,
+    o: NormLinear,
+    r_w_bias: Var,
+    r_r_bias: Var,
+}
+
+/// `rel_shift` of Transformer-XL on scores `(..., qlen, klen)`: pad one zero column on the
+/// left, read the buffer as `(..., klen + 1, qlen)`, drop the first row and read it as
+/// `(..., qlen, klen)`. Entry `[i, j]` becomes `x[i, j + qlen - 1 - i]` wherever that index is
+/// in range (every unmasked entry); the others hold the pad or the next row's values and are
+/// masked by the causal mask.
+pub fn rel_shift(x: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let r = dims.len();
+    if r < 2 {
+        candle_core::bail!("rel_shift needs (..., qlen, klen), got {dims:?}");
+    }
+    let (q, k) = (dims[r - 2], dims[r - 1]);
+    let padded = x.pad_with_zeros(r - 1, 1, 0)?;
+    let mut as_rows = dims.clone();
+    as_rows[r - 2] = k + 1;
+    as_rows[r - 1] = q;
+    let shifted = padded.reshape(as_rows)?.narrow(r - 2, 1, k)?.contiguous()?;
+    shifted.reshape(dims)
+}
+
+/// The additive causal mask `(qlen, mlen + qlen)`: 0 where query `i` may see key `j`
+/// (`j <= mlen + i`), `-inf` elsewhere.
+pub fn causal_mask(qlen: usize, mlen: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
+    let klen = mlen + qlen;
+    let v: Vec<f32> = (0..qlen).flat_map(|i| (0..klen).map(move |j| if j > mlen + i { f32::NEG_INFINITY } else { 0.0 })).collect();
+    Tensor::from_vec(v, (qlen, klen), dev)?.to_dtype(dtype)
+}
+
+impl RelAttention {
+    /// A layer with PyTorch's default initialisation of the linear maps and the biases `r_w`,
+    /// `r_r` uniform in `[-0.05, 0.05]` (the zoo's); `norm` configures weight normalisation of
+    /// the three linear maps.
+    pub fn new(cfg: &AttentionConfig, norm: NormOptions, rng: &mut DeqRng, dtype: DType, dev: &Device) -> crate::Result<Self> {
+        let hd = cfg.n_head * cfg.d_head;
+        let qkv = NormLinear::new(cfg.d_model, 3 * hd, false, norm, rng, dtype, dev)?;
+        let r = NormLinear::new(cfg.d_model, hd, false, norm, rng, dtype, dev)?;
+        let o = NormLinear::new(hd, cfg.d_model, true, norm, rng, dtype, dev)?;
+        let r_w_bias = Var::from_tensor(&rng.rand((cfg.n_head, cfg.d_head), -0.05, 0.05, dtype, dev)?)?;
+        let r_r_bias = Var::from_tensor(&rng.rand((cfg.n_head, cfg.d_head), -0.05, 0.05, dtype, dev)?)?;
+        Ok(Self { cfg: cfg.clone(), qkv, r, o, r_w_bias, r_r_bias })
+    }
+
+    /// Recomputes the normalised weights (once per training step).
+    pub fn reset(&self) -> crate::Result<()> {
+        self.qkv.reset()?;
+        self.r.reset()?;
+        Ok(self.o.reset()?)
+    }
+
+    /// Trainable variables with names relative to the layer.
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        for (prefix, l) in [("qkv", &self.qkv), ("r", &self.r), ("o", &self.o)] {
+            out.extend(l.named_vars().into_iter().map(|(n, v)| (format!("{prefix}.{n}"), v)));
+        }
+        out.push(("r_w_bias".into(), self.r_w_bias.clone()));
+        out.push(("r_r_bias".into(), self.r_r_bias.clone()));
+        out
+    }
+
+    /// The positions' projection `W_r P`, `(n_head, klen, d_head)`, for `pos` `(klen, d_model)`
+    /// from [`crate::position::relative_embedding`] (the same for every `f` call of a forward).
+    pub fn project_positions(&self, pos: &Tensor) -> Result<Tensor> {
+        let (klen, _) = pos.dims2()?;
+        self.r.forward(pos)?.reshape((klen, self.cfg.n_head, self.cfg.d_head))?.transpose(0, 1)?.contiguous()
+    }
+
+    /// The attention vectors of the last `qlen` positions of `c` (`(batch, klen, d_model)`,
+    /// memory then segment, already normalised as the block requires): `(batch, qlen,
+    /// n_head * d_head)`, before the output projection. `u` is the injection
+    /// `(batch, klen, 3 * n_head * d_head)`, `r` from [`RelAttention::project_positions`].
+    pub fn attend(&self, c: &Tensor, u: &Tensor, r: &Tensor, qlen: usize) -> Result<Tensor> {
+        let (b, klen, _) = c.dims3()?;
+        if qlen > klen {
+            candle_core::bail!("attention: {qlen} queries over {klen} keys");
+        }
+        let mlen = klen - qlen;
+        let (h, dh) = (self.cfg.n_head, self.cfg.d_head);
+        let wh = (self.qkv.forward(c)? + u)?;
+        // (b, klen, h, dh) for part 0 (q), 1 (k), 2 (v).
+        let part = |i: usize| -> Result<Tensor> {
+            match self.cfg.layout {
+                QkvLayout::PerHead => wh.reshape((b, klen, h, 3, dh))?.narrow(3, i, 1)?.squeeze(3),
+                QkvLayout::Blocks => wh.reshape((b, klen, 3, h, dh))?.narrow(2, i, 1)?.squeeze(2),
+            }
+        };
+        // (b, h, len, dh)
+        let q = part(0)?.narrow(1, mlen, qlen)?.transpose(1, 2)?.contiguous()?;
+        let k = part(1)?.transpose(1, 2)?.contiguous()?;
+        let v = part(2)?.transpose(1, 2)?.contiguous()?;
+        let bias = |t: &Var| t.as_tensor().reshape((1, h, 1, dh));
+        let kt = k.transpose(2, 3)?.contiguous()?;
+        let ac = q.broadcast_add(&bias(&self.r_w_bias)?)?.matmul(&kt)?;
+        let rt = r.transpose(1, 2)?.contiguous()?.unsqueeze(0)?;
+        let bd = rel_shift(&q.broadcast_add(&bias(&self.r_r_bias)?)?.broadcast_matmul(&rt)?)?;
+        let scores = ((ac + bd)? * (1.0 / (dh as f64).sqrt()))?.broadcast_add(&causal_mask(qlen, mlen, c.dtype(), c.device())?)?;
+        let a = deq_core::nn::softmax_last_dim(&scores)?;
+        a.matmul(&v)?.transpose(1, 2)?.reshape((b, qlen, h * dh))
+    }
+
+    /// The output projection `W_o v + b_o` of attention vectors.
+    pub fn output(&self, v: &Tensor) -> Result<Tensor> {
+        self.o.forward(v)
+    }
+
+    /// The whole layer without normalisation: `W_o attend([z_hist; z]) + b_o`, `(batch, qlen,
+    /// d_model)` for `z` `(batch, qlen, d_model)` and `z_hist` `(batch, mlen, d_model)`.
+    pub fn forward(&self, z: &Tensor, z_hist: &Tensor, u: &Tensor, pos: &Tensor) -> Result<Tensor> {
+        let c = Tensor::cat(&[z_hist, z], 1)?;
+        self.output(&self.attend(&c, u, &self.project_positions(pos)?, z.dim(1)?)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::position::relative_embedding;
+
+    fn cfg(layout: QkvLayout) -> AttentionConfig {
+        AttentionConfig { d_model: 6, n_head: 2, d_head: 3, layout }
+    }
+
+    fn no_norm() -> NormOptions {
+        NormOptions { norm_type: deq_core::NormType::None, ..Default::default() }
+    }
+
+    #[test]
+    fn rel_shift_reads_each_query_at_its_own_distance() {
+        let (q, k) = (3usize, 5usize);
+        let x = Tensor::arange(0f64, (2 * q * k) as f64, &Device::Cpu).unwrap().reshape((2, q, k)).unwrap();
+        let s = rel_shift(&x).unwrap().to_vec3::<f64>().unwrap();
+        let x = x.to_vec3::<f64>().unwrap();
+        let mlen = k - q;
+        for b in 0..2 {
+            for i in 0..q {
+                for j in 0..=mlen + i {
+                    assert_eq!(s[b][i][j], x[b][i][j + q - 1 - i], "[{b}, {i}, {j}]");
+                }
+            }
+        }
+        // Query 0 attends to keys 0..=mlen; key mlen + 1 is the pad.
+        assert_eq!(s[0][0][mlen + 1], 0.0);
+    }
+
+    #[test]
+    fn the_mask_hides_later_tokens_and_keeps_the_memory() {
+        let m = causal_mask(2, 3, DType::F32, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(m[0], vec![0.0, 0.0, 0.0, 0.0, f32::NEG_INFINITY]);
+        assert_eq!(m[1], vec![0.0; 5]);
+        // Changing a later token of the segment leaves earlier outputs unchanged; changing the
+        // memory changes all of them.
+        let mut rng = DeqRng::new(1);
+        let a = RelAttention::new(&cfg(QkvLayout::PerHead), no_norm(), &mut rng, DType::F64, &Device::Cpu).unwrap();
+        let (mem, cur) = (2, 4);
+        let zh = rng.randn((1, mem, 6), DType::F64, &Device::Cpu).unwrap();
+        let z = rng.randn((1, cur, 6), DType::F64, &Device::Cpu).unwrap();
+        let u = rng.randn((1, mem + cur, 18), DType::F64, &Device::Cpu).unwrap();
+        let pos = relative_embedding(mem + cur, 6, DType::F64, &Device::Cpu).unwrap();
+        let base = a.forward(&z, &zh, &u, &pos).unwrap();
+        let later = z.slice_assign(&[0..1, 3..4, 0..6], &rng.randn((1, 1, 6), DType::F64, &Device::Cpu).unwrap()).unwrap();
+        let moved = a.forward(&later, &zh, &u, &pos).unwrap();
+        let d = |x: &Tensor, y: &Tensor, t: usize| (x.narrow(1, t, 1).unwrap() - y.narrow(1, t, 1).unwrap()).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+        for t in 0..3 {
+            assert!(d(&base, &moved, t) < 1e-14, "position {t} sees a later token");
+        }
+        assert!(d(&base, &moved, 3) > 1e-6);
+        let other_mem = a.forward(&z, &(&zh + 1.0).unwrap(), &u, &pos).unwrap();
+        for t in 0..cur {
+            assert!(d(&base, &other_mem, t) > 1e-6, "position {t} ignores the memory");
+        }
+    }
+
+    #[test]
+    fn layouts_differ_only_in_channel_order() {
+        // The same weights read as PerHead or as Blocks give the same output once the q/k/v
+        // rows of the projection and the injection channels are permuted accordingly.
+        let mut rng = DeqRng::new(2);
+        let per_head = RelAttention::new(&cfg(QkvLayout::PerHead), no_norm(), &mut rng, DType::F64, &Device::Cpu).unwrap();
+        let blocks = RelAttention::new(&cfg(QkvLayout::Blocks), no_norm(), &mut DeqRng::new(2), DType::F64, &Device::Cpu).unwrap();
+        // Blocks channel (p, h, d) = PerHead channel (h, p, d).
+        let perm: Vec<u32> = (0..3).flat_map(|p| (0..2).flat_map(move |h| (0..3).map(move |d| (h * 9 + p * 3 + d) as u32))).collect();
+        let idx = Tensor::new(perm.as_slice(), &Device::Cpu).unwrap();
+        let wq = per_head.qkv.named_vars().into_iter().find(|(n, _)| *n == "weight_v").map(|(_, v)| v).unwrap();
+        let wb = blocks.qkv.named_vars().into_iter().find(|(n, _)| *n == "weight_v").map(|(_, v)| v).unwrap();
+        wb.set(&wq.as_tensor().index_select(&idx, 0).unwrap()).unwrap();
+        blocks.reset().unwrap();
+        let (zh, z) = (rng.randn((2, 1, 6), DType::F64, &Device::Cpu).unwrap(), rng.randn((2, 3, 6), DType::F64, &Device::Cpu).unwrap());
+        let u = rng.randn((2, 4, 18), DType::F64, &Device::Cpu).unwrap();
+        let pos = relative_embedding(4, 6, DType::F64, &Device::Cpu).unwrap();
+        let a = per_head.forward(&z, &zh, &u, &pos).unwrap();
+        let b = blocks.forward(&z, &zh, &u.index_select(&idx, 2).unwrap(), &pos).unwrap();
+        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+        assert!(diff < 1e-13, "{diff}");
+    }
+
+    /// Central differences in f64 of `sum(attention(z, z_hist, u) * m)` against the gradients
+    /// of the inputs and of the position biases.
+    #[test]
+    fn gradients_match_finite_differences() {
+        for layout in [QkvLayout::PerHead, QkvLayout::Blocks] {
+            let mut rng = DeqRng::new(3);
+            let a = RelAttention::new(&cfg(layout), no_norm(), &mut rng, DType::F64, &Device::Cpu).unwrap();
+            let (mem, cur) = (2, 3);
+            let zh = rng.randn((2, mem, 6), DType::F64, &Device::Cpu).unwrap();
+            let z0 = rng.randn((2, cur, 6), DType::F64, &Device::Cpu).unwrap();
+            let u0 = rng.randn((2, mem + cur, 18), DType::F64, &Device::Cpu).unwrap();
+            let m = rng.randn((2, cur, 6), DType::F64, &Device::Cpu).unwrap();
+            let pos = relative_embedding(mem + cur, 6, DType::F64, &Device::Cpu).unwrap();
+            let loss = |z: &Tensor, u: &Tensor| (a.forward(z, &zh, u, &pos).unwrap() * &m).unwrap().sum_all().unwrap();
+            let (z, u) = (Var::from_tensor(&z0).unwrap(), Var::from_tensor(&u0).unwrap());
+            let g = loss(z.as_tensor(), u.as_tensor()).backward().unwrap();
+            let check = |name: &str, base: &Tensor, grad: &Tensor, f: &dyn Fn(&Tensor) -> f64| {
+                let v = base.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+                let gv = grad.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+                for i in (0..v.len()).step_by(5) {
+                    let at = |s: f64| {
+                        let mut w = v.clone();
+                        w[i] += s;
+                        f(&Tensor::from_vec(w, base.shape(), &Device::Cpu).unwrap())
+                    };
+                    let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
+                    assert!((gv[i] - fd).abs() < 1e-7 * (1.0 + fd.abs()), "{layout:?} {name}[{i}]: {} against {fd}", gv[i]);
+                }
+            };
+            check("z", &z0, g.get(z.as_tensor()).unwrap(), &|t| loss(t, &u0).to_scalar::<f64>().unwrap());
+            check("u", &u0, g.get(u.as_tensor()).unwrap(), &|t| loss(&z0, t).to_scalar::<f64>().unwrap());
+            for bias in [&a.r_w_bias, &a.r_r_bias] {
+                let b0 = bias.as_tensor().copy().unwrap();
+                let gb = g.get(bias.as_tensor()).unwrap().clone();
+                check("bias", &b0, &gb, &|t| {
+                    bias.set(t).unwrap();
+                    let l = loss(&z0, &u0).to_scalar::<f64>().unwrap();
+                    bias.set(&b0).unwrap();
+                    l
+                });
+            }
+        }
+    }
+}
