@@ -6,13 +6,15 @@
 //! previous segment's fixed points.
 //!
 //! This crate is being built in steps (issue 15). Present: the relative positional embedding
-//! ([`position`]) and the relative multi-head attention with the injection added to q, k and
-//! v ([`attention`]), both differentiable and checked against finite differences in f64.
+//! ([`position`]), the relative multi-head attention with the injection added to q, k and v
+//! ([`attention`]) and the blocks of `f` ([`block`]), checked against finite differences in
+//! f64.
 //!
 //! | module | what it holds |
 //! |---|---|
 //! | [`position`] | Transformer-XL's sinusoidal embedding of relative distances |
 //! | [`attention`] | relative multi-head attention, `rel_shift`, the causal mask over [memory; current] |
+//! | [`block`] | the pre-LN (`deq-lm`) and post-LN (`deq-seq`) attention + feed-forward blocks with variational dropout |
 //! | [`error`] | the crate's error type |
 //!
 //! ## Example: one attention call over a memory of 3 and a segment of 4 tokens
@@ -41,6 +43,7 @@
 #![warn(missing_docs)]
 
 pub mod attention;
+pub mod block;
 pub mod error;
 pub mod position;
 

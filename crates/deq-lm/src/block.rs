@@ -1,0 +1,239 @@
+//! The transformer blocks inside `f`: relative attention and a position-wise feed-forward
+//! network, each with a residual connection, in the two arrangements of the zoo:
+//!
+//! * [`BlockStyle::PreLn`] (`deq-lm`): `z + drop(W_o LN2(attend(LN1([mem; z]))) + b_o)`, then
+//!   `x + drop2(W2 drop1(relu(W1 LN(x) + b1)) + b2)`, affine LayerNorms;
+//! * [`BlockStyle::PostLn`] (`deq-seq`): `LN(z + drop(W_o attend([mem; z]) + b_o))`, then
+//!   `LN(x + drop2(W2 drop1(relu(W1 x + b1)) + b2))`, LayerNorms without affine.
+//!
+//! Dropout is variational (one mask per forward, shared by every solver iteration; masks of
+//! `(batch, 1, features)`), reset with [`Block::reset`].
+
+use crate::attention::{AttentionConfig, RelAttention};
+use candle_core::{DType, Device, Module, Result, Tensor, Var};
+use deq_core::dropout::{DropShape, VariationalDropout};
+use deq_core::nn::LayerNorm;
+use deq_core::norm::{NormLinear, NormOptions};
+use deq_core::rng::DeqRng;
+
+/// Where the LayerNorms sit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockStyle {
+    /// Before each sub-layer, affine (the zoo's `deq-lm`).
+    PreLn,
+    /// After each residual sum, without affine (the zoo's `deq-seq`).
+    PostLn,
+}
+
+/// Sizes and dropout of a [`Block`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockConfig {
+    /// The attention's sizes.
+    pub attention: AttentionConfig,
+    /// Hidden width of the feed-forward network.
+    pub d_inner: usize,
+    /// Dropout on the sub-layers' outputs and inside the feed-forward network.
+    pub dropout: f64,
+    /// LayerNorm placement.
+    pub style: BlockStyle,
+}
+
+const LN_EPS: f64 = 1e-5;
+
+/// One attention + feed-forward block.
+#[derive(Debug)]
+pub struct Block {
+    cfg: BlockConfig,
+    attn: RelAttention,
+    w1: NormLinear,
+    w2: NormLinear,
+    /// PreLn: before attention, on the attention vector, before the FFN. PostLn: after the
+    /// attention residual, after the FFN residual (the third unused).
+    ln: [LayerNorm; 3],
+    drop_attn: VariationalDropout,
+    drop_inner: VariationalDropout,
+    drop_ffn: VariationalDropout,
+}
+
+impl Block {
+    /// A block with weights drawn from `rng` (dropout masks from seeds drawn from it too).
+    pub fn new(cfg: &BlockConfig, norm: NormOptions, rng: &mut DeqRng, dtype: DType, dev: &Device) -> crate::Result<Self> {
+        let d = cfg.attention.d_model;
+        let attn = RelAttention::new(&cfg.attention, norm, rng, dtype, dev)?;
+        let w1 = NormLinear::new(d, cfg.d_inner, true, norm, rng, dtype, dev)?;
+        let w2 = NormLinear::new(cfg.d_inner, d, true, norm, rng, dtype, dev)?;
+        let affine = cfg.style == BlockStyle::PreLn;
+        let hd = cfg.attention.n_head * cfg.attention.d_head;
+        let ln = [LayerNorm::new(d, affine, LN_EPS, dtype, dev)?, LayerNorm::new(if affine { hd } else { d }, affine, LN_EPS, dtype, dev)?, LayerNorm::new(d, affine, LN_EPS, dtype, dev)?];
+        let mut drop = || VariationalDropout::new(cfg.dropout, DropShape::Token, rng.next_u64());
+        Ok(Self { cfg: cfg.clone(), attn, w1, w2, ln, drop_attn: drop()?, drop_inner: drop()?, drop_ffn: drop()? })
+    }
+
+    /// Recomputes the normalised weights and forgets the dropout masks (once per forward).
+    pub fn reset(&self) -> crate::Result<()> {
+        self.attn.reset()?;
+        self.w1.reset()?;
+        self.w2.reset()?;
+        for d in [&self.drop_attn, &self.drop_inner, &self.drop_ffn] {
+            d.reset();
+        }
+        Ok(())
+    }
+
+    /// Trainable variables with names relative to the block.
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        let mut out: Vec<(String, Var)> = self.attn.named_vars().into_iter().map(|(n, v)| (format!("attn.{n}"), v)).collect();
+        for (prefix, l) in [("ff.w1", &self.w1), ("ff.w2", &self.w2)] {
+            out.extend(l.named_vars().into_iter().map(|(n, v)| (format!("{prefix}.{n}"), v)));
+        }
+        for (i, ln) in self.ln.iter().enumerate() {
+            out.extend(ln.named_vars().into_iter().map(|(n, v)| (format!("ln{}.{n}", i + 1), v)));
+        }
+        out
+    }
+
+    /// The attention layer (its positions' projection is computed once per forward).
+    pub fn attention(&self) -> &RelAttention {
+        &self.attn
+    }
+
+    /// The block on the segment `z` `(batch, qlen, d_model)` given the memory `z_hist`
+    /// `(batch, mlen, d_model)`, the injection `u` `(batch, mlen + qlen, 3 * n_head * d_head)`
+    /// and the projected positions `r` ([`RelAttention::project_positions`]).
+    pub fn forward(&self, z: &Tensor, z_hist: &Tensor, u: &Tensor, r: &Tensor, training: bool) -> Result<Tensor> {
+        let qlen = z.dim(1)?;
+        let c = Tensor::cat(&[z_hist, z], 1)?;
+        let x = match self.cfg.style {
+            BlockStyle::PreLn => {
+                let v = self.attn.attend(&self.ln[0].forward(&c)?, u, r, qlen)?;
+                (z + self.drop_attn.forward(&self.attn.output(&self.ln[1].forward(&v)?)?, training)?)?
+            }
+            BlockStyle::PostLn => {
+                let v = self.attn.attend(&c, u, r, qlen)?;
+                self.ln[0].forward(&(z + self.drop_attn.forward(&self.attn.output(&v)?, training)?)?)?
+            }
+        };
+        let inner = |h: &Tensor| -> Result<Tensor> {
+            let a = self.drop_inner.forward(&self.w1.forward(h)?.relu()?, training)?;
+            self.drop_ffn.forward(&self.w2.forward(&a)?, training)
+        };
+        match self.cfg.style {
+            BlockStyle::PreLn => &x + inner(&self.ln[2].forward(&x)?)?,
+            BlockStyle::PostLn => self.ln[1].forward(&(&x + inner(&x)?)?),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attention::QkvLayout;
+    use crate::position::relative_embedding;
+
+    fn cfg(style: BlockStyle, dropout: f64) -> BlockConfig {
+        BlockConfig { attention: AttentionConfig { d_model: 6, n_head: 2, d_head: 3, layout: QkvLayout::PerHead }, d_inner: 7, dropout, style }
+    }
+
+    fn norm() -> NormOptions {
+        NormOptions { norm_type: deq_core::NormType::WeightNorm, ..Default::default() }
+    }
+
+    /// Central differences in f64 of `sum(block(z) * m)`, with dropout masks fixed, against the
+    /// gradients of the segment, the injection and every parameter (weight norm's `v` and `g`
+    /// included).
+    #[test]
+    fn gradients_match_finite_differences() {
+        for style in [BlockStyle::PreLn, BlockStyle::PostLn] {
+            let mut rng = DeqRng::new(4);
+            let b = Block::new(&cfg(style, 0.2), norm(), &mut rng, DType::F64, &Device::Cpu).unwrap();
+            let (mem, cur) = (2, 3);
+            let zh = rng.randn((2, mem, 6), DType::F64, &Device::Cpu).unwrap();
+            let z0 = rng.randn((2, cur, 6), DType::F64, &Device::Cpu).unwrap();
+            let u0 = rng.randn((2, mem + cur, 18), DType::F64, &Device::Cpu).unwrap();
+            let m = rng.randn((2, cur, 6), DType::F64, &Device::Cpu).unwrap();
+            let pos = relative_embedding(mem + cur, 6, DType::F64, &Device::Cpu).unwrap();
+            b.reset().unwrap();
+            let loss = |z: &Tensor, u: &Tensor| -> Tensor {
+                // The positions' projection depends on W_r: recomputed per evaluation.
+                let r = b.attention().project_positions(&pos).unwrap();
+                (b.forward(z, &zh, u, &r, true).unwrap() * &m).unwrap().sum_all().unwrap()
+            };
+            let (z, u) = (Var::from_tensor(&z0).unwrap(), Var::from_tensor(&u0).unwrap());
+            let g = loss(z.as_tensor(), u.as_tensor()).backward().unwrap();
+            let fd_check = |name: &str, base: &Tensor, grad: &Tensor, f: &dyn Fn(&Tensor) -> f64| {
+                let v = base.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+                let gv = grad.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+                for i in (0..v.len()).step_by(7) {
+                    let at = |s: f64| {
+                        let mut w = v.clone();
+                        w[i] += s;
+                        f(&Tensor::from_vec(w, base.shape(), &Device::Cpu).unwrap())
+                    };
+                    let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
+                    assert!((gv[i] - fd).abs() < 1e-6 * (1.0 + fd.abs()), "{style:?} {name}[{i}]: {} against {fd}", gv[i]);
+                }
+            };
+            fd_check("z", &z0, g.get(z.as_tensor()).unwrap(), &|t| loss(t, &u0).to_scalar::<f64>().unwrap());
+            fd_check("u", &u0, g.get(u.as_tensor()).unwrap(), &|t| loss(&z0, t).to_scalar::<f64>().unwrap());
+            let vars = b.named_vars();
+            assert!(vars.len() >= if style == BlockStyle::PreLn { 18 } else { 12 }, "{}", vars.len());
+            for (name, var) in &vars {
+                let v0 = var.as_tensor().copy().unwrap();
+                let gv = g.get(var.as_tensor()).unwrap_or_else(|| panic!("{style:?}: no gradient for {name}")).clone();
+                fd_check(name, &v0, &gv, &|t| {
+                    var.set(t).unwrap();
+                    // Weight norm: the normalised weight follows its parameters.
+                    b.attention().reset().unwrap();
+                    b.w1.reset().unwrap();
+                    b.w2.reset().unwrap();
+                    let l = loss(&z0, &u0).to_scalar::<f64>().unwrap();
+                    var.set(&v0).unwrap();
+                    b.attention().reset().unwrap();
+                    b.w1.reset().unwrap();
+                    b.w2.reset().unwrap();
+                    l
+                });
+            }
+        }
+    }
+
+    #[test]
+    fn post_ln_outputs_are_normalised_rows_and_pre_ln_keeps_the_residual() {
+        let mut rng = DeqRng::new(6);
+        let zh = rng.randn((2, 3, 6), DType::F64, &Device::Cpu).unwrap();
+        let z = rng.randn((2, 4, 6), DType::F64, &Device::Cpu).unwrap().affine(3.0, 2.0).unwrap();
+        let u = rng.randn((2, 7, 18), DType::F64, &Device::Cpu).unwrap();
+        let pos = relative_embedding(7, 6, DType::F64, &Device::Cpu).unwrap();
+        let post = Block::new(&cfg(BlockStyle::PostLn, 0.0), norm(), &mut rng, DType::F64, &Device::Cpu).unwrap();
+        let y = post.forward(&z, &zh, &u, &post.attention().project_positions(&pos).unwrap(), false).unwrap();
+        for row in y.reshape((8, 6)).unwrap().to_vec2::<f64>().unwrap() {
+            let mean = row.iter().sum::<f64>() / 6.0;
+            let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 6.0;
+            assert!(mean.abs() < 1e-12 && (var - 1.0).abs() < 1e-4, "{mean} {var}");
+        }
+        // Pre-LN: the output is the input plus bounded updates (LayerNorms inside the
+        // branches), so a shifted input shifts the output by the same amount.
+        let pre = Block::new(&cfg(BlockStyle::PreLn, 0.0), norm(), &mut rng, DType::F64, &Device::Cpu).unwrap();
+        let r = pre.attention().project_positions(&pos).unwrap();
+        let (a, b) = (pre.forward(&z, &zh, &u, &r, false).unwrap(), pre.forward(&(&z + 100.0).unwrap(), &(&zh + 100.0).unwrap(), &u, &r, false).unwrap());
+        let d = ((b - a).unwrap() - 100.0).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+        assert!(d < 1e-9, "{d}");
+    }
+
+    #[test]
+    fn dropout_masks_hold_for_a_forward_and_change_after_reset() {
+        let mut rng = DeqRng::new(5);
+        let b = Block::new(&cfg(BlockStyle::PreLn, 0.5), norm(), &mut rng, DType::F64, &Device::Cpu).unwrap();
+        let zh = Tensor::zeros((1, 0, 6), DType::F64, &Device::Cpu).unwrap();
+        let z = rng.randn((1, 4, 6), DType::F64, &Device::Cpu).unwrap();
+        let u = rng.randn((1, 4, 18), DType::F64, &Device::Cpu).unwrap();
+        let r = b.attention().project_positions(&relative_embedding(4, 6, DType::F64, &Device::Cpu).unwrap()).unwrap();
+        let run = |train: bool| b.forward(&z, &zh, &u, &r, train).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        b.reset().unwrap();
+        let (a1, a2) = (run(true), run(true));
+        assert_eq!(a1, a2, "one mask per forward (every solver iteration sees the same)");
+        b.reset().unwrap();
+        assert_ne!(run(true), a1, "a new mask after reset");
+        assert_ne!(run(false), a1, "no dropout in evaluation");
+    }
+}
