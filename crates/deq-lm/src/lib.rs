@@ -13,6 +13,7 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`position`] | Transformer-XL's sinusoidal embedding of relative distances |
+//! | [`adaptive`] | adaptive input embedding and projected adaptive log-softmax, tied, without a full logit matrix |
 //! | [`attention`] | relative multi-head attention, `rel_shift`, the causal mask over [memory; current] |
 //! | [`block`] | the pre-LN (`deq-lm`) and post-LN (`deq-seq`) attention + feed-forward blocks with variational dropout |
 //! | [`error`] | the crate's error type |
@@ -42,6 +43,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod adaptive;
 pub mod attention;
 pub mod block;
 pub mod error;
