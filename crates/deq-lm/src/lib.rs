@@ -17,6 +17,7 @@
 //! | [`attention`] | relative multi-head attention, `rel_shift`, the causal mask over [memory; current] |
 //! | [`block`] | the pre-LN (`deq-lm`) and post-LN (`deq-seq`) attention + feed-forward blocks with variational dropout |
 //! | [`error`] | the crate's error type |
+//! | [`model`] | the model: embedding, injection, `f` solved with deq-core, memory, loss |
 //!
 //! ## Example: one attention call over a memory of 3 and a segment of 4 tokens
 //!
@@ -47,6 +48,7 @@ pub mod adaptive;
 pub mod attention;
 pub mod block;
 pub mod error;
+pub mod model;
 pub mod position;
 
 pub use error::{LmError, Result};

@@ -1,0 +1,318 @@
+//! The DEQ transformer language model: adaptive embedding, one injection, `f` = the blocks
+//! chained (`deq-lm`: `n_layer` pre-LN blocks; `deq-seq`: one post-LN block) over the segment
+//! given the memory, solved with deq-core, then the tied adaptive log-softmax. The memory is
+//! the previous segments' fixed points and injections (detached), at most `mem_len` positions.
+
+use crate::adaptive::{AdaptiveConfig, AdaptiveEmbedding, AdaptiveLogSoftmax};
+use crate::attention::{AttentionConfig, QkvLayout};
+use crate::block::{Block, BlockConfig, BlockStyle};
+use candle_core::{DType, Device, Tensor, Var};
+use deq_core::dropout::{DropShape, VariationalDropout};
+use deq_core::norm::NormOptions;
+use deq_core::rng::DeqRng;
+use deq_core::solver::SolverStats;
+use deq_core::{Deq, DeqConfig};
+
+/// Which of the zoo's two models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// `deq-lm`: `n_layer` pre-LN blocks in `f`, q/k/v interleaved per head.
+    Lm,
+    /// `deq-seq`: one post-LN block in `f` (LayerNorms without affine), q/k/v in blocks.
+    Seq,
+}
+
+/// Model sizes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    /// `deq-lm` or `deq-seq`.
+    pub variant: Variant,
+    /// Blocks chained in `f` (`deq-lm`; `deq-seq` has one).
+    pub n_layer: usize,
+    /// Model width.
+    pub d_model: usize,
+    /// Heads.
+    pub n_head: usize,
+    /// Head width.
+    pub d_head: usize,
+    /// Feed-forward width.
+    pub d_inner: usize,
+    /// Dropout of the blocks, the input embedding, the positions and the output.
+    pub dropout: f64,
+    /// Embedding and output layers.
+    pub adaptive: AdaptiveConfig,
+    /// Positions of memory kept between segments.
+    pub mem_len: usize,
+}
+
+/// The memory carried between segments: fixed points `(batch, mlen, d_model)` and injections
+/// `(batch, mlen, 3 * n_head * d_head)`, both without gradient.
+#[derive(Debug, Clone)]
+pub struct Memory {
+    /// Fixed points of the previous positions.
+    pub z: Tensor,
+    /// Their injections.
+    pub u: Tensor,
+}
+
+impl Memory {
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.z.dim(1).unwrap_or(0)
+    }
+
+    /// Whether it holds no position.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One forward pass over a segment.
+#[derive(Debug)]
+pub struct LmForward {
+    /// The supervised states `(batch, qlen, d_model)` (earliest first; the last is the fixed
+    /// point), after the output dropout.
+    pub hidden: Vec<Tensor>,
+    /// The memory for the next segment.
+    pub memory: Memory,
+    /// Forward solver statistics.
+    pub stats: SolverStats,
+}
+
+/// The model.
+#[derive(Debug)]
+pub struct DeqTransformerLm {
+    cfg: ModelConfig,
+    emb: AdaptiveEmbedding,
+    out: AdaptiveLogSoftmax,
+    inj_w: Var,
+    inj_b: Var,
+    blocks: Vec<Block>,
+    drop_in: VariationalDropout,
+    drop_pos: VariationalDropout,
+    drop_out: VariationalDropout,
+    deq_train: Deq,
+    deq_eval: Deq,
+}
+
+impl DeqTransformerLm {
+    /// A model with parameters drawn from `rng`; `deq` configures the solver, the gradient and
+    /// the weight normalisation of `f`'s linear maps.
+    pub fn new(cfg: &ModelConfig, deq: &DeqConfig, rng: &mut DeqRng, dtype: DType, dev: &Device) -> crate::Result<Self> {
+        let (d, hd) = (cfg.d_model, cfg.n_head * cfg.d_head);
+        if cfg.adaptive.d_model != d {
+            return Err(candle_core::Error::Msg(format!("adaptive.d_model {} differs from d_model {d}", cfg.adaptive.d_model)).into());
+        }
+        let emb = AdaptiveEmbedding::new(&cfg.adaptive, rng, dtype, dev)?;
+        let out = AdaptiveLogSoftmax::new(&emb, rng)?;
+        let inj_w = Var::from_tensor(&rng.randn((3 * hd, d), dtype, dev)?.affine(0.01, 0.0)?)?;
+        let inj_b = Var::zeros(3 * hd, dtype, dev)?;
+        let (style, layout, n) = match cfg.variant {
+            Variant::Lm => (BlockStyle::PreLn, QkvLayout::PerHead, cfg.n_layer.max(1)),
+            Variant::Seq => (BlockStyle::PostLn, QkvLayout::Blocks, 1),
+        };
+        let bc = BlockConfig { attention: AttentionConfig { d_model: d, n_head: cfg.n_head, d_head: cfg.d_head, layout }, d_inner: cfg.d_inner, dropout: cfg.dropout, style };
+        let norm = NormOptions::from_config(deq);
+        let blocks = (0..n).map(|_| Block::new(&bc, norm, rng, dtype, dev)).collect::<crate::Result<Vec<_>>>()?;
+        let drop = |shape, rng: &mut DeqRng| VariationalDropout::new(cfg.dropout, shape, rng.next_u64());
+        let (drop_in, drop_pos, drop_out) = (drop(DropShape::Token, rng)?, drop(DropShape::Token, rng)?, drop(DropShape::Channel, rng)?);
+        let deq_train = Deq::new(deq.clone())?;
+        let mut deq_eval = Deq::new(deq.clone())?;
+        deq_eval.set_training(false);
+        Ok(Self { cfg: cfg.clone(), emb, out, inj_w, inj_b, blocks, drop_in, drop_pos, drop_out, deq_train, deq_eval })
+    }
+
+    /// Every trainable variable with its name (tied matrices once).
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        let mut v: Vec<(String, Var)> = self.emb.named_vars().into_iter().map(|(n, x)| (format!("emb.{n}"), x)).collect();
+        v.extend(self.out.named_vars().into_iter().map(|(n, x)| (format!("out.{n}"), x)));
+        v.push(("injection.weight".into(), self.inj_w.clone()));
+        v.push(("injection.bias".into(), self.inj_b.clone()));
+        for (i, b) in self.blocks.iter().enumerate() {
+            v.extend(b.named_vars().into_iter().map(|(n, x)| (format!("blocks.{i}.{n}"), x)));
+        }
+        v
+    }
+
+    /// An empty memory for `batch` sequences.
+    pub fn empty_memory(&self, batch: usize) -> candle_core::Result<Memory> {
+        let (dtype, dev) = (self.inj_w.dtype(), self.inj_w.device());
+        let hd = self.cfg.n_head * self.cfg.d_head;
+        Ok(Memory { z: Tensor::zeros((batch, 0, self.cfg.d_model), dtype, dev)?, u: Tensor::zeros((batch, 0, 3 * hd), dtype, dev)? })
+    }
+
+    /// `f(z)` given the memory `z_hist`, the injection over `[memory; segment]` and each
+    /// block's projected positions.
+    fn f(&self, z: &Tensor, z_hist: &Tensor, u_cat: &Tensor, rs: &[Tensor], training: bool) -> candle_core::Result<Tensor> {
+        let mut z = z.clone();
+        for (b, r) in self.blocks.iter().zip(rs) {
+            z = b.forward(&z, z_hist, u_cat, r, training)?;
+        }
+        Ok(z)
+    }
+
+    /// The forward pass over the segment `tokens` `(batch, qlen)` (u32) after `memory`.
+    pub fn forward(&self, tokens: &Tensor, memory: &Memory, training: bool) -> crate::Result<LmForward> {
+        let (b, qlen) = tokens.dims2()?;
+        if memory.z.dim(0)? != b {
+            return Err(candle_core::Error::Msg(format!("memory of batch {} for a batch of {b}", memory.z.dim(0)?)).into());
+        }
+        for blk in &self.blocks {
+            blk.reset()?;
+        }
+        for d in [&self.drop_in, &self.drop_pos, &self.drop_out] {
+            d.reset();
+        }
+        let e = self.drop_in.forward(&self.emb.forward(tokens)?, training)?;
+        let u_now = e.broadcast_matmul(&self.inj_w.as_tensor().t()?)?.broadcast_add(self.inj_b.as_tensor())?;
+        let u_cat = Tensor::cat(&[&memory.u, &u_now], 1)?;
+        let klen = memory.len() + qlen;
+        let pos = crate::position::relative_embedding(klen, self.cfg.d_model, e.dtype(), e.device())?;
+        let pos = self.drop_pos.forward(&pos.unsqueeze(0)?, training)?.squeeze(0)?;
+        let mut inputs = vec![u_cat.clone()];
+        for blk in &self.blocks {
+            inputs.push(blk.attention().project_positions(&pos)?);
+        }
+        let z_hist = memory.z.detach();
+        let z0 = Tensor::zeros((b, qlen, self.cfg.d_model), e.dtype(), e.device())?;
+        let deq = if training { &self.deq_train } else { &self.deq_eval };
+        let out = deq.forward1(|z, x| self.f(z, &z_hist, &x[0], &x[1..], training), &inputs, &z0)?;
+        let z_star = out.z().detach();
+        let keep = |t: Tensor| -> candle_core::Result<Tensor> {
+            let n = t.dim(1)?;
+            let from = n.saturating_sub(self.cfg.mem_len);
+            t.narrow(1, from, n - from)?.contiguous()
+        };
+        let memory = Memory { z: keep(Tensor::cat(&[&memory.z, &z_star], 1)?)?, u: keep(Tensor::cat(&[&memory.u, &u_now.detach()], 1)?)? };
+        let hidden = out.states.iter().map(|s| self.drop_out.forward(&s[0], training)).collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(LmForward { hidden, memory, stats: out.stats })
+    }
+
+    /// The mean negative log-likelihood of `targets` `(batch, qlen)` under `hidden`
+    /// `(batch, qlen, d_model)`.
+    pub fn loss(&self, hidden: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, q, d) = hidden.dims3()?;
+        self.out.nll(&hidden.reshape((b * q, d))?, &targets.flatten_all()?)?.mean_all()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(variant: Variant) -> ModelConfig {
+        ModelConfig {
+            variant,
+            n_layer: 2,
+            d_model: 6,
+            n_head: 2,
+            d_head: 3,
+            d_inner: 5,
+            dropout: 0.0,
+            adaptive: AdaptiveConfig { n_token: 11, d_embed: 6, d_model: 6, cutoffs: vec![4], div_val: 2, tie_first_projection: false },
+            mem_len: 5,
+        }
+    }
+
+    /// Tokens from both clusters (ids below and above the cutoff 4) in every segment.
+    fn tokens(b: usize, q: usize, seed: u64) -> Tensor {
+        Tensor::from_vec((0..b * q).map(|k| ((seed as usize * 3 + k * 5) % 11) as u32).collect::<Vec<_>>(), (b, q), &Device::Cpu).unwrap()
+    }
+
+    /// The zoo's deq-lm training: no forward solve (`f_max_iter = 0`), a phantom gradient of
+    /// k unrolled steps from zero, i.e. exactly a weight-tied k-layer network: its gradient is
+    /// the finite differences of the loss, for every parameter.
+    #[test]
+    fn the_unrolled_training_gradient_matches_finite_differences() {
+        let deq = DeqConfig { f_max_iter: 0, grad: vec![3], tau: 1.0, ift: false, ..Default::default() };
+        let m = DeqTransformerLm::new(&cfg(Variant::Lm), &deq, &mut DeqRng::new(1), DType::F64, &Device::Cpu).unwrap();
+        let (x, y) = (tokens(2, 4, 2), tokens(2, 4, 3));
+        let mem = m.empty_memory(2).unwrap();
+        // A memory from a first segment, so the second segment's attention reads it.
+        let mem = m.forward(&tokens(2, 3, 4), &mem, true).unwrap().memory;
+        let loss = || -> Tensor {
+            let out = m.forward(&x, &mem, true).unwrap();
+            m.loss(out.hidden.last().unwrap(), &y).unwrap()
+        };
+        let g = deq_core::grad::backward(&loss()).unwrap();
+        let vars = m.named_vars();
+        assert!(vars.len() > 30, "{}", vars.len());
+        for (name, var) in vars {
+            let v0 = var.as_tensor().copy().unwrap();
+            let base = v0.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let gv = g.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}")).flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            for i in (0..base.len()).step_by(11) {
+                let at = |d: f64| {
+                    let mut w = base.clone();
+                    w[i] += d;
+                    var.set(&Tensor::from_vec(w, v0.shape(), &Device::Cpu).unwrap()).unwrap();
+                    let l = loss().to_scalar::<f64>().unwrap();
+                    var.set(&v0).unwrap();
+                    l
+                };
+                let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
+                assert!((gv[i] - fd).abs() < 1e-7 * (1.0 + fd.abs()), "{name}[{i}]: {} against {fd}", gv[i]);
+            }
+        }
+    }
+
+    /// deq-seq's training: the fixed point solved tightly and differentiated implicitly; the
+    /// gradient of every parameter matches finite differences of the solved loss.
+    #[test]
+    fn the_implicit_gradient_matches_finite_differences() {
+        let deq = DeqConfig { f_solver: "broyden".into(), f_max_iter: 60, f_tol: 1e-12, b_solver: "broyden".into(), b_max_iter: 60, b_tol: 1e-12, ift: true, grad: vec![1], ..Default::default() };
+        let m = DeqTransformerLm::new(&cfg(Variant::Seq), &deq, &mut DeqRng::new(5), DType::F64, &Device::Cpu).unwrap();
+        let (x, y) = (tokens(2, 3, 6), tokens(2, 3, 7));
+        let mem = m.forward(&tokens(2, 2, 8), &m.empty_memory(2).unwrap(), true).unwrap().memory;
+        let loss = || -> (Tensor, SolverStats) {
+            let out = m.forward(&x, &mem, true).unwrap();
+            (m.loss(out.hidden.last().unwrap(), &y).unwrap(), out.stats)
+        };
+        let (l, stats) = loss();
+        assert!(stats.rel_lowest.iter().all(|&r| r < 1e-9), "the solve converged: {:?}", stats.rel_lowest);
+        let g = deq_core::grad::backward(&l).unwrap();
+        for (name, var) in m.named_vars() {
+            let v0 = var.as_tensor().copy().unwrap();
+            let base = v0.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let gv = g.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}")).flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            for i in (0..base.len()).step_by(13) {
+                let at = |d: f64| {
+                    let mut w = base.clone();
+                    w[i] += d;
+                    var.set(&Tensor::from_vec(w, v0.shape(), &Device::Cpu).unwrap()).unwrap();
+                    let l = loss().0.to_scalar::<f64>().unwrap();
+                    var.set(&v0).unwrap();
+                    l
+                };
+                let fd = (at(1e-5) - at(-1e-5)) / 2e-5;
+                assert!((gv[i] - fd).abs() < 1e-6 * (1.0 + fd.abs()), "{name}[{i}]: {} against {fd}", gv[i]);
+            }
+        }
+    }
+
+    #[test]
+    fn the_memory_is_detached_bounded_and_read() {
+        let deq = DeqConfig { f_solver: "fixed_point_iter".into(), f_max_iter: 8, f_tol: 0.0, ..Default::default() };
+        let m = DeqTransformerLm::new(&cfg(Variant::Lm), &deq, &mut DeqRng::new(9), DType::F64, &Device::Cpu).unwrap();
+        let empty = m.empty_memory(2).unwrap();
+        let first = m.forward(&tokens(2, 3, 10), &empty, false).unwrap();
+        assert_eq!((first.memory.len(), first.memory.u.dims()), (3, &[2usize, 3, 18][..]));
+        let second = m.forward(&tokens(2, 4, 11), &first.memory, false).unwrap();
+        assert_eq!(second.memory.len(), 5, "mem_len caps the memory");
+        // The memory's last positions are the second segment's fixed point.
+        let tail = second.memory.z.narrow(1, 1, 4).unwrap();
+        let d = (tail - second.hidden.last().unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+        assert!(d < 1e-12, "{d}");
+        // The same segment without the memory predicts differently; causality within it holds.
+        let alone = m.forward(&tokens(2, 4, 11), &empty, false).unwrap();
+        let diff = (alone.hidden.last().unwrap() - second.hidden.last().unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+        assert!(diff > 1e-6);
+        let mut later = tokens(2, 4, 11).to_vec2::<u32>().unwrap();
+        later[0][3] = (later[0][3] + 1) % 11;
+        let changed = m.forward(&Tensor::new(later, &Device::Cpu).unwrap(), &first.memory, false).unwrap();
+        let early = |o: &LmForward| o.hidden.last().unwrap().narrow(1, 0, 3).unwrap();
+        let d = (early(&changed) - early(&second)).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+        assert!(d < 1e-12, "a later token changed earlier positions by {d}");
+        assert!(m.forward(&tokens(3, 4, 1), &first.memory, false).is_err(), "a memory of another batch size");
+    }
+}
