@@ -9,6 +9,21 @@ pub enum LmError {
     /// deq-core (layers, solvers) failed.
     #[error(transparent)]
     Deq(#[from] deq_core::error::DeqError),
+    /// A data or tokenizer file is missing, unreadable or malformed.
+    #[error("{path}: {message}")]
+    Data {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl LmError {
+    /// A [`LmError::Data`] for `path`.
+    pub fn data(path: &std::path::Path, message: impl std::fmt::Display) -> Self {
+        Self::Data { path: path.display().to_string(), message: message.to_string() }
+    }
 }
 
 /// `Result` with [`LmError`].
