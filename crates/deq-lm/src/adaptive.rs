@@ -309,6 +309,11 @@ mod tests {
         assert_eq!(x[1][1], x[0][0]);
         assert!(e.forward(&Tensor::new(&[23u32], &Device::Cpu).unwrap()).unwrap_err().to_string().contains("outside the vocabulary"));
         assert!(AdaptiveEmbedding::new(&cfg(vec![12, 5], 2), &mut DeqRng::new(0), DType::F64, &Device::Cpu).is_err());
+        assert!(AdaptiveEmbedding::new(&cfg(vec![5, 12], 0), &mut DeqRng::new(0), DType::F64, &Device::Cpu).is_err());
+        assert!(AdaptiveEmbedding::new(&AdaptiveConfig { d_embed: 0, ..cfg(vec![5, 12], 2) }, &mut DeqRng::new(0), DType::F64, &Device::Cpu).is_err());
+        // Cluster widths d_embed / div_val^i: 8, 4, 2.
+        assert_eq!(e.emb.iter().map(|v| v.dims()[1]).collect::<Vec<_>>(), [8, 4, 2]);
+        assert_eq!(e.emb.iter().map(|v| v.dims()[0]).collect::<Vec<_>>(), [5, 7, 11]);
     }
 
     /// Central differences in f64 of `mean(nll(h(x), t))` where `h` uses the embedding of the

@@ -187,6 +187,58 @@ mod tests {
     }
 
     #[test]
+    fn rel_shift_of_a_matrix_and_of_too_few_dimensions() {
+        let x = Tensor::arange(0f64, 6.0, &Device::Cpu).unwrap().reshape((2, 3)).unwrap();
+        // q = 2, k = 3: [i, j] = x[i, j + 1 - i] for j <= 1 + i.
+        let s = rel_shift(&x).unwrap().to_vec2::<f64>().unwrap();
+        assert_eq!((s[0][0], s[0][1], s[1][0], s[1][1], s[1][2]), (1.0, 2.0, 3.0, 4.0, 5.0));
+        assert!(rel_shift(&Tensor::zeros(3, DType::F64, &Device::Cpu).unwrap()).is_err());
+    }
+
+    /// The attention vectors against Transformer-XL's formula written out element by element:
+    /// `S[i, j] = ((q_i + r_w) . k_j + (q_i + r_r) . R[d]) / sqrt(d_head)` with `d` the
+    /// distance `mlen + i - j` and `R[d]` the projected embedding of distance `d`, softmax over
+    /// `j <= mlen + i`, then the weighted values; q, k, v from `W_qkv c + u`.
+    #[test]
+    fn attend_computes_the_transformer_xl_scores() {
+        let mut rng = DeqRng::new(7);
+        let a = RelAttention::new(&cfg(QkvLayout::Blocks), no_norm(), &mut rng, DType::F64, &Device::Cpu).unwrap();
+        let (mem, cur, h, dh) = (2usize, 3usize, 2usize, 3usize);
+        let klen = mem + cur;
+        let c = rng.randn((1, klen, 6), DType::F64, &Device::Cpu).unwrap();
+        let u = rng.randn((1, klen, 18), DType::F64, &Device::Cpu).unwrap();
+        let pos = relative_embedding(klen, 6, DType::F64, &Device::Cpu).unwrap();
+        let r = a.project_positions(&pos).unwrap();
+        let got = a.attend(&c, &u, &r, cur).unwrap().to_vec3::<f64>().unwrap();
+        let wh = (a.qkv.forward(&c).unwrap() + &u).unwrap().to_vec3::<f64>().unwrap();
+        let rr = r.to_vec3::<f64>().unwrap(); // (h, klen, dh), row j = distance klen - 1 - j
+        let (rw, rb) = (a.r_w_bias.as_tensor().to_vec2::<f64>().unwrap(), a.r_r_bias.as_tensor().to_vec2::<f64>().unwrap());
+        // Blocks layout: q at channel h * dh + d, k at 6 + ..., v at 12 + ...
+        let at = |part: usize, pos: usize, head: usize, d: usize| wh[0][pos][part * 6 + head * dh + d];
+        for head in 0..h {
+            for i in 0..cur {
+                let qi = mem + i;
+                let visible = 0..=qi;
+                let scores: Vec<f64> = visible
+                    .clone()
+                    .map(|j| {
+                        let dist = qi - j;
+                        let row = klen - 1 - dist;
+                        (0..dh).map(|d| (at(0, qi, head, d) + rw[head][d]) * at(1, j, head, d) + (at(0, qi, head, d) + rb[head][d]) * rr[head][row][d]).sum::<f64>() / (dh as f64).sqrt()
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+                for d in 0..dh {
+                    let want: f64 = visible.clone().zip(&scores).map(|(j, s)| (s - max).exp() / z * at(2, j, head, d)).sum();
+                    let have = got[0][i][head * dh + d];
+                    assert!((want - have).abs() < 1e-12, "head {head} query {i} dim {d}: {have} against {want}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn the_mask_hides_later_tokens_and_keeps_the_memory() {
         let m = causal_mask(2, 3, DType::F32, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(m[0], vec![0.0, 0.0, 0.0, 0.0, f32::NEG_INFINITY]);
