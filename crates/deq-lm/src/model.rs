@@ -45,6 +45,49 @@ pub struct ModelConfig {
     pub mem_len: usize,
 }
 
+impl ModelConfig {
+    /// The number of trainable parameters of [`DeqTransformerLm`] with this configuration and
+    /// weight normalisation on (`weight_norm`: one scale per output row of `f`'s linear maps),
+    /// counted from the sizes without building the model (the zoo's WikiText-103 models have
+    /// about 98M).
+    pub fn num_params(&self, weight_norm: bool) -> usize {
+        let (d, hd, di) = (self.d_model, self.n_head * self.d_head, self.d_inner);
+        let a = &self.adaptive;
+        let mut bounds = vec![0];
+        bounds.extend(&a.cutoffs);
+        bounds.push(a.n_token);
+        let n = bounds.len() - 1;
+        let width = |i: usize| (a.d_embed / a.div_val.max(1).pow(i as u32)).max(1);
+        let needs_proj = |i: usize| width(i) != d || a.div_val > 1;
+        let mut total = 0;
+        for i in 0..n {
+            total += (bounds[i + 1] - bounds[i]) * width(i); // embedding (tied to the output)
+            total += bounds[i + 1] - bounds[i]; // output bias
+            if needs_proj(i) {
+                total += d * width(i); // input projection (tied for the tails)
+                if i == 0 && !a.tie_first_projection {
+                    total += d * width(0); // the head's own output projection
+                }
+            }
+        }
+        if n > 1 {
+            total += (n - 1) * width(0) + (n - 1); // cluster weight and bias
+        }
+        total += 3 * hd * d + 3 * hd; // injection
+        let g = |rows: usize| if weight_norm { rows } else { 0 };
+        let mut block = 3 * hd * d + g(3 * hd) + hd * d + g(hd) + d * hd + d + g(d) + 2 * hd;
+        block += di * d + di + g(di) + d * di + d + g(d);
+        let blocks = match self.variant {
+            Variant::Lm => {
+                block += 2 * d + 2 * hd + 2 * d; // the three affine LayerNorms
+                self.n_layer.max(1)
+            }
+            Variant::Seq => 1,
+        };
+        total + blocks * block
+    }
+}
+
 /// The memory carried between segments: fixed points `(batch, mlen, d_model)` and injections
 /// `(batch, mlen, 3 * n_head * d_head)`, both without gradient.
 #[derive(Debug, Clone)]
@@ -287,6 +330,27 @@ mod tests {
                 let fd = (at(1e-5) - at(-1e-5)) / 2e-5;
                 assert!((gv[i] - fd).abs() < 1e-6 * (1.0 + fd.abs()), "{name}[{i}]: {} against {fd}", gv[i]);
             }
+        }
+    }
+
+    #[test]
+    fn parameter_counts_match_the_model_and_the_zoo() {
+        for variant in [Variant::Lm, Variant::Seq] {
+            for (norm, wn) in [(deq_core::NormType::WeightNorm, true), (deq_core::NormType::None, false)] {
+                let deq = DeqConfig { norm_type: norm, ..Default::default() };
+                let c = cfg(variant);
+                let m = DeqTransformerLm::new(&c, &deq, &mut DeqRng::new(0), DType::F32, &Device::Cpu).unwrap();
+                let built: usize = m.named_vars().iter().map(|(_, v)| v.elem_count()).sum();
+                assert_eq!(c.num_params(wn), built, "{variant:?}, weight norm {wn}");
+            }
+        }
+        // The zoo's WikiText-103 models (vocabulary 267,735; README: 98M parameters).
+        let adaptive = AdaptiveConfig { n_token: 267_735, d_embed: 700, d_model: 700, cutoffs: vec![20_000, 40_000, 200_000], div_val: 4, tie_first_projection: false };
+        let lm = ModelConfig { variant: Variant::Lm, n_layer: 3, d_model: 700, n_head: 10, d_head: 70, d_inner: 14_800, dropout: 0.05, adaptive, mem_len: 150 };
+        let seq = ModelConfig { variant: Variant::Seq, n_layer: 1, d_inner: 48_000, ..lm.clone() };
+        for c in [lm, seq] {
+            let n = c.num_params(true) as f64 / 1e6;
+            assert!((97.0..99.0).contains(&n), "{:?}: {n:.2}M", c.variant);
         }
     }
 
