@@ -25,12 +25,43 @@ fn params(n: &InrNet) -> Vec<f64> {
 }
 
 fn run(batch: usize, group: &dyn Collective) -> (FitResult, Vec<f64>) {
+    run_with(6, batch, group, &FitOptions::default())
+}
+
+fn run_with(steps: usize, batch: usize, group: &dyn Collective, opts: &FitOptions) -> (FitResult, Vec<f64>) {
     let (train, test) = image_representation(&image(), 0);
     let n = net();
-    let cfg = FitConfig { steps: 6, lr: 5e-3, batch_size: batch, eval_every: 3, clip_value: 0.5, ..Default::default() };
-    let r = fit_with(&n, &train, &test, &cfg, &FitOptions::default(), group).unwrap();
+    let cfg = FitConfig { steps, lr: 5e-3, batch_size: batch, eval_every: 3, clip_value: 0.5, ..Default::default() };
+    let r = fit_with(&n, &train, &test, &cfg, opts, group).unwrap();
     let p = params(&n);
     (r, p)
+}
+
+/// A fit checkpointed by one process and resumed by two ranks ends where the uninterrupted
+/// one-process fit ends (resume works across world sizes).
+#[test]
+fn a_one_process_checkpoint_resumes_on_two_ranks() {
+    let (_, whole) = run(40, &SingleProcess::default());
+    let dir = std::env::temp_dir().join(format!("deq-inr-dist-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    run_with(3, 40, &SingleProcess::default(), &FitOptions { out_dir: Some(dir.clone()), ..Default::default() });
+    let ranks: Vec<Vec<f64>> = std::thread::scope(|s| {
+        let hs: Vec<_> = ThreadGroup::new(2)
+            .into_iter()
+            .map(|g| {
+                let opts = FitOptions { out_dir: Some(dir.clone()), resume: true, ..Default::default() };
+                s.spawn(move || run_with(6, 20, &g, &opts).1)
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let halfway = run_with(3, 40, &SingleProcess::default(), &FitOptions::default()).1;
+    assert!(halfway.iter().zip(&whole).any(|(a, b)| (a - b).abs() > 1e-6), "the second half moves the parameters");
+    for p in ranks {
+        let diff = whole.iter().zip(&p).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+        assert!(diff < 1e-12, "resumed on two ranks: parameters differ by {diff:e}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
