@@ -16,6 +16,7 @@
 //! | [`adaptive`] | adaptive input embedding and projected adaptive log-softmax, tied, without a full logit matrix |
 //! | [`attention`] | relative multi-head attention, `rel_shift`, the causal mask over [memory; current] |
 //! | [`block`] | the pre-LN (`deq-lm`) and post-LN (`deq-seq`) attention + feed-forward blocks with variational dropout |
+//! | [`config`] | the TOML run configuration (`[model]`, `[deq]`, `[train]`, `[data]`); the zoo's configs are in `configs/deq-lm/` |
 //! | [`data`] | corpus readers (WikiText, PTB, plain text), the word-level `tokenizer.json` vocabulary, columns and segments |
 //! | [`error`] | the crate's error type |
 //! | [`model`] | the model: embedding, injection, `f` solved with deq-core, memory, loss |
@@ -48,6 +49,7 @@
 pub mod adaptive;
 pub mod attention;
 pub mod block;
+pub mod config;
 pub mod data;
 pub mod error;
 pub mod model;
