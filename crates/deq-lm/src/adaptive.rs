@@ -231,6 +231,7 @@ impl AdaptiveLogSoftmax {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::check_var_fd;
 
     fn cfg(cutoffs: Vec<usize>, div_val: usize) -> AdaptiveConfig {
         AdaptiveConfig { n_token: 23, d_embed: 8, d_model: 6, cutoffs, div_val, tie_first_projection: false }
@@ -335,21 +336,8 @@ mod tests {
         vars.extend(s.named_vars());
         assert_eq!(vars.len(), 3 + 3 + 3 + 1 + 2, "emb, tied tail projections + input proj 0, biases, untied proj 0, cluster");
         for (name, var) in vars {
-            let v0 = var.as_tensor().copy().unwrap();
-            let base = v0.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-            let gv = g.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}")).flatten_all().unwrap().to_vec1::<f64>().unwrap();
-            for i in (0..base.len()).step_by(3) {
-                let at = |d: f64| {
-                    let mut w = base.clone();
-                    w[i] += d;
-                    var.set(&Tensor::from_vec(w, v0.shape(), &Device::Cpu).unwrap()).unwrap();
-                    let l = loss().to_scalar::<f64>().unwrap();
-                    var.set(&v0).unwrap();
-                    l
-                };
-                let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
-                assert!((gv[i] - fd).abs() < 1e-8 * (1.0 + fd.abs()), "{name}[{i}]: {} against {fd}", gv[i]);
-            }
+            let gv = g.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}")).clone();
+            check_var_fd(&name, &var, &gv, 1e-6, 1e-8, 3, &|| loss().to_scalar::<f64>().unwrap(), &|| ());
         }
     }
 }

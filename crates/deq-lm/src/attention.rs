@@ -159,6 +159,7 @@ impl RelAttention {
 mod tests {
     use super::*;
     use crate::position::relative_embedding;
+    use crate::testing::{check_fd, check_var_fd};
 
     fn cfg(layout: QkvLayout) -> AttentionConfig {
         AttentionConfig { d_model: 6, n_head: 2, d_head: 3, layout }
@@ -305,30 +306,12 @@ mod tests {
             let loss = |z: &Tensor, u: &Tensor| (a.forward(z, &zh, u, &pos).unwrap() * &m).unwrap().sum_all().unwrap();
             let (z, u) = (Var::from_tensor(&z0).unwrap(), Var::from_tensor(&u0).unwrap());
             let g = loss(z.as_tensor(), u.as_tensor()).backward().unwrap();
-            let check = |name: &str, base: &Tensor, grad: &Tensor, f: &dyn Fn(&Tensor) -> f64| {
-                let v = base.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-                let gv = grad.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-                for i in (0..v.len()).step_by(5) {
-                    let at = |s: f64| {
-                        let mut w = v.clone();
-                        w[i] += s;
-                        f(&Tensor::from_vec(w, base.shape(), &Device::Cpu).unwrap())
-                    };
-                    let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
-                    assert!((gv[i] - fd).abs() < 1e-7 * (1.0 + fd.abs()), "{layout:?} {name}[{i}]: {} against {fd}", gv[i]);
-                }
-            };
+            let check = |name: &str, base: &Tensor, grad: &Tensor, f: &dyn Fn(&Tensor) -> f64| check_fd(&format!("{layout:?} {name}"), base, grad, 1e-6, 1e-7, 5, f);
             check("z", &z0, g.get(z.as_tensor()).unwrap(), &|t| loss(t, &u0).to_scalar::<f64>().unwrap());
             check("u", &u0, g.get(u.as_tensor()).unwrap(), &|t| loss(&z0, t).to_scalar::<f64>().unwrap());
             for bias in [&a.r_w_bias, &a.r_r_bias] {
-                let b0 = bias.as_tensor().copy().unwrap();
                 let gb = g.get(bias.as_tensor()).unwrap().clone();
-                check("bias", &b0, &gb, &|t| {
-                    bias.set(t).unwrap();
-                    let l = loss(&z0, &u0).to_scalar::<f64>().unwrap();
-                    bias.set(&b0).unwrap();
-                    l
-                });
+                check_var_fd(&format!("{layout:?} bias"), bias, &gb, 1e-6, 1e-7, 5, &|| loss(&z0, &u0).to_scalar::<f64>().unwrap(), &|| ());
             }
         }
     }

@@ -129,6 +129,7 @@ mod tests {
     use super::*;
     use crate::attention::QkvLayout;
     use crate::position::relative_embedding;
+    use crate::testing::{check_fd, check_var_fd};
 
     fn cfg(style: BlockStyle, dropout: f64) -> BlockConfig {
         BlockConfig { attention: AttentionConfig { d_model: 6, n_head: 2, d_head: 3, layout: QkvLayout::PerHead }, d_inner: 7, dropout, style }
@@ -160,39 +161,20 @@ mod tests {
             };
             let (z, u) = (Var::from_tensor(&z0).unwrap(), Var::from_tensor(&u0).unwrap());
             let g = loss(z.as_tensor(), u.as_tensor()).backward().unwrap();
-            let fd_check = |name: &str, base: &Tensor, grad: &Tensor, f: &dyn Fn(&Tensor) -> f64| {
-                let v = base.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-                let gv = grad.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-                for i in (0..v.len()).step_by(7) {
-                    let at = |s: f64| {
-                        let mut w = v.clone();
-                        w[i] += s;
-                        f(&Tensor::from_vec(w, base.shape(), &Device::Cpu).unwrap())
-                    };
-                    let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
-                    assert!((gv[i] - fd).abs() < 1e-6 * (1.0 + fd.abs()), "{style:?} {name}[{i}]: {} against {fd}", gv[i]);
-                }
-            };
+            let fd_check = |name: &str, base: &Tensor, grad: &Tensor, f: &dyn Fn(&Tensor) -> f64| check_fd(&format!("{style:?} {name}"), base, grad, 1e-6, 1e-6, 7, f);
             fd_check("z", &z0, g.get(z.as_tensor()).unwrap(), &|t| loss(t, &u0).to_scalar::<f64>().unwrap());
             fd_check("u", &u0, g.get(u.as_tensor()).unwrap(), &|t| loss(&z0, t).to_scalar::<f64>().unwrap());
             let vars = b.named_vars();
             assert!(vars.len() >= if style == BlockStyle::PreLn { 18 } else { 12 }, "{}", vars.len());
+            // Weight norm: the normalised weights follow their parameters.
+            let refresh = || {
+                b.attention().reset().unwrap();
+                b.w1.reset().unwrap();
+                b.w2.reset().unwrap();
+            };
             for (name, var) in &vars {
-                let v0 = var.as_tensor().copy().unwrap();
                 let gv = g.get(var.as_tensor()).unwrap_or_else(|| panic!("{style:?}: no gradient for {name}")).clone();
-                fd_check(name, &v0, &gv, &|t| {
-                    var.set(t).unwrap();
-                    // Weight norm: the normalised weight follows its parameters.
-                    b.attention().reset().unwrap();
-                    b.w1.reset().unwrap();
-                    b.w2.reset().unwrap();
-                    let l = loss(&z0, &u0).to_scalar::<f64>().unwrap();
-                    var.set(&v0).unwrap();
-                    b.attention().reset().unwrap();
-                    b.w1.reset().unwrap();
-                    b.w2.reset().unwrap();
-                    l
-                });
+                check_var_fd(&format!("{style:?} {name}"), var, &gv, 1e-6, 1e-6, 7, &|| loss(&z0, &u0).to_scalar::<f64>().unwrap(), &refresh);
             }
         }
     }

@@ -54,5 +54,7 @@ pub mod data;
 pub mod error;
 pub mod model;
 pub mod position;
+#[cfg(test)]
+mod testing;
 
 pub use error::{LmError, Result};

@@ -242,6 +242,7 @@ impl DeqTransformerLm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::check_var_fd;
 
     fn cfg(variant: Variant) -> ModelConfig {
         ModelConfig {
@@ -281,21 +282,8 @@ mod tests {
         let vars = m.named_vars();
         assert!(vars.len() > 30, "{}", vars.len());
         for (name, var) in vars {
-            let v0 = var.as_tensor().copy().unwrap();
-            let base = v0.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-            let gv = g.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}")).flatten_all().unwrap().to_vec1::<f64>().unwrap();
-            for i in (0..base.len()).step_by(11) {
-                let at = |d: f64| {
-                    let mut w = base.clone();
-                    w[i] += d;
-                    var.set(&Tensor::from_vec(w, v0.shape(), &Device::Cpu).unwrap()).unwrap();
-                    let l = loss().to_scalar::<f64>().unwrap();
-                    var.set(&v0).unwrap();
-                    l
-                };
-                let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
-                assert!((gv[i] - fd).abs() < 1e-7 * (1.0 + fd.abs()), "{name}[{i}]: {} against {fd}", gv[i]);
-            }
+            let gv = g.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}")).clone();
+            check_var_fd(&name, &var, &gv, 1e-6, 1e-7, 11, &|| loss().to_scalar::<f64>().unwrap(), &|| ());
         }
     }
 
@@ -315,21 +303,8 @@ mod tests {
         assert!(stats.rel_lowest.iter().all(|&r| r < 1e-9), "the solve converged: {:?}", stats.rel_lowest);
         let g = deq_core::grad::backward(&l).unwrap();
         for (name, var) in m.named_vars() {
-            let v0 = var.as_tensor().copy().unwrap();
-            let base = v0.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-            let gv = g.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}")).flatten_all().unwrap().to_vec1::<f64>().unwrap();
-            for i in (0..base.len()).step_by(13) {
-                let at = |d: f64| {
-                    let mut w = base.clone();
-                    w[i] += d;
-                    var.set(&Tensor::from_vec(w, v0.shape(), &Device::Cpu).unwrap()).unwrap();
-                    let l = loss().0.to_scalar::<f64>().unwrap();
-                    var.set(&v0).unwrap();
-                    l
-                };
-                let fd = (at(1e-5) - at(-1e-5)) / 2e-5;
-                assert!((gv[i] - fd).abs() < 1e-6 * (1.0 + fd.abs()), "{name}[{i}]: {} against {fd}", gv[i]);
-            }
+            let gv = g.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}")).clone();
+            check_var_fd(&name, &var, &gv, 1e-5, 1e-6, 13, &|| loss().0.to_scalar::<f64>().unwrap(), &|| ());
         }
     }
 

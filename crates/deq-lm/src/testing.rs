@@ -1,0 +1,34 @@
+//! Finite-difference checks shared by the crate's gradient tests.
+
+use candle_core::{Device, Tensor, Var};
+
+/// Asserts that `grad` equals the central differences `(f(x + h e_i) - f(x - h e_i)) / 2h` at
+/// `base` for every `stride`-th entry, within `tol * (1 + |fd|)`.
+pub(crate) fn check_fd(name: &str, base: &Tensor, grad: &Tensor, h: f64, tol: f64, stride: usize, f: &dyn Fn(&Tensor) -> f64) {
+    let v = base.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let gv = grad.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    assert_eq!(v.len(), gv.len(), "{name}: gradient of another shape");
+    for i in (0..v.len()).step_by(stride.max(1)) {
+        let at = |s: f64| {
+            let mut w = v.clone();
+            w[i] += s;
+            f(&Tensor::from_vec(w, base.shape(), &Device::Cpu).unwrap())
+        };
+        let fd = (at(h) - at(-h)) / (2.0 * h);
+        assert!((gv[i] - fd).abs() < tol * (1.0 + fd.abs()), "{name}[{i}]: {} against {fd}", gv[i]);
+    }
+}
+
+/// [`check_fd`] for a variable: each evaluation sets it (then calls `refresh`, e.g. to
+/// recompute normalised weights), evaluates `loss` and restores it.
+pub(crate) fn check_var_fd(name: &str, var: &Var, grad: &Tensor, h: f64, tol: f64, stride: usize, loss: &dyn Fn() -> f64, refresh: &dyn Fn()) {
+    let v0 = var.as_tensor().copy().unwrap();
+    check_fd(name, &v0, grad, h, tol, stride, &|t| {
+        var.set(t).unwrap();
+        refresh();
+        let l = loss();
+        var.set(&v0).unwrap();
+        refresh();
+        l
+    });
+}
