@@ -80,6 +80,16 @@ impl Block {
         Ok(())
     }
 
+    /// [`Block::reset`], with the next dropout masks drawn from `seed` alone (so that a
+    /// resumed run draws the masks of the uninterrupted one).
+    pub fn reset_with_seed(&self, seed: u64) -> crate::Result<()> {
+        self.reset()?;
+        for (i, d) in [&self.drop_attn, &self.drop_inner, &self.drop_ffn].into_iter().enumerate() {
+            d.reset_with_seed(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(i as u64 + 1));
+        }
+        Ok(())
+    }
+
     /// Trainable variables with names relative to the block.
     pub fn named_vars(&self) -> Vec<(String, Var)> {
         let mut out: Vec<(String, Var)> = self.attn.named_vars().into_iter().map(|(n, v)| (format!("attn.{n}"), v)).collect();

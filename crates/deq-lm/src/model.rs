@@ -196,15 +196,31 @@ impl DeqTransformerLm {
 
     /// The forward pass over the segment `tokens` `(batch, qlen)` (u32) after `memory`.
     pub fn forward(&self, tokens: &Tensor, memory: &Memory, training: bool) -> crate::Result<LmForward> {
-        let (b, qlen) = tokens.dims2()?;
-        if memory.z.dim(0)? != b {
-            return Err(candle_core::Error::Msg(format!("memory of batch {} for a batch of {b}", memory.z.dim(0)?)).into());
-        }
         for blk in &self.blocks {
             blk.reset()?;
         }
         for d in [&self.drop_in, &self.drop_pos, &self.drop_out] {
             d.reset();
+        }
+        self.forward_reset(tokens, memory, training)
+    }
+
+    /// [`DeqTransformerLm::forward`] with every dropout mask drawn from `seed` alone (a
+    /// trainer passes one derived from the step, so that a resumed run is bit-identical).
+    pub fn forward_seeded(&self, tokens: &Tensor, memory: &Memory, training: bool, seed: u64) -> crate::Result<LmForward> {
+        for (i, blk) in self.blocks.iter().enumerate() {
+            blk.reset_with_seed(seed ^ ((i as u64 + 1) << 56))?;
+        }
+        for (i, d) in [&self.drop_in, &self.drop_pos, &self.drop_out].into_iter().enumerate() {
+            d.reset_with_seed(seed.wrapping_mul(0xD1B5_4A32_D192_ED03).wrapping_add(i as u64));
+        }
+        self.forward_reset(tokens, memory, training)
+    }
+
+    fn forward_reset(&self, tokens: &Tensor, memory: &Memory, training: bool) -> crate::Result<LmForward> {
+        let (b, qlen) = tokens.dims2()?;
+        if memory.z.dim(0)? != b {
+            return Err(candle_core::Error::Msg(format!("memory of batch {} for a batch of {b}", memory.z.dim(0)?)).into());
         }
         let e = self.drop_in.forward(&self.emb.forward(tokens)?, training)?;
         let u_now = e.broadcast_matmul(&self.inj_w.as_tensor().t()?)?.broadcast_add(self.inj_b.as_tensor())?;
