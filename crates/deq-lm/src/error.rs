@@ -9,6 +9,9 @@ pub enum LmError {
     /// deq-core (layers, solvers) failed.
     #[error(transparent)]
     Deq(#[from] deq_core::error::DeqError),
+    /// The training runtime (checkpoints, metrics, optimiser) failed.
+    #[error(transparent)]
+    Train(#[from] deq_train::TrainError),
     /// A data or tokenizer file is missing, unreadable or malformed.
     #[error("{path}: {message}")]
     Data {

@@ -19,6 +19,7 @@
 //! | [`config`] | the TOML run configuration (`[model]`, `[deq]`, `[train]`, `[data]`); the zoo's configs are in `configs/deq-lm/` |
 //! | [`data`] | corpus readers (WikiText, PTB, plain text), the word-level `tokenizer.json` vocabulary, columns and segments |
 //! | [`error`] | the crate's error type |
+//! | [`train`] | training (Adam, warm-up + cosine, clipping, memory across segments, checkpoints, bit-identical resume) and perplexity |
 //! | [`model`] | the model: embedding, injection, `f` solved with deq-core, memory, loss |
 //!
 //! ## Example: one attention call over a memory of 3 and a segment of 4 tokens
@@ -56,5 +57,6 @@ pub mod model;
 pub mod position;
 #[cfg(test)]
 mod testing;
+pub mod train;
 
 pub use error::{LmError, Result};
