@@ -8,11 +8,7 @@ use candle_core::{Device, Tensor};
 /// The stream `ids` as `batch` columns: `(batch, len / batch)` row-major, column `b` holding
 /// the `b`-th contiguous piece.
 pub fn batchify(ids: &[u32], batch: usize) -> Result<(Vec<u32>, usize)> {
-    if batch == 0 || ids.len() < 2 * batch {
-        return Err(LmError::Data { path: "<token stream>".into(), message: format!("{} tokens cannot fill {batch} columns of at least 2", ids.len()) });
-    }
-    let per = ids.len() / batch;
-    Ok((ids[..per * batch].to_vec(), per))
+    Ok((vec![], 0)) /* ~ changed by cargo-mutants ~ */
 }
 
 /// Segments of `(inputs, targets)`, each `(columns, len)` u32, over a batchified stream.
