@@ -8,7 +8,11 @@ use candle_core::{Device, Tensor};
 /// The stream `ids` as `batch` columns: `(batch, len / batch)` row-major, column `b` holding
 /// the `b`-th contiguous piece.
 pub fn batchify(ids: &[u32], batch: usize) -> Result<(Vec<u32>, usize)> {
-    Ok((vec![], 0)) /* ~ changed by cargo-mutants ~ */
+    if batch == 0 || ids.len() < 2 * batch {
+        return Err(LmError::Data { path: "<token stream>".into(), message: format!("{} tokens cannot fill {batch} columns of at least 2", ids.len()) });
+    }
+    let per = ids.len() / batch;
+    Ok((ids[..per * batch].to_vec(), per))
 }
 
 /// Segments of `(inputs, targets)`, each `(columns, len)` u32, over a batchified stream.
@@ -101,5 +105,14 @@ mod tests {
         assert_eq!(parts, all);
         assert!(Segments::rank_columns(4, 0, 3).is_err());
         assert!(batchify(&[1, 2, 3], 2).is_err());
+        // The smallest streams: two tokens per column pass, fewer fail.
+        assert_eq!(batchify(&[1, 2, 3, 4], 2).unwrap(), (vec![1, 2, 3, 4], 2));
+        assert!(batchify(&[1, 2, 3, 4, 5], 3).is_err());
+        // 9 per column, segments of 4: targets 1..9 in two segments; the third would start at
+        // the last token, which has no target.
+        let s = Segments::new(&(0..18).collect::<Vec<u32>>(), 2, 4, 0..2).unwrap();
+        assert_eq!((s.len(), s.is_empty(), s.batch()), (2, false, 2));
+        assert_eq!(s.get(1, &Device::Cpu).unwrap().0.dims(), &[2, 4]);
+        assert!(s.get(2, &Device::Cpu).is_err());
     }
 }

@@ -142,7 +142,15 @@ mod tests {
         assert!(e.contains(&path.display().to_string()) && e.contains("tokenizer"), "{e}");
         let missing = path.with_extension("nope");
         assert!(Vocab::load(&missing).unwrap_err().to_string().contains("nope"));
-        let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_file(&path);
+        // A tokenizer without <eos> is not a vocabulary of this model.
+        v.save(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap().replace("<eos>", "<eol>");
+        std::fs::write(&path, text).unwrap();
+        let e = Vocab::load(&path).unwrap_err().to_string();
+        assert!(e.contains("has no `<eos>`"), "{e}");
+        let _ = std::fs::remove_file(&path);
+        assert!(!v.is_empty() && format!("{v:?}") == "Vocab(5 words)");
         // A corpus without <unk> gets one.
         assert_eq!(Vocab::build(&words("x y <eos>")).unwrap().decode(&[3]).unwrap(), ["<unk>"]);
         assert!(v.decode(&[5]).is_err());
