@@ -284,10 +284,10 @@ fn backprop(node: &Tensor, op: &Op, g: &Tensor, grads: &mut Grads<'_>) -> candle
         Op::Matmul(a, b) => {
             let bt = grads.rhs_t.get(&node.id()).cloned();
             grads.add_with(a, || match bt {
-                Some(bt) => g.matmul(&bt),
-                None => g.matmul(&d(b).t()?),
+                Some(bt) => matmul_any_layout(g, &bt),
+                None => matmul_any_layout(g, &d(b).t()?),
             })?;
-            grads.add_with(b, || d(a).t()?.matmul(g))?;
+            grads.add_with(b, || matmul_any_layout(&d(a).t()?, g))?;
         }
         Op::Unary(a, u) => {
             let x = d(a);
@@ -557,3 +557,14 @@ fn backprop(node: &Tensor, op: &Op, g: &Tensor, grads: &mut Grads<'_>) -> candle
     Ok(())
 }
 
+
+/// `x.matmul(y)`, copying the operands to contiguous memory when candle's kernel refuses their
+/// strides (batched products of transposed views, as attention's backward pass produces);
+/// the common layouts take no copy.
+fn matmul_any_layout(x: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
+    match x.matmul(y) {
+        Ok(t) => Ok(t),
+        // (A shape error fails again, with the contiguous operands' message.)
+        Err(_) => x.contiguous()?.matmul(&y.contiguous()?),
+    }
+}
