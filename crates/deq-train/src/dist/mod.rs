@@ -18,6 +18,8 @@ mod nccl;
 mod rendezvous;
 mod sync;
 mod tcp;
+#[cfg(test)]
+mod test_support;
 mod threads;
 
 pub use collective::{all_reduce_mean_bucketed, all_reduce_sum_f64, broadcast_vars, bucket_elems, Collective, SingleProcess, DEFAULT_BUCKET_ELEMS};
@@ -62,10 +64,10 @@ mod tests {
         let ctx = DistContext::default();
         assert!(ctx.is_main());
         assert_eq!(collective_for(ctx.clone(), &Device::Cpu).unwrap().context().world_size, 1);
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = test_support::free_port();
         let ranks: Vec<_> = (0..2)
             .map(|rank| {
-                let ctx = DistContext { rank, world_size: 2, local_rank: rank, local_world_size: 2, master_port: port - 1, ..ctx.clone() };
+                let ctx = test_support::local(rank, 2, port);
                 std::thread::spawn(move || {
                     let c = collective_for(ctx, &Device::Cpu).unwrap();
                     c.all_reduce_sum(&Tensor::new(&[rank as f32 + 1.0], &Device::Cpu).unwrap()).unwrap().to_vec1::<f32>().unwrap()

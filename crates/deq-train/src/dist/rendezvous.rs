@@ -133,11 +133,7 @@ fn join(ctx: &DistContext, port: u16, deadline: Instant, timeout: Duration) -> R
     };
     stream.set_nodelay(true).map_err(net)?;
     stream.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)))).map_err(net)?;
-    let mut hello = Vec::with_capacity(24);
-    hello.extend_from_slice(MAGIC);
-    hello.extend_from_slice(&(ctx.rank as u64).to_le_bytes());
-    hello.extend_from_slice(&(ctx.world_size as u64).to_le_bytes());
-    stream.write_all(&hello).map_err(net)?;
+    stream.write_all(&hello(ctx.rank, ctx.world_size)).map_err(net)?;
     let (tag, body) = read_frame(&mut stream, MAX_PAYLOAD).map_err(|e| unreachable(format!("no answer from rank 0 ({e})")))?;
     if tag == b'E' {
         return Err(mismatch(format!("rendezvous: rank 0 refused rank {}: {}", ctx.rank, String::from_utf8_lossy(&body))));
@@ -152,6 +148,15 @@ fn net(e: std::io::Error) -> TrainError {
 
 fn resolve(addr: &str) -> std::result::Result<SocketAddr, String> {
     addr.to_socket_addrs().map_err(|e| format!("cannot resolve {addr}: {e}"))?.next().ok_or_else(|| format!("{addr} resolves to no address"))
+}
+
+/// The message a joining rank opens with: the protocol's magic, its rank and the world size.
+pub(crate) fn hello(rank: usize, world: usize) -> Vec<u8> {
+    let mut b = Vec::with_capacity(24);
+    b.extend_from_slice(MAGIC);
+    b.extend_from_slice(&(rank as u64).to_le_bytes());
+    b.extend_from_slice(&(world as u64).to_le_bytes());
+    b
 }
 
 fn read_hello(s: &mut TcpStream) -> std::io::Result<(usize, usize)> {
@@ -189,6 +194,7 @@ pub(crate) fn read_frame(s: &mut TcpStream, max: u64) -> std::io::Result<(u8, Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dist::test_support::{free_port, local, raw_rank};
 
     #[test]
     fn timeouts_are_positive_seconds() {
@@ -222,31 +228,13 @@ mod tests {
             let port = free_port();
             let server = std::thread::spawn(move || rendezvous(&local(0, 3, port), b"", Duration::from_secs(20)).err().map(|e| e.to_string()));
             // A raw hello, as a process with a wrong RANK would send it.
-            let mut s = loop {
-                match TcpStream::connect(("127.0.0.1", port)) {
-                    Ok(s) => break s,
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            };
-            let mut hello = MAGIC.to_vec();
-            hello.extend_from_slice(&claimed.to_le_bytes());
-            hello.extend_from_slice(&3u64.to_le_bytes());
-            s.write_all(&hello).unwrap();
+            let mut s = raw_rank(port, claimed as usize, 3);
             let (tag, body) = read_frame(&mut s, 1 << 10).unwrap();
             assert_eq!(tag, b'E');
             let msg = String::from_utf8(body).unwrap();
             assert!(msg.contains(&format!("claims rank {claimed}, which rank 0 cannot hand out in a world of 3")), "{msg}");
             assert!(server.join().unwrap().unwrap().contains("cannot hand out"));
         }
-    }
-
-    /// A context for `rank` of `world` on a free local port.
-    pub(crate) fn local(rank: usize, world: usize, port: u16) -> DistContext {
-        DistContext { rank, world_size: world, local_rank: rank, local_world_size: world, master_addr: "127.0.0.1".into(), master_port: port - 1 }
-    }
-
-    pub(crate) fn free_port() -> u16 {
-        TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
     }
 
     #[test]

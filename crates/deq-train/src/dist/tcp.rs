@@ -154,16 +154,9 @@ impl Collective for TcpGroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dist::test_support::{free_port, local, raw_rank};
     use crate::dist::ThreadGroup;
     use candle_core::Device;
-
-    fn local(rank: usize, world: usize, port: u16) -> DistContext {
-        DistContext { rank, world_size: world, local_rank: rank, local_world_size: world, master_addr: "127.0.0.1".into(), master_port: port - 1 }
-    }
-
-    fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-    }
 
     /// Runs `f` on `world` TCP ranks (threads standing in for processes) and returns the
     /// results in rank order.
@@ -228,7 +221,6 @@ mod tests {
     #[test]
     fn a_corrupt_message_is_reported_with_its_rank() {
         use crate::dist::rendezvous::write_frame;
-        use std::io::Write;
         let port = free_port();
         let root = std::thread::spawn(move || {
             let g = TcpGroup::connect(local(0, 3, port), Duration::from_secs(30)).unwrap();
@@ -236,16 +228,7 @@ mod tests {
         });
         let good = std::thread::spawn(move || TcpGroup::connect(local(1, 3, port), Duration::from_secs(30)).unwrap().barrier().map_err(|e| e.to_string()));
         // Rank 2 by hand: the hello, then a truncated part.
-        let mut s = loop {
-            match std::net::TcpStream::connect(("127.0.0.1", port)) {
-                Ok(s) => break s,
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        };
-        let mut hello = b"DEQZOO01".to_vec();
-        hello.extend_from_slice(&2u64.to_le_bytes());
-        hello.extend_from_slice(&3u64.to_le_bytes());
-        s.write_all(&hello).unwrap();
+        let mut s = raw_rank(port, 2, 3);
         crate::dist::rendezvous::read_frame(&mut s, 1 << 10).unwrap();
         write_frame(&mut s, b'P', &[0, 1, 2]).unwrap();
         let e = root.join().unwrap();
