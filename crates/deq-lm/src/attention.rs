@@ -159,7 +159,7 @@ impl RelAttention {
 mod tests {
     use super::*;
     use crate::position::relative_embedding;
-    use crate::testing::{check_fd, check_var_fd};
+    use crate::testing::{check_fd, check_var_fd, layer_inputs, LayerInputs};
 
     fn cfg(layout: QkvLayout) -> AttentionConfig {
         AttentionConfig { d_model: 6, n_head: 2, d_head: 3, layout }
@@ -297,12 +297,7 @@ mod tests {
         for layout in [QkvLayout::PerHead, QkvLayout::Blocks] {
             let mut rng = DeqRng::new(3);
             let a = RelAttention::new(&cfg(layout), no_norm(), &mut rng, DType::F64, &Device::Cpu).unwrap();
-            let (mem, cur) = (2, 3);
-            let zh = rng.randn((2, mem, 6), DType::F64, &Device::Cpu).unwrap();
-            let z0 = rng.randn((2, cur, 6), DType::F64, &Device::Cpu).unwrap();
-            let u0 = rng.randn((2, mem + cur, 18), DType::F64, &Device::Cpu).unwrap();
-            let m = rng.randn((2, cur, 6), DType::F64, &Device::Cpu).unwrap();
-            let pos = relative_embedding(mem + cur, 6, DType::F64, &Device::Cpu).unwrap();
+            let LayerInputs { z_hist: zh, z: z0, u: u0, upstream: m, pos } = layer_inputs(&mut rng, 2, 3);
             let loss = |z: &Tensor, u: &Tensor| (a.forward(z, &zh, u, &pos).unwrap() * &m).unwrap().sum_all().unwrap();
             let (z, u) = (Var::from_tensor(&z0).unwrap(), Var::from_tensor(&u0).unwrap());
             let g = loss(z.as_tensor(), u.as_tensor()).backward().unwrap();

@@ -139,7 +139,7 @@ mod tests {
     use super::*;
     use crate::attention::QkvLayout;
     use crate::position::relative_embedding;
-    use crate::testing::{check_fd, check_var_fd};
+    use crate::testing::{check_fd, check_var_fd, layer_inputs, LayerInputs};
 
     fn cfg(style: BlockStyle, dropout: f64) -> BlockConfig {
         BlockConfig { attention: AttentionConfig { d_model: 6, n_head: 2, d_head: 3, layout: QkvLayout::PerHead }, d_inner: 7, dropout, style }
@@ -157,12 +157,7 @@ mod tests {
         for style in [BlockStyle::PreLn, BlockStyle::PostLn] {
             let mut rng = DeqRng::new(4);
             let b = Block::new(&cfg(style, 0.2), norm(), &mut rng, DType::F64, &Device::Cpu).unwrap();
-            let (mem, cur) = (2, 3);
-            let zh = rng.randn((2, mem, 6), DType::F64, &Device::Cpu).unwrap();
-            let z0 = rng.randn((2, cur, 6), DType::F64, &Device::Cpu).unwrap();
-            let u0 = rng.randn((2, mem + cur, 18), DType::F64, &Device::Cpu).unwrap();
-            let m = rng.randn((2, cur, 6), DType::F64, &Device::Cpu).unwrap();
-            let pos = relative_embedding(mem + cur, 6, DType::F64, &Device::Cpu).unwrap();
+            let LayerInputs { z_hist: zh, z: z0, u: u0, upstream: m, pos } = layer_inputs(&mut rng, 2, 3);
             b.reset().unwrap();
             let loss = |z: &Tensor, u: &Tensor| -> Tensor {
                 // The positions' projection depends on W_r: recomputed per evaluation.

@@ -1,6 +1,7 @@
 //! Finite-difference checks shared by the crate's gradient tests.
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
+use deq_core::rng::DeqRng;
 
 /// Asserts that `grad` equals the central differences `(f(x + h e_i) - f(x - h e_i)) / 2h` at
 /// `base` for every `stride`-th entry, within `tol * (1 + |fd|)`.
@@ -31,4 +32,23 @@ pub(crate) fn check_var_fd(name: &str, var: &Var, grad: &Tensor, h: f64, tol: f6
         refresh();
         l
     });
+}
+
+/// The inputs of the attention and block gradient tests (batch 2, width 6, 2 heads of 3): a
+/// memory of `mem` and a segment of `cur` positions, the injection over both, a random
+/// upstream gradient of the output and the relative positions.
+pub(crate) struct LayerInputs {
+    pub z_hist: Tensor,
+    pub z: Tensor,
+    pub u: Tensor,
+    pub upstream: Tensor,
+    pub pos: Tensor,
+}
+
+/// Draws [`LayerInputs`] from `rng` in f64.
+pub(crate) fn layer_inputs(rng: &mut DeqRng, mem: usize, cur: usize) -> LayerInputs {
+    let mut draw = |shape: (usize, usize, usize)| rng.randn(shape, DType::F64, &Device::Cpu).unwrap();
+    let (z_hist, z, u, upstream) = (draw((2, mem, 6)), draw((2, cur, 6)), draw((2, mem + cur, 18)), draw((2, cur, 6)));
+    let pos = crate::position::relative_embedding(mem + cur, 6, DType::F64, &Device::Cpu).unwrap();
+    LayerInputs { z_hist, z, u, upstream, pos }
 }
