@@ -189,6 +189,32 @@ impl AdaptiveLogSoftmax {
         h.matmul(&w.t()?)?.broadcast_add(b)
     }
 
+    /// The head's log-probabilities `(n, shortlist + tail clusters)` for `h` `(n, d_model)`.
+    fn head_log_probs(&self, h: &Tensor) -> Result<Tensor> {
+        let (mut hw, mut hb) = (self.emb.emb[0].as_tensor().clone(), self.bias[0].as_tensor().clone());
+        if let Some((w, b)) = &self.cluster {
+            hw = Tensor::cat(&[&hw, w.as_tensor()], 0)?;
+            hb = Tensor::cat(&[&hb, b.as_tensor()], 0)?;
+        }
+        candle_nn::ops::log_softmax(&self.logits(&self.project(h, 0)?, &hw, &hb)?, D::Minus1)
+    }
+
+    /// The full distribution: log-probabilities `(n, n_token)` for `h` `(n, d_model)` (for
+    /// sampling a few positions; training uses [`AdaptiveLogSoftmax::nll`], which never forms
+    /// this matrix).
+    pub fn log_probs(&self, h: &Tensor) -> Result<Tensor> {
+        let n_clusters = self.emb.bounds.len() - 1;
+        let shortlist = self.emb.bounds[1];
+        let head = self.head_log_probs(h)?;
+        let mut parts = vec![head.narrow(1, 0, shortlist)?];
+        for i in 1..n_clusters {
+            let col = shortlist + n_clusters - 1 - i;
+            let tail = candle_nn::ops::log_softmax(&self.logits(&self.project(h, i)?, self.emb.emb[i].as_tensor(), self.bias[i].as_tensor())?, D::Minus1)?;
+            parts.push(tail.broadcast_add(&head.narrow(1, col, 1)?)?);
+        }
+        Tensor::cat(&parts, 1)
+    }
+
     /// The negative log-likelihood of each target: `h` `(n, d_model)`, `targets` `(n,)` u32;
     /// returns `(n,)` in the targets' order.
     pub fn nll(&self, h: &Tensor, targets: &Tensor) -> Result<Tensor> {
@@ -197,12 +223,7 @@ impl AdaptiveLogSoftmax {
         let n_clusters = self.emb.bounds.len() - 1;
         let shortlist = self.emb.bounds[1];
         // Head: the first cluster's tokens, then one entry per tail cluster.
-        let (mut hw, mut hb) = (self.emb.emb[0].as_tensor().clone(), self.bias[0].as_tensor().clone());
-        if let Some((w, b)) = &self.cluster {
-            hw = Tensor::cat(&[&hw, w.as_tensor()], 0)?;
-            hb = Tensor::cat(&[&hb, b.as_tensor()], 0)?;
-        }
-        let head = candle_nn::ops::log_softmax(&self.logits(&self.project(h, 0)?, &hw, &hb)?, D::Minus1)?;
+        let head = self.head_log_probs(h)?;
         let groups = group_by_cluster(&self.emb.bounds, &ids)?;
         let mut parts = Vec::new();
         for (i, rows, local) in &groups {
@@ -320,6 +341,27 @@ mod tests {
     /// Central differences in f64 of `mean(nll(h(x), t))` where `h` uses the embedding of the
     /// inputs too (as a language model's tied layers do), against every parameter's gradient:
     /// the tied matrices receive the sum of both uses.
+    #[test]
+    fn the_full_distribution_sums_to_one_and_agrees_with_the_nll() {
+        for (cutoffs, div) in [(vec![5, 12], 2), (vec![], 1)] {
+            let c = cfg(cutoffs, div);
+            let (_, s) = layers(&c, 3);
+            let h = DeqRng::new(2).randn((4, 6), DType::F64, &Device::Cpu).unwrap();
+            let lp = s.log_probs(&h).unwrap();
+            assert_eq!(lp.dims(), &[4, 23]);
+            let sums: Vec<f64> = lp.exp().unwrap().sum(1).unwrap().to_vec1().unwrap();
+            assert!(sums.iter().all(|v| (v - 1.0).abs() < 1e-12), "{sums:?}");
+            for t in 0..23u32 {
+                let targets = Tensor::new(&[t; 4], &Device::Cpu).unwrap();
+                let nll: Vec<f64> = s.nll(&h, &targets).unwrap().to_vec1().unwrap();
+                let col: Vec<f64> = lp.narrow(1, t as usize, 1).unwrap().squeeze(1).unwrap().to_vec1().unwrap();
+                for (a, b) in nll.iter().zip(&col) {
+                    assert!((a + b).abs() < 1e-12, "token {t}: nll {a} against log p {b}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn gradients_match_finite_differences_with_tied_weights() {
         let c = cfg(vec![5, 12], 2);

@@ -114,13 +114,29 @@ impl RelAttention {
     /// n_head * d_head)`, before the output projection. `u` is the injection
     /// `(batch, klen, 3 * n_head * d_head)`, `r` from [`RelAttention::project_positions`].
     pub fn attend(&self, c: &Tensor, u: &Tensor, r: &Tensor, qlen: usize) -> Result<Tensor> {
-        let (b, klen, _) = c.dims3()?;
+        let (_, klen, _) = c.dims3()?;
         if qlen > klen {
             candle_core::bail!("attention: {qlen} queries over {klen} keys");
         }
         let mlen = klen - qlen;
+        let mem = (self.qkv.forward(&c.narrow(1, 0, mlen)?)? + u.narrow(1, 0, mlen)?)?;
+        self.attend_after(&mem, &c.narrow(1, mlen, qlen)?, &u.narrow(1, mlen, qlen)?, r)
+    }
+
+    /// `W_qkv c + u` of the memory positions, `(batch, mlen, 3 * n_head * d_head)`: the same
+    /// for every `f` call of a forward, so computed once (see [`RelAttention::attend_after`]).
+    pub fn memory_qkv(&self, c_mem: &Tensor, u_mem: &Tensor) -> Result<Tensor> {
+        self.qkv.forward(c_mem)? + u_mem
+    }
+
+    /// [`RelAttention::attend`] with the memory's projections precomputed by
+    /// [`RelAttention::memory_qkv`]: `c` and `u` are the segment's `(batch, qlen, ...)`.
+    pub fn attend_after(&self, mem_qkv: &Tensor, c: &Tensor, u: &Tensor, r: &Tensor) -> Result<Tensor> {
+        let (b, qlen, _) = c.dims3()?;
+        let mlen = mem_qkv.dim(1)?;
+        let klen = mlen + qlen;
         let (h, dh) = (self.cfg.n_head, self.cfg.d_head);
-        let wh = (self.qkv.forward(c)? + u)?;
+        let wh = Tensor::cat(&[mem_qkv, &(self.qkv.forward(c)? + u)?], 1)?;
         // (b, klen, h, dh) for part 0 (q), 1 (k), 2 (v).
         let part = |i: usize| -> Result<Tensor> {
             match self.cfg.layout {

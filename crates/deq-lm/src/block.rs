@@ -90,6 +90,12 @@ impl Block {
         Ok(())
     }
 
+    /// `x W1^T` with the block's current normalised first feed-forward weight (no bias).
+    #[cfg(test)]
+    pub(crate) fn ffn_hidden_for_test(&self, x: &Tensor) -> Result<Tensor> {
+        x.broadcast_matmul(&self.w1.weight().weight().t()?)
+    }
+
     /// Trainable variables with names relative to the block.
     pub fn named_vars(&self) -> Vec<(String, Var)> {
         let mut out: Vec<(String, Var)> = self.attn.named_vars().into_iter().map(|(n, v)| (format!("attn.{n}"), v)).collect();
@@ -111,15 +117,30 @@ impl Block {
     /// `(batch, mlen, d_model)`, the injection `u` `(batch, mlen + qlen, 3 * n_head * d_head)`
     /// and the projected positions `r` ([`RelAttention::project_positions`]).
     pub fn forward(&self, z: &Tensor, z_hist: &Tensor, u: &Tensor, r: &Tensor, training: bool) -> Result<Tensor> {
-        let qlen = z.dim(1)?;
-        let c = Tensor::cat(&[z_hist, z], 1)?;
+        let (mlen, qlen) = (z_hist.dim(1)?, z.dim(1)?);
+        let mem = self.memory_qkv(z_hist, &u.narrow(1, 0, mlen)?)?;
+        self.forward_after(z, &mem, &u.narrow(1, mlen, qlen)?, r, training)
+    }
+
+    /// The attention projections of the memory (normalised as the block requires) plus its
+    /// injection `u_hist`: constant over a forward's `f` calls, so computed once.
+    pub fn memory_qkv(&self, z_hist: &Tensor, u_hist: &Tensor) -> Result<Tensor> {
+        match self.cfg.style {
+            BlockStyle::PreLn => self.attn.memory_qkv(&self.ln[0].forward(z_hist)?, u_hist),
+            BlockStyle::PostLn => self.attn.memory_qkv(z_hist, u_hist),
+        }
+    }
+
+    /// [`Block::forward`] with the memory's part precomputed by [`Block::memory_qkv`]; `u` is
+    /// the segment's injection `(batch, qlen, 3 * n_head * d_head)`.
+    pub fn forward_after(&self, z: &Tensor, mem_qkv: &Tensor, u: &Tensor, r: &Tensor, training: bool) -> Result<Tensor> {
         let x = match self.cfg.style {
             BlockStyle::PreLn => {
-                let v = self.attn.attend(&self.ln[0].forward(&c)?, u, r, qlen)?;
+                let v = self.attn.attend_after(mem_qkv, &self.ln[0].forward(z)?, u, r)?;
                 (z + self.drop_attn.forward(&self.attn.output(&self.ln[1].forward(&v)?)?, training)?)?
             }
             BlockStyle::PostLn => {
-                let v = self.attn.attend(&c, u, r, qlen)?;
+                let v = self.attn.attend_after(mem_qkv, z, u, r)?;
                 self.ln[0].forward(&(z + self.drop_attn.forward(&self.attn.output(&v)?, training)?)?)?
             }
         };

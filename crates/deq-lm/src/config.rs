@@ -35,12 +35,14 @@ pub struct ModelSection {
     pub div_val: usize,
     /// Memory kept in training.
     pub mem_len: usize,
+    /// Standard deviation of the zoo's initialisation (0: PyTorch's defaults).
+    pub init_std: f64,
 }
 
 impl Default for ModelSection {
     /// The zoo's WikiText-103 `deq-lm`.
     fn default() -> Self {
-        Self { variant: "deq-lm".into(), n_layer: 3, d_model: 700, d_embed: 700, n_head: 10, d_head: 70, d_inner: 14_800, dropout: 0.05, adaptive: true, cutoffs: vec![20_000, 40_000, 200_000], div_val: 4, mem_len: 150 }
+        Self { variant: "deq-lm".into(), n_layer: 3, d_model: 700, d_embed: 700, n_head: 10, d_head: 70, d_inner: 14_800, dropout: 0.05, adaptive: true, cutoffs: vec![20_000, 40_000, 200_000], div_val: 4, mem_len: 150, init_std: 0.01 }
     }
 }
 
@@ -53,7 +55,7 @@ impl ModelSection {
         let cutoffs = if self.adaptive { self.cutoffs.iter().copied().filter(|&c| c < n_token).collect() } else { Vec::new() };
         let div_val = if self.adaptive { self.div_val } else { 1 };
         let adaptive = AdaptiveConfig { n_token, d_embed: self.d_embed, d_model: self.d_model, cutoffs, div_val, tie_first_projection: false };
-        Ok(ModelConfig { variant, n_layer: self.n_layer, d_model: self.d_model, n_head: self.n_head, d_head: self.d_head, d_inner: self.d_inner, dropout: self.dropout, adaptive, mem_len: self.mem_len })
+        Ok(ModelConfig { variant, n_layer: self.n_layer, d_model: self.d_model, n_head: self.n_head, d_head: self.d_head, d_inner: self.d_inner, dropout: self.dropout, adaptive, mem_len: self.mem_len, init_std: self.init_std })
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -68,6 +70,9 @@ impl ModelSection {
         }
         if self.variant == "deq-lm" && self.n_head * self.d_head != self.d_model {
             return Err(format!("model: deq-lm needs n_head * d_head = d_model ({} * {} != {})", self.n_head, self.d_head, self.d_model));
+        }
+        if !(self.init_std >= 0.0 && self.init_std.is_finite()) {
+            return Err(format!("model.init_std: {} is not a standard deviation", self.init_std));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(format!("model.dropout: {} is not in [0, 1)", self.dropout));
@@ -101,6 +106,17 @@ pub struct TrainSection {
     pub eval_batch_size: usize,
     /// Memory kept in evaluation (0: `model.mem_len`).
     pub eval_mem_len: usize,
+    /// Steps between training-metric records.
+    pub log_interval: usize,
+    /// Stop after this many minutes of training (evaluation excluded; 0: no limit).
+    pub max_minutes: f64,
+    /// Training minutes (evaluation excluded) at which validation and test perplexity are
+    /// recorded and a checkpoint written, e.g. `[15, 30, 60]`.
+    pub test_at_minutes: Vec<f64>,
+    /// Checkpoints kept.
+    pub keep_checkpoints: usize,
+    /// CPU threads (0: every core; `--threads` overrides).
+    pub threads: usize,
     /// Seed.
     pub seed: u64,
 }
@@ -108,7 +124,7 @@ pub struct TrainSection {
 impl Default for TrainSection {
     /// The zoo's WikiText-103 `deq-lm`.
     fn default() -> Self {
-        Self { batch_size: 56, tgt_len: 150, max_step: 150_000, lr: 2.5e-4, warmup_step: 8_000, clip: 0.25, eval_interval: 5_000, eval_batch_size: 16, eval_mem_len: 0, seed: 42 }
+        Self { batch_size: 56, tgt_len: 150, max_step: 150_000, lr: 2.5e-4, warmup_step: 8_000, clip: 0.25, eval_interval: 5_000, eval_batch_size: 16, eval_mem_len: 0, log_interval: 200, max_minutes: 0.0, test_at_minutes: Vec::new(), keep_checkpoints: 2, threads: 0, seed: 42 }
     }
 }
 
@@ -121,11 +137,37 @@ pub struct DataSection {
     pub dir: String,
     /// Dataset name (`wikitext-103`, `ptb`, ...).
     pub name: String,
+    /// `word` (the zoo's word-level vocabulary) or `bpe` (byte-level BPE for raw text).
+    pub tokenizer: String,
+    /// BPE vocabulary size.
+    pub bpe_vocab: usize,
+    /// An existing `tokenizer.json` to use instead of building one (empty: build).
+    pub vocab_file: String,
+    /// Cache the vocabulary and token streams in `<corpus>/deq-lm-cache/`.
+    pub cache: bool,
 }
 
 impl Default for DataSection {
     fn default() -> Self {
-        Self { dir: String::new(), name: "wikitext-103".into() }
+        Self { dir: String::new(), name: "wikitext-103".into(), tokenizer: "word".into(), bpe_vocab: 16_000, vocab_file: String::new(), cache: true }
+    }
+}
+
+impl DataSection {
+    /// The corpus folder: `dir`, else `name` under `DEQ_DATA_DIR` or `datasets/`.
+    pub fn corpus_dir(&self) -> Result<std::path::PathBuf, String> {
+        if !self.dir.is_empty() {
+            return Ok(self.dir.clone().into());
+        }
+        deq_train::data::find_dataset_dir(&self.name).ok_or_else(|| {
+            format!("dataset `{}` not found: set data.dir (`--set data.dir=DIR`) or DEQ_DATA_DIR to a folder containing `{}` (see datasets/README.md for the fetch scripts)", self.name, self.name)
+        })
+    }
+
+    /// The tokenization options.
+    pub fn text_options(&self) -> crate::data::TextOptions {
+        let kind = if self.tokenizer == "bpe" { crate::data::VocabKind::Bpe } else { crate::data::VocabKind::Word };
+        crate::data::TextOptions { kind, bpe_vocab: self.bpe_vocab, cache: self.cache }
     }
 }
 
@@ -151,16 +193,41 @@ impl RunConfig {
     /// Parses and validates a TOML document; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, String> {
         let cfg: RunConfig = toml::from_str(text).map_err(|e| format!("{origin}: {e}"))?;
-        cfg.model.validate().map_err(|e| format!("{origin}: {e}"))?;
-        cfg.deq.validate().map_err(|e| format!("{origin}: deq: {e}"))?;
-        let t = &cfg.train;
-        if t.batch_size == 0 || t.tgt_len == 0 || t.eval_batch_size == 0 || t.max_step == 0 {
-            return Err(format!("{origin}: train.batch_size, tgt_len, eval_batch_size and max_step must be positive"));
+        cfg.check().map_err(|e| format!("{origin}: {e}"))?;
+        Ok(cfg)
+    }
+
+    /// Checks every section; the message names the key.
+    pub fn check(&self) -> Result<(), String> {
+        self.model.validate()?;
+        self.deq.validate().map_err(|e| format!("deq: {e}"))?;
+        let t = &self.train;
+        if t.batch_size == 0 || t.tgt_len == 0 || t.eval_batch_size == 0 || t.max_step == 0 || t.log_interval == 0 || t.keep_checkpoints == 0 {
+            return Err("train.batch_size, tgt_len, eval_batch_size, max_step, log_interval and keep_checkpoints must be positive".into());
         }
         if !(t.lr > 0.0 && t.lr.is_finite()) || t.clip < 0.0 {
-            return Err(format!("{origin}: train.lr must be positive and train.clip not negative"));
+            return Err("train.lr must be positive and train.clip not negative".into());
         }
-        Ok(cfg)
+        if !(t.max_minutes >= 0.0 && t.max_minutes.is_finite()) || t.test_at_minutes.iter().any(|m| !(*m > 0.0 && m.is_finite())) {
+            return Err("train.max_minutes must be >= 0 and train.test_at_minutes positive".into());
+        }
+        if !["word", "bpe"].contains(&self.data.tokenizer.as_str()) {
+            return Err(format!("data.tokenizer: `{}` is not word or bpe", self.data.tokenizer));
+        }
+        if self.data.tokenizer == "bpe" && self.data.bpe_vocab < 257 {
+            return Err(format!("data.bpe_vocab: {} is below 257 (256 bytes and <eos>)", self.data.bpe_vocab));
+        }
+        Ok(())
+    }
+}
+
+impl deq_train::cli::TrainerConfig for RunConfig {
+    const SEED_SECTION: &'static str = "train";
+    fn deq_mut(&mut self) -> &mut DeqConfig {
+        &mut self.deq
+    }
+    fn validate(&self) -> Result<(), String> {
+        self.check()
     }
 }
 

@@ -18,7 +18,10 @@
 //! | [`block`] | the pre-LN (`deq-lm`) and post-LN (`deq-seq`) attention + feed-forward blocks with variational dropout |
 //! | [`config`] | the TOML run configuration (`[model]`, `[deq]`, `[train]`, `[data]`); the zoo's configs are in `configs/deq-lm/` |
 //! | [`data`] | corpus readers (WikiText, PTB, plain text), the word-level `tokenizer.json` vocabulary, columns and segments |
+//! | [`bench`] | the training-step benchmark of `deq-lm-bench` |
 //! | [`error`] | the crate's error type |
+//! | [`generate`] | sampling text after a prompt with the segment memory |
+//! | [`init`] | the zoo's initialisation, by variable name |
 //! | [`train`] | training (Adam, warm-up + cosine, clipping, memory across segments, checkpoints, bit-identical resume) and perplexity |
 //! | [`model`] | the model: embedding, injection, `f` solved with deq-core, memory, loss |
 //!
@@ -49,10 +52,13 @@
 
 pub mod adaptive;
 pub mod attention;
+pub mod bench;
 pub mod block;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod generate;
+pub mod init;
 pub mod model;
 pub mod position;
 #[cfg(test)]

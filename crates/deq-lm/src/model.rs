@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use deq_core::dropout::{DropShape, VariationalDropout};
 use deq_core::norm::NormOptions;
 use deq_core::rng::DeqRng;
+use deq_core::grad::BackwardStats;
 use deq_core::solver::SolverStats;
 use deq_core::{Deq, DeqConfig};
 
@@ -43,6 +44,9 @@ pub struct ModelConfig {
     pub adaptive: AdaptiveConfig,
     /// Positions of memory kept between segments.
     pub mem_len: usize,
+    /// Standard deviation of the zoo's initialisation ([`crate::init`]); 0 keeps the
+    /// constructors' draws (PyTorch's default initialisation of linear maps).
+    pub init_std: f64,
 }
 
 impl ModelConfig {
@@ -120,6 +124,20 @@ pub struct LmForward {
     pub memory: Memory,
     /// Forward solver statistics.
     pub stats: SolverStats,
+    /// Adjoint-solve statistics (filled in when backward runs through an IFT state).
+    pub backward_stats: BackwardStats,
+    /// The fixed point (detached, before output dropout).
+    pub fixed_point: Tensor,
+    /// What `f` was called with, for a later call at another point ([`DeqTransformerLm::f_at`]).
+    pub context: FContext,
+}
+
+/// The inputs of `f` during one forward: the memory, the injection over `[memory; segment]`,
+/// each block's projected positions; dropout masks stay those of the forward.
+#[derive(Debug, Clone)]
+pub struct FContext {
+    inputs: Vec<Tensor>,
+    training: bool,
 }
 
 /// The model.
@@ -136,6 +154,7 @@ pub struct DeqTransformerLm {
     drop_out: VariationalDropout,
     deq_train: Deq,
     deq_eval: Deq,
+    mem_len: usize,
 }
 
 impl DeqTransformerLm {
@@ -162,7 +181,39 @@ impl DeqTransformerLm {
         let deq_train = Deq::new(deq.clone())?;
         let mut deq_eval = Deq::new(deq.clone())?;
         deq_eval.set_training(false);
-        Ok(Self { cfg: cfg.clone(), emb, out, inj_w, inj_b, blocks, drop_in, drop_pos, drop_out, deq_train, deq_eval })
+        let this = Self { cfg: cfg.clone(), emb, out, inj_w, inj_b, blocks, drop_in, drop_pos, drop_out, deq_train, deq_eval, mem_len: cfg.mem_len };
+        if cfg.init_std > 0.0 {
+            crate::init::zoo_init(&this.named_vars(), cfg.init_std, norm.norm_type == deq_core::NormType::WeightNorm, rng)?;
+            for blk in &this.blocks {
+                blk.reset()?;
+            }
+        }
+        Ok(this)
+    }
+
+    /// The configuration the model was built with.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// Keeps `mem_len` positions of memory from now on (evaluation may use a longer memory than
+    /// training: nothing in the weights depends on it).
+    pub fn set_mem_len(&mut self, mem_len: usize) {
+        self.mem_len = mem_len;
+    }
+
+    /// The memory length in use.
+    pub fn mem_len(&self) -> usize {
+        self.mem_len
+    }
+
+    /// Evaluates with the solver of `deq` (its `eval_f_max_iter`, solver and tolerance) from
+    /// now on, e.g. to trade forward NFE for perplexity.
+    pub fn set_eval_solver(&mut self, deq: &DeqConfig) -> crate::Result<()> {
+        let mut d = Deq::new(deq.clone())?;
+        d.set_training(false);
+        self.deq_eval = d;
+        Ok(())
     }
 
     /// Every trainable variable with its name (tied matrices once).
@@ -184,12 +235,13 @@ impl DeqTransformerLm {
         Ok(Memory { z: Tensor::zeros((batch, 0, self.cfg.d_model), dtype, dev)?, u: Tensor::zeros((batch, 0, 3 * hd), dtype, dev)? })
     }
 
-    /// `f(z)` given the memory `z_hist`, the injection over `[memory; segment]` and each
-    /// block's projected positions.
-    fn f(&self, z: &Tensor, z_hist: &Tensor, u_cat: &Tensor, rs: &[Tensor], training: bool) -> candle_core::Result<Tensor> {
+    /// `f(z)` given `inputs`: the segment's injection, each block's projected positions, then
+    /// each block's memory projections ([`Block::memory_qkv`]).
+    fn f(&self, z: &Tensor, inputs: &[Tensor], training: bool) -> candle_core::Result<Tensor> {
+        let n = self.blocks.len();
         let mut z = z.clone();
-        for (b, r) in self.blocks.iter().zip(rs) {
-            z = b.forward(&z, z_hist, u_cat, r, training)?;
+        for (i, b) in self.blocks.iter().enumerate() {
+            z = b.forward_after(&z, &inputs[1 + n + i], &inputs[0], &inputs[1 + i], training)?;
         }
         Ok(z)
     }
@@ -223,28 +275,45 @@ impl DeqTransformerLm {
             return Err(candle_core::Error::Msg(format!("memory of batch {} for a batch of {b}", memory.z.dim(0)?)).into());
         }
         let e = self.drop_in.forward(&self.emb.forward(tokens)?, training)?;
-        let u_now = e.broadcast_matmul(&self.inj_w.as_tensor().t()?)?.broadcast_add(self.inj_b.as_tensor())?;
-        let u_cat = Tensor::cat(&[&memory.u, &u_now], 1)?;
+        let u_now = deq_core::nn::linear_map(&e, self.inj_w.as_tensor())?.broadcast_add(self.inj_b.as_tensor())?;
         let klen = memory.len() + qlen;
         let pos = crate::position::relative_embedding(klen, self.cfg.d_model, e.dtype(), e.device())?;
         let pos = self.drop_pos.forward(&pos.unsqueeze(0)?, training)?.squeeze(0)?;
-        let mut inputs = vec![u_cat.clone()];
+        // The memory's part of every f call is the same: its projections are computed once.
+        let z_hist = memory.z.detach();
+        let mut inputs = vec![u_now.clone()];
         for blk in &self.blocks {
             inputs.push(blk.attention().project_positions(&pos)?);
         }
-        let z_hist = memory.z.detach();
+        for blk in &self.blocks {
+            inputs.push(blk.memory_qkv(&z_hist, &memory.u)?);
+        }
         let z0 = Tensor::zeros((b, qlen, self.cfg.d_model), e.dtype(), e.device())?;
         let deq = if training { &self.deq_train } else { &self.deq_eval };
-        let out = deq.forward1(|z, x| self.f(z, &z_hist, &x[0], &x[1..], training), &inputs, &z0)?;
+        let out = deq.forward1(|z, x| self.f(z, x, training), &inputs, &z0)?;
         let z_star = out.z().detach();
+        let context = FContext { inputs, training };
         let keep = |t: Tensor| -> candle_core::Result<Tensor> {
             let n = t.dim(1)?;
-            let from = n.saturating_sub(self.cfg.mem_len);
+            let from = n.saturating_sub(self.mem_len);
             t.narrow(1, from, n - from)?.contiguous()
         };
         let memory = Memory { z: keep(Tensor::cat(&[&memory.z, &z_star], 1)?)?, u: keep(Tensor::cat(&[&memory.u, &u_now.detach()], 1)?)? };
         let hidden = out.states.iter().map(|s| self.drop_out.forward(&s[0], training)).collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(LmForward { hidden, memory, stats: out.stats })
+        Ok(LmForward { hidden, memory, stats: out.stats, backward_stats: out.backward_stats, fixed_point: z_star, context })
+    }
+
+    /// `f(z)` with the memory, injection, positions and dropout masks of the forward that made
+    /// `ctx` (e.g. for the Jacobian regulariser at its fixed point).
+    pub fn f_at(&self, ctx: &FContext, z: &Tensor) -> candle_core::Result<Tensor> {
+        self.f(z, &ctx.inputs, ctx.training)
+    }
+
+    /// Log-probabilities of the next token `(batch, n_token)` after the last position of
+    /// `hidden` `(batch, qlen, d_model)`.
+    pub fn next_token_log_probs(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
+        let q = hidden.dim(1)?;
+        self.out.log_probs(&hidden.narrow(1, q - 1, 1)?.squeeze(1)?)
     }
 
     /// The mean negative log-likelihood of `targets` `(batch, qlen)` under `hidden`
@@ -271,6 +340,7 @@ mod tests {
             dropout: 0.0,
             adaptive: AdaptiveConfig { n_token: 11, d_embed: 6, d_model: 6, cutoffs: vec![4], div_val: 2, tie_first_projection: false },
             mem_len: 5,
+            init_std: 0.0,
         }
     }
 
@@ -324,6 +394,61 @@ mod tests {
         }
     }
 
+    /// The zoo's initialisation: N(0, 0.01) maps and embeddings, N(1, 0.01) LayerNorm
+    /// weights, zero biases, U(-0.05, 0.05) position biases, weight norm's `g` the rows' norms.
+    #[test]
+    fn the_zoo_initialisation_is_applied() {
+        let c = ModelConfig { init_std: 0.01, d_model: 64, n_head: 4, d_head: 16, d_inner: 96, adaptive: AdaptiveConfig { n_token: 300, d_embed: 64, d_model: 64, cutoffs: vec![100], div_val: 2, tie_first_projection: false }, ..cfg(Variant::Lm) };
+        let m = DeqTransformerLm::new(&c, &DeqConfig::default(), &mut DeqRng::new(4), DType::F64, &Device::Cpu).unwrap();
+        let vars = m.named_vars();
+        let stats = |v: &Var| {
+            let x: Vec<f64> = v.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            let mean = x.iter().sum::<f64>() / x.len() as f64;
+            (mean, (x.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / x.len() as f64).sqrt(), x.iter().fold(0f64, |m, a| m.max(a.abs())))
+        };
+        let mut seen = [0usize; 5];
+        for (name, v) in &vars {
+            let (mean, sd, max) = stats(v);
+            match crate::init::rule(name) {
+                crate::init::InitRule::Normal if v.elem_count() >= 500 => {
+                    assert!(mean.abs() < 2e-3 && (sd - 0.01).abs() < 1.5e-3, "{name}: mean {mean}, sd {sd}");
+                    seen[0] += 1;
+                }
+                crate::init::InitRule::NormalAroundOne => {
+                    assert!((mean - 1.0).abs() < 5e-3 && (sd - 0.01).abs() < 4e-3, "{name}: mean {mean}, sd {sd}");
+                    seen[1] += 1;
+                }
+                crate::init::InitRule::Zero => {
+                    assert_eq!(max, 0.0, "{name}");
+                    seen[2] += 1;
+                }
+                crate::init::InitRule::Keep => {
+                    assert!(max <= 0.05 && sd > 0.02, "{name}: sd {sd}, max {max}");
+                    seen[3] += 1;
+                }
+                crate::init::InitRule::RowNorms => {
+                    let raw = &vars.iter().find(|(n, _)| *n == name.replace("weight_g", "weight_v")).unwrap().1;
+                    let rows = raw.dim(0).unwrap();
+                    let norms = raw.as_tensor().sqr().unwrap().sum_keepdim(1).unwrap().sqrt().unwrap().reshape((rows, 1)).unwrap();
+                    let d = (norms - v.as_tensor()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+                    assert!(d < 1e-12, "{name}: {d}");
+                    seen[4] += 1;
+                }
+                _ => {}
+            }
+        }
+        // Each rule reached: 2 blocks x (qkv, r, o, w1, w2) + injection + embeddings and projections;
+        // 2 x 3 LayerNorms; the biases; 2 x 2 position biases; 2 x 5 scales.
+        assert!(seen[0] >= 12 && seen[1] == 6 && seen[2] >= 10 && seen[3] == 4 && seen[4] == 10, "{seen:?}");
+        // The normalised weights the blocks use are the drawn ones (g = |v| leaves W = v).
+        let x = DeqRng::new(1).randn((1, 2, 64), DType::F64, &Device::Cpu).unwrap();
+        let w1v = &vars.iter().find(|(n, _)| n == "blocks.0.ff.w1.weight_v").unwrap().1;
+        let direct = x.broadcast_matmul(&w1v.as_tensor().t().unwrap()).unwrap();
+        let via = m.blocks[0].ffn_hidden_for_test(&x).unwrap();
+        let d = (direct - via).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+        assert!(d < 1e-12, "{d}");
+    }
+
     #[test]
     fn parameter_counts_match_the_model_and_the_zoo() {
         for variant in [Variant::Lm, Variant::Seq] {
@@ -337,7 +462,7 @@ mod tests {
         }
         // The zoo's WikiText-103 models (vocabulary 267,735; README: 98M parameters).
         let adaptive = AdaptiveConfig { n_token: 267_735, d_embed: 700, d_model: 700, cutoffs: vec![20_000, 40_000, 200_000], div_val: 4, tie_first_projection: false };
-        let lm = ModelConfig { variant: Variant::Lm, n_layer: 3, d_model: 700, n_head: 10, d_head: 70, d_inner: 14_800, dropout: 0.05, adaptive, mem_len: 150 };
+        let lm = ModelConfig { variant: Variant::Lm, n_layer: 3, d_model: 700, n_head: 10, d_head: 70, d_inner: 14_800, dropout: 0.05, adaptive, mem_len: 150, init_std: 0.01 };
         let seq = ModelConfig { variant: Variant::Seq, n_layer: 1, d_inner: 48_000, ..lm.clone() };
         for c in [lm, seq] {
             let n = c.num_params(true) as f64 / 1e6;

@@ -3,10 +3,13 @@
 //! them trains its other parameters and silently leaves these gradients at zero. Here the
 //! forward passes are fused CPU kernels (f32 and f64, statistics accumulated in f64) with
 //! exact backward rules, and other devices and dtypes use candle's composed ops, which candle
-//! differentiates.
+//! differentiates. [`linear_map`] applies a shared weight to inputs of any rank as one
+//! matrix product (candle's `broadcast_matmul` runs one small product per batch entry).
 
 mod layer_norm;
+mod linear;
 mod softmax;
 
 pub use layer_norm::{layer_norm, LayerNorm};
+pub use linear::linear_map;
 pub use softmax::softmax_last_dim;

@@ -57,10 +57,7 @@ impl NormLinear {
 impl Module for NormLinear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let w = self.weight.weight();
-        let y = match x.rank() {
-            2 => x.matmul(&w.t()?)?,
-            _ => x.broadcast_matmul(&w.t()?)?,
-        };
+        let y = crate::nn::linear_map(x, &w)?;
         match &self.bias {
             Some(b) => y.broadcast_add(b.as_tensor()),
             None => Ok(y),
