@@ -189,14 +189,19 @@ impl AdaptiveLogSoftmax {
         h.matmul(&w.t()?)?.broadcast_add(b)
     }
 
-    /// The head's log-probabilities `(n, shortlist + tail clusters)` for `h` `(n, d_model)`.
-    fn head_log_probs(&self, h: &Tensor) -> Result<Tensor> {
+    /// The head's logits `(n, shortlist + tail clusters)` for `h` `(n, d_model)`.
+    fn head_logits(&self, h: &Tensor) -> Result<Tensor> {
         let (mut hw, mut hb) = (self.emb.emb[0].as_tensor().clone(), self.bias[0].as_tensor().clone());
         if let Some((w, b)) = &self.cluster {
             hw = Tensor::cat(&[&hw, w.as_tensor()], 0)?;
             hb = Tensor::cat(&[&hb, b.as_tensor()], 0)?;
         }
-        candle_nn::ops::log_softmax(&self.logits(&self.project(h, 0)?, &hw, &hb)?, D::Minus1)
+        self.logits(&self.project(h, 0)?, &hw, &hb)
+    }
+
+    /// The head's log-probabilities `(n, shortlist + tail clusters)`.
+    fn head_log_probs(&self, h: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::log_softmax(&self.head_logits(h)?, D::Minus1)
     }
 
     /// The full distribution: log-probabilities `(n, n_token)` for `h` `(n, d_model)` (for
@@ -222,30 +227,32 @@ impl AdaptiveLogSoftmax {
         let ids = targets.to_dtype(DType::U32)?.to_vec1::<u32>()?;
         let n_clusters = self.emb.bounds.len() - 1;
         let shortlist = self.emb.bounds[1];
-        // Head: the first cluster's tokens, then one entry per tail cluster.
-        let head = self.head_log_probs(h)?;
         let groups = group_by_cluster(&self.emb.bounds, &ids)?;
+        // The head's column of each row: its target in the first cluster, else its cluster's
+        // entry (the zoo's order: the first tail cluster takes the last column).
+        let mut cols = vec![0u32; ids.len()];
+        for (i, rows, local) in &groups {
+            for (&r, &l) in rows.iter().zip(local) {
+                cols[r as usize] = if *i == 0 { l } else { (shortlist + n_clusters - 1 - i) as u32 };
+            }
+        }
+        let head = deq_core::nn::log_softmax_pick(&self.head_logits(h)?, &cols)?;
+        if n_clusters == 1 {
+            return head.neg();
+        }
+        // Tail clusters: the log-probability within the cluster, for its rows only.
         let mut parts = Vec::new();
         for (i, rows, local) in &groups {
-            if rows.is_empty() {
-                continue;
+            if *i == 0 {
+                parts.push(Tensor::zeros(rows.len(), h.dtype(), dev)?);
+            } else if !rows.is_empty() {
+                let hi = self.project(&h.index_select(&Tensor::new(rows.as_slice(), dev)?, 0)?, *i)?;
+                let tail = self.logits(&hi, self.emb.emb[*i].as_tensor(), self.bias[*i].as_tensor())?;
+                parts.push(deq_core::nn::log_softmax_pick(&tail, local)?);
             }
-            let rows_t = Tensor::new(rows.as_slice(), dev)?;
-            let head_rows = head.index_select(&rows_t, 0)?;
-            let lp = if *i == 0 {
-                head_rows.gather(&Tensor::new(local.as_slice(), dev)?.unsqueeze(1)?, 1)?.squeeze(1)?
-            } else {
-                // Cluster i's probability sits in head column shortlist + n_clusters - 1 - (i - 1)
-                // (the zoo's order: the first tail cluster takes the last column).
-                let col = shortlist + n_clusters - 1 - i;
-                let p_cluster = head_rows.narrow(1, col, 1)?.squeeze(1)?;
-                let hi = self.project(&h.index_select(&rows_t, 0)?, *i)?;
-                let tail = candle_nn::ops::log_softmax(&self.logits(&hi, self.emb.emb[*i].as_tensor(), self.bias[*i].as_tensor())?, D::Minus1)?;
-                (p_cluster + tail.gather(&Tensor::new(local.as_slice(), dev)?.unsqueeze(1)?, 1)?.squeeze(1)?)?
-            };
-            parts.push(lp);
         }
-        Tensor::cat(&parts, 0)?.index_select(&inverse_order(&groups, ids.len(), dev)?, 0)?.neg()
+        let tails = Tensor::cat(&parts, 0)?.index_select(&inverse_order(&groups, ids.len(), dev)?, 0)?;
+        (head + tails)?.neg()
     }
 }
 

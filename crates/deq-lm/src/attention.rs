@@ -119,43 +119,75 @@ impl RelAttention {
             candle_core::bail!("attention: {qlen} queries over {klen} keys");
         }
         let mlen = klen - qlen;
-        let mem = (self.qkv.forward(&c.narrow(1, 0, mlen)?)? + u.narrow(1, 0, mlen)?)?;
-        self.attend_after(&mem, &c.narrow(1, mlen, qlen)?, &u.narrow(1, mlen, qlen)?, r)
+        let [_, uk, uv] = self.split_injection(&u.narrow(1, 0, mlen)?)?;
+        let mem = self.memory_kv(&c.narrow(1, 0, mlen)?, &uk, &uv)?;
+        self.attend_after(&mem, &c.narrow(1, mlen, qlen)?, &self.split_injection(&u.narrow(1, mlen, qlen)?)?, r)
     }
 
-    /// `W_qkv c + u` of the memory positions, `(batch, mlen, 3 * n_head * d_head)`: the same
-    /// for every `f` call of a forward, so computed once (see [`RelAttention::attend_after`]).
-    pub fn memory_qkv(&self, c_mem: &Tensor, u_mem: &Tensor) -> Result<Tensor> {
-        self.qkv.forward(c_mem)? + u_mem
-    }
-
-    /// [`RelAttention::attend`] with the memory's projections precomputed by
-    /// [`RelAttention::memory_qkv`]: `c` and `u` are the segment's `(batch, qlen, ...)`.
-    pub fn attend_after(&self, mem_qkv: &Tensor, c: &Tensor, u: &Tensor, r: &Tensor) -> Result<Tensor> {
-        let (b, qlen, _) = c.dims3()?;
-        let mlen = mem_qkv.dim(1)?;
-        let klen = mlen + qlen;
+    /// The rows of the `(3 * n_head * d_head)`-channel axis that hold part `i` (0: q, 1: k,
+    /// 2: v) in the layout's order.
+    fn part_channels(&self, i: usize) -> Vec<u32> {
         let (h, dh) = (self.cfg.n_head, self.cfg.d_head);
-        let wh = Tensor::cat(&[mem_qkv, &(self.qkv.forward(c)? + u)?], 1)?;
-        // (b, klen, h, dh) for part 0 (q), 1 (k), 2 (v).
+        match self.cfg.layout {
+            QkvLayout::PerHead => (0..h).flat_map(|hh| (0..dh).map(move |j| (hh * 3 * dh + i * dh + j) as u32)).collect(),
+            QkvLayout::Blocks => (i * h * dh..(i + 1) * h * dh).map(|c| c as u32).collect(),
+        }
+    }
+
+    /// An injection `(batch, len, 3 * n_head * d_head)` split into its q, k and v parts
+    /// `(batch, len, n_head * d_head)` (channel `head * d_head + j`), once per forward.
+    pub fn split_injection(&self, u: &Tensor) -> Result<[Tensor; 3]> {
         let part = |i: usize| -> Result<Tensor> {
             match self.cfg.layout {
-                QkvLayout::PerHead => wh.reshape((b, klen, h, 3, dh))?.narrow(3, i, 1)?.squeeze(3),
-                QkvLayout::Blocks => wh.reshape((b, klen, 3, h, dh))?.narrow(2, i, 1)?.squeeze(2),
+                QkvLayout::Blocks => u.narrow(2, i * self.cfg.n_head * self.cfg.d_head, self.cfg.n_head * self.cfg.d_head)?.contiguous(),
+                QkvLayout::PerHead => u.contiguous()?.index_select(&Tensor::new(self.part_channels(i).as_slice(), u.device())?, 2),
             }
         };
-        // (b, h, len, dh)
-        let q = part(0)?.narrow(1, mlen, qlen)?.transpose(1, 2)?.contiguous()?;
-        let k = part(1)?.transpose(1, 2)?.contiguous()?;
-        let v = part(2)?.transpose(1, 2)?.contiguous()?;
-        let bias = |t: &Var| t.as_tensor().reshape((1, h, 1, dh));
-        let kt = k.transpose(2, 3)?.contiguous()?;
-        let ac = q.broadcast_add(&bias(&self.r_w_bias)?)?.matmul(&kt)?;
-        let rt = r.transpose(1, 2)?.contiguous()?.unsqueeze(0)?;
-        let bd = rel_shift(&q.broadcast_add(&bias(&self.r_r_bias)?)?.broadcast_matmul(&rt)?)?;
-        let scores = ((ac + bd)? * (1.0 / (dh as f64).sqrt()))?.broadcast_add(&causal_mask(qlen, mlen, c.dtype(), c.device())?)?;
-        let a = deq_core::nn::softmax_last_dim(&scores)?;
-        a.matmul(&v)?.transpose(1, 2)?.reshape((b, qlen, h * dh))
+        Ok([part(0)?, part(1)?, part(2)?])
+    }
+
+    /// `W_part c` for part `i` of the q/k/v projection: `(batch, len, n_head * d_head)`.
+    fn project_part(&self, c: &Tensor, i: usize) -> Result<Tensor> {
+        let w = self.qkv.weight().weight();
+        let wi = match self.cfg.layout {
+            QkvLayout::Blocks => w.narrow(0, i * self.cfg.n_head * self.cfg.d_head, self.cfg.n_head * self.cfg.d_head)?,
+            QkvLayout::PerHead => w.index_select(&Tensor::new(self.part_channels(i).as_slice(), w.device())?, 0)?,
+        };
+        deq_core::nn::linear_map(c, &wi)
+    }
+
+    /// `(batch, len, n_head * d_head)` to head-major `(n_head, batch, len, d_head)`.
+    fn heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, len, _) = x.dims3()?;
+        x.reshape((b, len, self.cfg.n_head, self.cfg.d_head))?.permute((2, 0, 1, 3))?.contiguous()
+    }
+
+    /// The memory's keys and values `W_k c + u_k`, `W_v c + u_v`, head-major
+    /// `(n_head, batch, mlen, d_head)`: the same for every `f` call of a forward, so computed
+    /// once (see [`RelAttention::attend_after`]); `u_k`, `u_v` from [`RelAttention::split_injection`].
+    pub fn memory_kv(&self, c_mem: &Tensor, u_k: &Tensor, u_v: &Tensor) -> Result<[Tensor; 2]> {
+        Ok([self.heads(&(self.project_part(c_mem, 1)? + u_k)?)?, self.heads(&(self.project_part(c_mem, 2)? + u_v)?)?])
+    }
+
+    /// [`RelAttention::attend`] with the memory's keys and values precomputed by
+    /// [`RelAttention::memory_kv`]: `c` `(batch, qlen, d_model)` and `u` (the segment's
+    /// injection split by [`RelAttention::split_injection`]).
+    pub fn attend_after(&self, mem: &[Tensor; 2], c: &Tensor, u: &[Tensor; 3], r: &Tensor) -> Result<Tensor> {
+        let (b, qlen, _) = c.dims3()?;
+        let mlen = mem[0].dim(2)?;
+        let klen = mlen + qlen;
+        let (h, dh) = (self.cfg.n_head, self.cfg.d_head);
+        // Head-major (h, b, len, dh): the position scores of a head are then one
+        // (b * qlen, dh) x (dh, klen) product.
+        let q = self.heads(&(self.project_part(c, 0)? + &u[0])?)?;
+        let k = Tensor::cat(&[&mem[0], &self.heads(&(self.project_part(c, 1)? + &u[1])?)?], 2)?;
+        let v = Tensor::cat(&[&mem[1], &self.heads(&(self.project_part(c, 2)? + &u[2])?)?], 2)?;
+        let bias = |t: &Var| t.as_tensor().reshape((h, 1, 1, dh));
+        let ac = q.broadcast_add(&bias(&self.r_w_bias)?)?.matmul(&k.transpose(2, 3)?)?;
+        let qr = q.broadcast_add(&bias(&self.r_r_bias)?)?.reshape((h, b * qlen, dh))?;
+        let bd = qr.matmul(&r.transpose(1, 2)?)?.reshape((h, b, qlen, klen))?;
+        let a = crate::rel_probs::rel_probs(&ac, &bd, 1.0 / (dh as f64).sqrt(), mlen)?;
+        a.matmul(&v)?.permute((1, 2, 0, 3))?.reshape((b, qlen, h * dh))
     }
 
     /// The output projection `W_o v + b_o` of attention vectors.

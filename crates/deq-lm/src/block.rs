@@ -118,29 +118,31 @@ impl Block {
     /// and the projected positions `r` ([`RelAttention::project_positions`]).
     pub fn forward(&self, z: &Tensor, z_hist: &Tensor, u: &Tensor, r: &Tensor, training: bool) -> Result<Tensor> {
         let (mlen, qlen) = (z_hist.dim(1)?, z.dim(1)?);
-        let mem = self.memory_qkv(z_hist, &u.narrow(1, 0, mlen)?)?;
-        self.forward_after(z, &mem, &u.narrow(1, mlen, qlen)?, r, training)
+        let [_, uk, uv] = self.attn.split_injection(&u.narrow(1, 0, mlen)?)?;
+        let mem = self.memory_kv(z_hist, &uk, &uv)?;
+        self.forward_after(z, &mem, &self.attn.split_injection(&u.narrow(1, mlen, qlen)?)?, r, training)
     }
 
-    /// The attention projections of the memory (normalised as the block requires) plus its
-    /// injection `u_hist`: constant over a forward's `f` calls, so computed once.
-    pub fn memory_qkv(&self, z_hist: &Tensor, u_hist: &Tensor) -> Result<Tensor> {
+    /// The attention keys and values of the memory (normalised as the block requires) with
+    /// its injection's k and v parts: constant over a forward's `f` calls, so computed once.
+    pub fn memory_kv(&self, z_hist: &Tensor, u_k: &Tensor, u_v: &Tensor) -> Result<[Tensor; 2]> {
         match self.cfg.style {
-            BlockStyle::PreLn => self.attn.memory_qkv(&self.ln[0].forward(z_hist)?, u_hist),
-            BlockStyle::PostLn => self.attn.memory_qkv(z_hist, u_hist),
+            BlockStyle::PreLn => self.attn.memory_kv(&self.ln[0].forward(z_hist)?, u_k, u_v),
+            BlockStyle::PostLn => self.attn.memory_kv(z_hist, u_k, u_v),
         }
     }
 
-    /// [`Block::forward`] with the memory's part precomputed by [`Block::memory_qkv`]; `u` is
-    /// the segment's injection `(batch, qlen, 3 * n_head * d_head)`.
-    pub fn forward_after(&self, z: &Tensor, mem_qkv: &Tensor, u: &Tensor, r: &Tensor, training: bool) -> Result<Tensor> {
+    /// [`Block::forward`] with the memory's keys and values precomputed by
+    /// [`Block::memory_kv`]; `u` is the segment's injection split into q, k, v parts
+    /// ([`RelAttention::split_injection`]).
+    pub fn forward_after(&self, z: &Tensor, mem: &[Tensor; 2], u: &[Tensor; 3], r: &Tensor, training: bool) -> Result<Tensor> {
         let x = match self.cfg.style {
             BlockStyle::PreLn => {
-                let v = self.attn.attend_after(mem_qkv, &self.ln[0].forward(z)?, u, r)?;
+                let v = self.attn.attend_after(mem, &self.ln[0].forward(z)?, u, r)?;
                 (z + self.drop_attn.forward(&self.attn.output(&self.ln[1].forward(&v)?)?, training)?)?
             }
             BlockStyle::PostLn => {
-                let v = self.attn.attend_after(mem_qkv, z, u, r)?;
+                let v = self.attn.attend_after(mem, z, u, r)?;
                 self.ln[0].forward(&(z + self.drop_attn.forward(&self.attn.output(&v)?, training)?)?)?
             }
         };

@@ -22,6 +22,7 @@
 //! | [`error`] | the crate's error type |
 //! | [`generate`] | sampling text after a prompt with the segment memory |
 //! | [`init`] | the zoo's initialisation, by variable name |
+//! | [`rel_probs`] | the fused rel-shift, causal mask and softmax of the attention scores (CPU kernel, composed elsewhere) |
 //! | [`train`] | training (Adam, warm-up + cosine, clipping, memory across segments, checkpoints, bit-identical resume) and perplexity |
 //! | [`model`] | the model: embedding, injection, `f` solved with deq-core, memory, loss |
 //!
@@ -61,6 +62,7 @@ pub mod generate;
 pub mod init;
 pub mod model;
 pub mod position;
+pub mod rel_probs;
 #[cfg(test)]
 mod testing;
 pub mod train;

@@ -235,13 +235,15 @@ impl DeqTransformerLm {
         Ok(Memory { z: Tensor::zeros((batch, 0, self.cfg.d_model), dtype, dev)?, u: Tensor::zeros((batch, 0, 3 * hd), dtype, dev)? })
     }
 
-    /// `f(z)` given `inputs`: the segment's injection, each block's projected positions, then
-    /// each block's memory projections ([`Block::memory_qkv`]).
+    /// `f(z)` given `inputs`: the segment's injection (q, k and v parts), each block's
+    /// projected positions, then each block's memory keys and values ([`Block::memory_kv`]).
     fn f(&self, z: &Tensor, inputs: &[Tensor], training: bool) -> candle_core::Result<Tensor> {
         let n = self.blocks.len();
+        let u = [inputs[0].clone(), inputs[1].clone(), inputs[2].clone()];
         let mut z = z.clone();
         for (i, b) in self.blocks.iter().enumerate() {
-            z = b.forward_after(&z, &inputs[1 + n + i], &inputs[0], &inputs[1 + i], training)?;
+            let mem = [inputs[3 + n + 2 * i].clone(), inputs[4 + n + 2 * i].clone()];
+            z = b.forward_after(&z, &mem, &u, &inputs[3 + i], training)?;
         }
         Ok(z)
     }
@@ -281,12 +283,14 @@ impl DeqTransformerLm {
         let pos = self.drop_pos.forward(&pos.unsqueeze(0)?, training)?.squeeze(0)?;
         // The memory's part of every f call is the same: its projections are computed once.
         let z_hist = memory.z.detach();
-        let mut inputs = vec![u_now.clone()];
+        let attn = self.blocks[0].attention();
+        let mut inputs: Vec<Tensor> = attn.split_injection(&u_now)?.into();
         for blk in &self.blocks {
             inputs.push(blk.attention().project_positions(&pos)?);
         }
+        let [_, mem_k, mem_v] = attn.split_injection(&memory.u)?;
         for blk in &self.blocks {
-            inputs.push(blk.memory_qkv(&z_hist, &memory.u)?);
+            inputs.extend(blk.memory_kv(&z_hist, &mem_k, &mem_v)?);
         }
         let z0 = Tensor::zeros((b, qlen, self.cfg.d_model), e.dtype(), e.device())?;
         let deq = if training { &self.deq_train } else { &self.deq_eval };

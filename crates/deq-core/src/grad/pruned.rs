@@ -239,19 +239,31 @@ fn sum_blocks_2d(g: &Tensor, h: usize, w: usize) -> candle_core::Result<Tensor> 
     g.contiguous()?.reshape((n, c, h, th / h, w, tw / w))?.sum(5)?.sum(3)
 }
 
-/// `x.sum_keepdim(d)` for a contiguous `x`; a reduction over a leading block of many rows (a
-/// bias gradient over a large batch) is a product with a ones row, which runs on the GEMM
-/// kernels instead of candle's single-threaded strided fold.
-fn sum_keepdim_dim(x: &Tensor, d: usize) -> candle_core::Result<Tensor> {
+/// `x.sum_keepdim` over the adjacent dimensions `from..to` of a contiguous `x`: one product
+/// with a ones row per leading index on the CPU in f32/f64 (the block is `(pre, n, post)`),
+/// candle's reduction elsewhere.
+fn sum_block(x: &Tensor, from: usize, to: usize) -> candle_core::Result<Tensor> {
     let dims = x.dims();
-    let (pre, n, post): (usize, usize, usize) = (dims[..d].iter().product(), dims[d], dims[d + 1..].iter().product());
-    if pre == 1 && post > 1 && n >= 1024 && x.device().is_cpu() && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64) {
-        let ones = Tensor::ones((1, n), x.dtype(), x.device())?;
-        let mut shape = dims.to_vec();
-        shape[d] = 1;
-        return ones.matmul(&x.reshape((n, post))?)?.reshape(shape);
+    let (pre, n, post): (usize, usize, usize) = (dims[..from].iter().product(), dims[from..to].iter().product(), dims[to..].iter().product());
+    let mut shape = dims.to_vec();
+    for d in &mut shape[from..to] {
+        *d = 1;
     }
-    x.sum_keepdim(d)
+    if x.device().is_cpu() && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64) && n > 1 {
+        let s = if post == 1 {
+            x.reshape((pre, n))?.sum_keepdim(1)?
+        } else if pre == 1 {
+            Tensor::ones((1, n), x.dtype(), x.device())?.matmul(&x.reshape((n, post))?)?
+        } else {
+            Tensor::ones((1, 1, n), x.dtype(), x.device())?.broadcast_as((pre, 1, n))?.matmul(&x.reshape((pre, n, post))?)?
+        };
+        return s.reshape(shape);
+    }
+    let mut s = x.clone();
+    for d in (from..to).rev() {
+        s = s.sum_keepdim(d)?;
+    }
+    Ok(s)
 }
 
 fn backprop(node: &Tensor, op: &Op, g: &Tensor, grads: &mut Grads<'_>) -> candle_core::Result<()> {
@@ -367,12 +379,20 @@ fn backprop(node: &Tensor, op: &Op, g: &Tensor, grads: &mut Grads<'_>) -> candle
                         sum_dims.push(i + left);
                     }
                 }
-                // One dimension at a time from the innermost: each reduction then runs over a
-                // contiguous block (candle's multi-dimension sum walks strided indices, and was
-                // the largest cost of backpropagating through group and batch norm).
+                // Runs of adjacent broadcast dimensions are summed as one block, from the
+                // innermost, each as a product with a ones row (GEMM kernels instead of candle's
+                // strided fold, which was the largest cost of backpropagating through biases and
+                // group, batch and layer norms).
                 let mut s = g.clone();
-                for &d in sum_dims.iter().rev() {
-                    s = sum_keepdim_dim(&s.contiguous()?, d)?;
+                let mut runs: Vec<(usize, usize)> = Vec::new();
+                for &d in &sum_dims {
+                    match runs.last_mut() {
+                        Some((_, end)) if *end == d => *end = d + 1,
+                        _ => runs.push((d, d + 1)),
+                    }
+                }
+                for &(from, to) in runs.iter().rev() {
+                    s = sum_block(&s.contiguous()?, from, to)?;
                 }
                 for _ in 0..left {
                     s = s.squeeze(0)?;
@@ -434,7 +454,7 @@ fn backprop(node: &Tensor, op: &Op, g: &Tensor, grads: &mut Grads<'_>) -> candle
             grads.add_with(s, || g.gather(idx, *dim))?;
         }
         Op::IndexSelect(a, idx, dim) => {
-            grads.add_with(a, || a.zeros_like()?.index_add(&idx.contiguous()?, g, *dim))?;
+            grads.add_with(a, || a.zeros_like()?.index_add(&idx.contiguous()?, &g.contiguous()?, *dim))?;
         }
         Op::IndexAdd(a, idx, s, dim) => {
             grads.add(a, g.clone())?;

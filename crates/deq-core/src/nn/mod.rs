@@ -4,12 +4,16 @@
 //! forward passes are fused CPU kernels (f32 and f64, statistics accumulated in f64) with
 //! exact backward rules, and other devices and dtypes use candle's composed ops, which candle
 //! differentiates. [`linear_map`] applies a shared weight to inputs of any rank as one
-//! matrix product (candle's `broadcast_matmul` runs one small product per batch entry).
+//! matrix product (candle's `broadcast_matmul` runs one small product per batch entry);
+//! [`log_softmax_pick`] is the log-likelihood of one column per row (cross-entropy) without
+//! the log-softmax matrix.
 
 mod layer_norm;
 mod linear;
+mod log_softmax_pick;
 mod softmax;
 
 pub use layer_norm::{layer_norm, LayerNorm};
 pub use linear::linear_map;
+pub use log_softmax_pick::log_softmax_pick;
 pub use softmax::softmax_last_dim;
