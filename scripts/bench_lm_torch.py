@@ -26,7 +26,7 @@ Usage (from the repository root):
 Options: --config FILE (default configs/deq-lm/ptb-cpu.toml), --set section.key=VALUE (TOML
 value; repeatable; model.init_std = 0 keeps PyTorch's default init of f's linear maps),
 --variant deq|explicit|unrolled, --data DIR (PTB folder; default data.dir, else data.name under
-$DEQ_DATA_DIR, $DEQ_DATA_DIR/text, datasets/ or /work/shared/data/text), --device cpu|cuda.
+$DEQ_DATA_DIR, $DEQ_DATA_DIR/text or datasets/), --device cpu|cuda.
 Output: JSON lines on stdout (progress on stderr).
 """
 
@@ -59,7 +59,7 @@ MODEL_DEFAULTS = dict(variant="deq-lm", n_layer=3, d_model=700, d_embed=700, n_h
                       div_val=4, mem_len=150, init_std=0.01)
 TRAIN_DEFAULTS = dict(batch_size=56, tgt_len=150, max_step=150000, lr=2.5e-4, warmup_step=8000,
                       clip=0.25, eval_interval=5000, eval_batch_size=16, eval_mem_len=0, log_interval=200,
-                      max_minutes=0.0, test_at_minutes=[], keep_checkpoints=2, threads=0, seed=42)
+                      max_minutes=0.0, test_at_minutes=[], test_at_steps=[], keep_checkpoints=2, threads=0, seed=42)
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -115,12 +115,12 @@ def read_words(path):
 
 
 def find_data(cfg):
-    """data.dir, else the dataset name under $DEQ_DATA_DIR (or its text/), datasets/, /work/shared/data/text."""
+    """data.dir, else the dataset name under $DEQ_DATA_DIR (or its text/) or datasets/."""
     if cfg["data"].get("dir"):
         return cfg["data"]["dir"]
     name, env = cfg["data"]["name"], os.environ.get("DEQ_DATA_DIR", "")
     roots = [env, os.path.join(env, "text")] if env else []
-    for root in roots + [os.path.join(ROOT, "datasets"), "/work/shared/data/text"]:
+    for root in roots + [os.path.join(ROOT, "datasets")]:
         if os.path.isdir(os.path.join(root, name)):
             return os.path.join(root, name)
     sys.exit(f"dataset {name} not found: pass --data DIR or set data.dir / DEQ_DATA_DIR")

@@ -63,6 +63,15 @@ impl Sandbox {
             let name = e.file_name().to_string_lossy().replace("MINI_", "MUTAG_");
             std::fs::copy(e.path(), data.join("MUTAG").join(name)).unwrap();
         }
+        // What datasets/fetch_text.sh writes: ptb/ptb.{train,valid,test}.txt and
+        // wikitext-103/wiki.{train,valid,test}.tokens (a generated stand-in text).
+        std::fs::create_dir_all(data.join("ptb")).unwrap();
+        for (split, lines) in [("train", 120), ("valid", 30), ("test", 30)] {
+            let text: String = (0..lines).map(|i| format!("the {} of {} is N <unk> and {}\n", ["cat", "dog", "price", "market"][i % 4], i % 7, ["up", "down"][i % 2])).collect();
+            std::fs::write(data.join("ptb").join(format!("ptb.{split}.txt")), &text).unwrap();
+            std::fs::create_dir_all(data.join("wikitext-103")).unwrap();
+            std::fs::write(data.join("wikitext-103").join(format!("wiki.{split}.tokens")), &text).unwrap();
+        }
         Self { dir }
     }
     fn data(&self) -> PathBuf {
@@ -111,6 +120,10 @@ fn smoke_settings(package: &str) -> Vec<String> {
         "mdeq" => &["--max-steps", "2", "--set", "train.epochs=1", "--set", "train.test_limit=64", "--set", "train.eval_batch_size=64"],
         "ignn" => &["--set", "train.epochs=2", "--set", "train.eval_every=1"],
         "deq-inr" => &["--set", "fit.steps=2", "--set", "fit.eval_every=1", "--set", "data.size=16", "--set", "data.max_frames=2"],
+        "deq-lm" => &[
+            "--max-steps", "2", "--set", "model.d_model=16", "--set", "model.d_embed=16", "--set", "model.n_head=2", "--set", "model.d_head=8",
+            "--set", "model.d_inner=24", "--set", "model.mem_len=8", "--set", "train.batch_size=4", "--set", "train.tgt_len=8", "--set", "train.eval_batch_size=2",
+        ],
         _ => &[],
     };
     s.iter().map(|s| s.to_string()).collect()

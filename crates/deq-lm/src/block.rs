@@ -147,7 +147,7 @@ impl Block {
             }
         };
         let inner = |h: &Tensor| -> Result<Tensor> {
-            let a = self.drop_inner.forward(&self.w1.forward(h)?.relu()?, training)?;
+            let a = self.drop_inner.forward(&deq_core::nn::relu(&self.w1.forward(h)?)?, training)?;
             self.drop_ffn.forward(&self.w2.forward(&a)?, training)
         };
         match self.cfg.style {

@@ -113,6 +113,9 @@ pub struct TrainSection {
     /// Training minutes (evaluation excluded) at which validation and test perplexity are
     /// recorded and a checkpoint written, e.g. `[15, 30, 60]`.
     pub test_at_minutes: Vec<f64>,
+    /// Steps at which validation and test perplexity are recorded and a checkpoint written
+    /// (for comparisons at equal steps).
+    pub test_at_steps: Vec<usize>,
     /// Checkpoints kept.
     pub keep_checkpoints: usize,
     /// CPU threads (0: every core; `--threads` overrides).
@@ -124,7 +127,7 @@ pub struct TrainSection {
 impl Default for TrainSection {
     /// The zoo's WikiText-103 `deq-lm`.
     fn default() -> Self {
-        Self { batch_size: 56, tgt_len: 150, max_step: 150_000, lr: 2.5e-4, warmup_step: 8_000, clip: 0.25, eval_interval: 5_000, eval_batch_size: 16, eval_mem_len: 0, log_interval: 200, max_minutes: 0.0, test_at_minutes: Vec::new(), keep_checkpoints: 2, threads: 0, seed: 42 }
+        Self { batch_size: 56, tgt_len: 150, max_step: 150_000, lr: 2.5e-4, warmup_step: 8_000, clip: 0.25, eval_interval: 5_000, eval_batch_size: 16, eval_mem_len: 0, log_interval: 200, max_minutes: 0.0, test_at_minutes: Vec::new(), test_at_steps: Vec::new(), keep_checkpoints: 2, threads: 0, seed: 42 }
     }
 }
 

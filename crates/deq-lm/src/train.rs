@@ -110,6 +110,15 @@ pub fn evaluate(model: &DeqTransformerLm, ids: &[u32], batch: usize, tgt_len: us
     Ok(EvalResult { loss, ppl: loss.exp(), nfe: nfe / n.max(1) as f64, rel_residual: res / n.max(1) as f64, tokens, seconds: t0.elapsed().as_secs_f64() })
 }
 
+/// The mean over samples of `|a - b| / |a|` (samples along the first dimension).
+fn relative_residual(a: &Tensor, b: &Tensor) -> crate::Result<f64> {
+    let n = a.dim(0)?;
+    let num = (a - b)?.reshape((n, ()))?.sqr()?.sum(1)?.sqrt()?;
+    let den = a.reshape((n, ()))?.sqr()?.sum(1)?.sqrt()?;
+    let r: Vec<f64> = (num / (den + 1e-9)?)?.to_dtype(DType::F64)?.to_vec1()?;
+    Ok(mean(&r))
+}
+
 fn mean(v: &[f64]) -> f64 {
     if v.is_empty() {
         f64::NAN
@@ -235,10 +244,11 @@ fn train_rank(cfg: &RunConfig, data: &Streams, opts: &TrainOptions, collective: 
     let (mut loss_sum, mut loss_n, mut interval_loss, mut interval_n) = (0f64, 0usize, 0f64, 0usize);
     let (mut jac_sum, mut jac_n) = (0f64, 0usize);
     let mut solver = SolverMetrics::default();
+    let mut phantom_res: Option<f64> = None;
     let mut valid = None;
     let mut train_loss = f64::NAN;
     let mut train_secs = 0f64;
-    let mut interval_t = Instant::now();
+    let mut interval_secs = 0f64;
     let mut interval_tokens = 0usize;
     let mut bar = Progress::new("train", last.saturating_sub(step), opts.progress && main);
     while step < last {
@@ -268,11 +278,20 @@ fn train_rank(cfg: &RunConfig, data: &Streams, opts: &TrainOptions, collective: 
         opt.step(&grads)?;
         solver.add_forward(&out.stats);
         solver.add_backward(&out.backward_stats.get());
+        if (step + 1) % t.log_interval == 0 {
+            // The training state's relative residual |f(z) - z| / |f(z)| (per sample, mean), from
+            // one more call of f without graph: the solver reports none when training does not
+            // solve (deq-lm's f_max_iter = 0), as the zoo's extra call does.
+            let z = out.fixed_point.clone();
+            let fz = model.f_at(&out.context, &z)?.detach();
+            phantom_res = Some(relative_residual(&fz, &z)?);
+        }
         mem = out.memory;
         step += 1;
         (loss_sum, loss_n, interval_loss, interval_n) = (loss_sum + task, loss_n + 1, interval_loss + task, interval_n + 1);
         interval_tokens += y.elem_count() * dist.world_size;
-        train_secs += t0.elapsed().as_secs_f64();
+        let dt = t0.elapsed().as_secs_f64();
+        (train_secs, interval_secs) = (train_secs + dt, interval_secs + dt);
         on_step(step, task);
         bar.inc(1, &format!("loss {task:.3} ppl {:.1} nfe {}", task.exp(), out.stats.nfe));
         // Decisions by time must agree over the ranks: they use the ranks' mean.
@@ -285,22 +304,25 @@ fn train_rank(cfg: &RunConfig, data: &Streams, opts: &TrainOptions, collective: 
         if step % t.log_interval == 0 || step == last || out_of_time {
             let g = deq_train::dist::all_reduce_sum_f64(collective, &[interval_loss, interval_n as f64, jac_sum, jac_n as f64])?;
             let l = g[0] / g[1].max(1.0);
-            let secs = interval_t.elapsed().as_secs_f64();
+            let secs = interval_secs;
             let mut rec = serde_json::json!({"step": step, "lr": opt.lr(), "train_loss": l, "train_ppl": l.exp(), "tokens_per_s": interval_tokens as f64 / secs.max(1e-9), "train_minutes": minutes});
             if objective.regularises() {
                 rec["train_jac_loss"] = serde_json::json!(if g[3] > 0.0 { g[2] / g[3] } else { f64::NAN });
                 rec["train_jac_steps"] = serde_json::json!(g[3]);
             }
             solver.extend_record("train", &mut rec);
+            if let Some(r) = phantom_res.take() {
+                rec["train_state_rel_residual"] = serde_json::json!(r);
+            }
             if let Some((_, m)) = ck.as_mut() {
                 m.write(&rec)?;
             }
             tracing::debug!("step {step}: loss {l:.4}, ppl {:.2}, {:.0} tokens/s", l.exp(), interval_tokens as f64 / secs.max(1e-9));
             (interval_loss, interval_n, jac_sum, jac_n, interval_tokens) = (0.0, 0, 0.0, 0, 0);
             solver = SolverMetrics::default();
-            interval_t = Instant::now();
+            interval_secs = 0.0;
         }
-        let mark = marks.first().is_some_and(|&m| minutes >= m);
+        let mark = marks.first().is_some_and(|&m| minutes >= m) || t.test_at_steps.contains(&step);
         if step % t.eval_interval.max(1) == 0 || step == last || mark || out_of_time {
             let g = deq_train::dist::all_reduce_sum_f64(collective, &[loss_sum, loss_n as f64])?;
             train_loss = g[0] / g[1].max(1.0);

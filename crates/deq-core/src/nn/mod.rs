@@ -6,14 +6,16 @@
 //! differentiates. [`linear_map`] applies a shared weight to inputs of any rank as one
 //! matrix product (candle's `broadcast_matmul` runs one small product per batch entry);
 //! [`log_softmax_pick`] is the log-likelihood of one column per row (cross-entropy) without
-//! the log-softmax matrix.
+//! the log-softmax matrix; [`relu`] has a one-pass backward.
 
 mod layer_norm;
 mod linear;
 mod log_softmax_pick;
+mod relu;
 mod softmax;
 
 pub use layer_norm::{layer_norm, LayerNorm};
 pub use linear::linear_map;
 pub use log_softmax_pick::log_softmax_pick;
+pub use relu::relu;
 pub use softmax::softmax_last_dim;
