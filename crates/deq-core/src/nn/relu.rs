@@ -63,7 +63,8 @@ impl CustomOp1 for Relu {
     }
 }
 
-/// `max(x, 0)`, differentiable (gradient 0 at 0, as candle's and PyTorch's).
+/// `max(x, 0)`, differentiable, with gradient 0 at 0 as in PyTorch (candle's own rule passes
+/// the gradient at 0).
 pub fn relu(x: &Tensor) -> Result<Tensor> {
     if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
         x.contiguous()?.apply_op1(Relu)
@@ -93,8 +94,12 @@ mod tests {
             assert_eq!(diff(&ours, &theirs), 0.0);
             let g1 = (ours * &up.t().unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
             let g2 = (theirs * &up.t().unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
-            assert_eq!(diff(g1.get(x.as_tensor()).unwrap(), g2.get(x.as_tensor()).unwrap()), 0.0, "{dt:?}");
-            assert_eq!(g1.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap()[7], 0.0);
+            let flat = |g: &candle_core::backprop::GradStore| g.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+            let (a, b) = (flat(&g1), flat(&g2));
+            // Equal everywhere but at the exact zero, where ours is PyTorch's 0.
+            assert_eq!(a[7], 0.0);
+            assert!(a.iter().zip(&b).enumerate().all(|(i, (p, q))| i == 7 || p == q), "{dt:?}");
+            assert!(a.iter().filter(|v| **v != 0.0).count() > 15_000);
         }
         let h = relu(&Tensor::new(&[-1f32, 2.0], &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap()).unwrap();
         assert_eq!(h.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap(), [0.0, 2.0]);
