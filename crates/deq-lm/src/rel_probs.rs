@@ -13,6 +13,7 @@
 
 use crate::attention::{causal_mask, rel_shift};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+use deq_core::nn::KernelFloat;
 use rayon::prelude::*;
 
 struct RelProbs {
@@ -39,28 +40,7 @@ fn check(l1: &Layout, l2: &Layout, mlen: usize) -> Result<(usize, usize, usize, 
     Ok((q, k, a0, a1, b0, b1))
 }
 
-trait Float: Copy + Send + Sync + Default + 'static {
-    fn to64(self) -> f64;
-    fn from64(v: f64) -> Self;
-}
-impl Float for f32 {
-    fn to64(self) -> f64 {
-        self as f64
-    }
-    fn from64(v: f64) -> Self {
-        v as f32
-    }
-}
-impl Float for f64 {
-    fn to64(self) -> f64 {
-        self
-    }
-    fn from64(v: f64) -> Self {
-        v
-    }
-}
-
-fn forward<T: Float>(ac: &[T], bd: &[T], q: usize, k: usize, mlen: usize, scale: f64) -> Vec<T> {
+fn forward<T: KernelFloat>(ac: &[T], bd: &[T], q: usize, k: usize, mlen: usize, scale: f64) -> Vec<T> {
     let mut out = vec![T::default(); ac.len()];
     out.par_chunks_mut(q * k).zip(ac.par_chunks(q * k)).zip(bd.par_chunks(q * k)).for_each(|((o, a), b)| {
         let mut s = vec![0f64; k];
@@ -88,7 +68,7 @@ fn forward<T: Float>(ac: &[T], bd: &[T], q: usize, k: usize, mlen: usize, scale:
     out
 }
 
-fn backward<T: Float>(p: &[T], g: &[T], q: usize, k: usize, mlen: usize, scale: f64) -> (Vec<T>, Vec<T>) {
+fn backward<T: KernelFloat>(p: &[T], g: &[T], q: usize, k: usize, mlen: usize, scale: f64) -> (Vec<T>, Vec<T>) {
     let mut dac = vec![T::default(); p.len()];
     let mut dbd = vec![T::default(); p.len()];
     dac.par_chunks_mut(q * k).zip(dbd.par_chunks_mut(q * k)).zip(p.par_chunks(q * k).zip(g.par_chunks(q * k))).for_each(|((da, db), (pm, gm))| {

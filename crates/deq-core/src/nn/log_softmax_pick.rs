@@ -7,42 +7,14 @@
 //! candle's `log_softmax` and `gather`, which candle differentiates.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
+use super::float::KernelFloat;
 use rayon::prelude::*;
 
 struct Pick {
     cols: Vec<u32>,
 }
 
-trait Float: Copy + Send + Sync + Default + 'static {
-    fn to64(self) -> f64;
-    fn from64(v: f64) -> Self;
-    /// `exp(self - m)` in the type's own precision (f32's `exp` is several times faster).
-    fn exp_minus(self, m: f64) -> f64;
-}
-impl Float for f32 {
-    fn to64(self) -> f64 {
-        self as f64
-    }
-    fn from64(v: f64) -> Self {
-        v as f32
-    }
-    fn exp_minus(self, m: f64) -> f64 {
-        (self - m as f32).exp() as f64
-    }
-}
-impl Float for f64 {
-    fn to64(self) -> f64 {
-        self
-    }
-    fn from64(v: f64) -> Self {
-        v
-    }
-    fn exp_minus(self, m: f64) -> f64 {
-        (self - m).exp()
-    }
-}
-
-fn forward<T: Float>(x: &[T], d: usize, cols: &[u32]) -> Vec<T> {
+fn forward<T: KernelFloat>(x: &[T], d: usize, cols: &[u32]) -> Vec<T> {
     x.par_chunks(d)
         .zip(cols.par_iter())
         .map(|(row, &c)| {
@@ -53,7 +25,7 @@ fn forward<T: Float>(x: &[T], d: usize, cols: &[u32]) -> Vec<T> {
         .collect()
 }
 
-fn backward<T: Float>(x: &[T], out: &[T], g: &[T], d: usize, cols: &[u32]) -> Vec<T> {
+fn backward<T: KernelFloat>(x: &[T], out: &[T], g: &[T], d: usize, cols: &[u32]) -> Vec<T> {
     let mut dx = vec![T::default(); x.len()];
     dx.par_chunks_mut(d).zip(x.par_chunks(d)).enumerate().for_each(|(i, (dr, row))| {
         let c = cols[i] as usize;

@@ -8,12 +8,14 @@
 //! [`log_softmax_pick`] is the log-likelihood of one column per row (cross-entropy) without
 //! the log-softmax matrix; [`relu`] has a one-pass backward.
 
+mod float;
 mod layer_norm;
 mod linear;
 mod log_softmax_pick;
 mod relu;
 mod softmax;
 
+pub use float::KernelFloat;
 pub use layer_norm::{layer_norm, LayerNorm};
 pub use linear::linear_map;
 pub use log_softmax_pick::log_softmax_pick;
