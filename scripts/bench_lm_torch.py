@@ -54,7 +54,7 @@ except ImportError:  # pragma: no cover
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The defaults of crates/deq-lm/src/config.rs (the zoo's WikiText-103 deq-lm).
-MODEL_DEFAULTS = dict(variant="deq-lm", n_layer=3, d_model=700, d_embed=700, n_head=10, d_head=70,
+MODEL_DEFAULTS = dict(variant="deq-lm", n_layer=3, d_model=700, d_embed=700, n_head=10, d_head=70, dropatt=0.0, local_size=0,
                       d_inner=14800, dropout=0.05, adaptive=True, cutoffs=[20000, 40000, 200000],
                       div_val=4, mem_len=150, init_std=0.01)
 TRAIN_DEFAULTS = dict(batch_size=56, tgt_len=150, max_step=150000, lr=2.5e-4, warmup_step=8000,
@@ -84,8 +84,10 @@ def load_config(path, sets):
     cfg.setdefault("deq", {})
     cfg["data"] = {"dir": "", "name": "wikitext-103", "tokenizer": "word", **cfg.get("data", {})}
     d = cfg["deq"]
-    if cfg["data"]["tokenizer"] != "word" or d.get("jac_loss_weight", 0) > 0 or d.get("n_states", 1) > 1:
-        sys.exit("not implemented here: data.tokenizer other than word, deq.jac_loss_weight > 0, deq.n_states > 1")
+    if cfg["data"]["tokenizer"] != "word" or d.get("jac_loss_weight", 0) > 0 or d.get("n_states", 1) > 1 \
+            or cfg["model"]["dropatt"] > 0 or cfg["model"]["local_size"] > 0:
+        sys.exit("not implemented here: data.tokenizer other than word, deq.jac_loss_weight > 0, deq.n_states > 1, "
+                 "model.dropatt > 0, model.local_size > 0")
     return cfg
 
 

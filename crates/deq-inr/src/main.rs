@@ -11,19 +11,9 @@ use deq_train::cli::{init_logging, RunDirArgs, TrainArgs};
 use deq_train::plot::PlotArgs;
 use std::path::PathBuf;
 
-// jemalloc keeps freed pages mapped and reuses them: the 64 MiB activations of a full-image
-// step are reallocated every op, and glibc serves allocations that large with fresh mmaps
-// (page faults and zeroing on every touch; about a third of a step's time).
-#[global_allocator]
-static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// jemalloc options: no separate eagerly-purged arena for large allocations, freed pages kept
-/// for 30 s, so that a step's 64 MiB tensors reuse already-mapped memory, and transparent huge
-/// pages for the heap (`thp:always`; the kernel's default is `madvise`). Huge pages take a DEQ-INR
-/// step from 0.97 s to 0.58 s: with 4 KiB pages a third of the time went to page faults, TLB
-/// shootdowns and jemalloc's zeroing of `calloc`ed gradients by purging.
-#[export_name = "_rjem_malloc_conf"]
-pub static MALLOC_CONF: &u8 = &b"oversize_threshold:0,dirty_decay_ms:30000,muzzy_decay_ms:30000,thp:always\0"[0];
+// jemalloc with transparent huge pages (see deq_train::memory): a DEQ-INR step's 64 MiB
+// activations reuse mapped memory; huge pages took a step from 0.97 s to 0.58 s.
+deq_train::fast_allocator!();
 
 #[derive(Parser, Debug)]
 #[command(name = "deq-inr", version, about = "(Implicit)^2: deep equilibrium implicit neural representations")]

@@ -4,6 +4,7 @@
 //! (position), relative positions through `rel_shift`, and a causal mask over the memory and
 //! the segment. Layout: token-first, `(batch, length, features)`.
 
+use deq_core::dropout::{DropShape, VariationalDropout};
 use candle_core::{DType, Device, Module, Result, Tensor, Var};
 use deq_core::norm::{NormLinear, NormOptions};
 use deq_core::rng::DeqRng;
@@ -29,6 +30,12 @@ pub struct AttentionConfig {
     pub d_head: usize,
     /// Channel order of the q/k/v projection (and of the injection added to it).
     pub layout: QkvLayout,
+    /// Each query sees its last `local_size` keys (0: all earlier keys; the zoo's
+    /// `local_size`, whose default 0 means a window of 1000).
+    pub local_size: usize,
+    /// Dropout of the attention probabilities (the zoo's `dropatt`): one element-wise mask
+    /// per forward, reused by every `f` call.
+    pub dropatt: f64,
 }
 
 /// Relative multi-head attention (the linear maps optionally weight-normalised).
@@ -40,6 +47,7 @@ pub struct RelAttention {
     o: NormLinear,
     r_w_bias: Var,
     r_r_bias: Var,
+    drop_probs: Option<VariationalDropout>,
 }
 
 /// `rel_shift` of Transformer-XL on scores `(..., qlen, klen)`: pad one zero column on the
@@ -63,10 +71,11 @@ pub fn rel_shift(x: &Tensor) -> Result<Tensor> {
 }
 
 /// The additive causal mask `(qlen, mlen + qlen)`: 0 where query `i` may see key `j`
-/// (`j <= mlen + i`), `-inf` elsewhere.
-pub fn causal_mask(qlen: usize, mlen: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
+/// (`j <= mlen + i`, and `j > mlen + i - local` when `local` > 0), `-inf` elsewhere.
+pub fn causal_mask(qlen: usize, mlen: usize, local: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
     let klen = mlen + qlen;
-    let v: Vec<f32> = (0..qlen).flat_map(|i| (0..klen).map(move |j| if j > mlen + i { f32::NEG_INFINITY } else { 0.0 })).collect();
+    let hidden = move |i: usize, j: usize| j > mlen + i || (local > 0 && j + local <= mlen + i);
+    let v: Vec<f32> = (0..qlen).flat_map(|i| (0..klen).map(move |j| if hidden(i, j) { f32::NEG_INFINITY } else { 0.0 })).collect();
     Tensor::from_vec(v, (qlen, klen), dev)?.to_dtype(dtype)
 }
 
@@ -81,14 +90,29 @@ impl RelAttention {
         let o = NormLinear::new(hd, cfg.d_model, true, norm, rng, dtype, dev)?;
         let r_w_bias = Var::from_tensor(&rng.rand((cfg.n_head, cfg.d_head), -0.05, 0.05, dtype, dev)?)?;
         let r_r_bias = Var::from_tensor(&rng.rand((cfg.n_head, cfg.d_head), -0.05, 0.05, dtype, dev)?)?;
-        Ok(Self { cfg: cfg.clone(), qkv, r, o, r_w_bias, r_r_bias })
+        // Drawn only when used, so that the parameters' draws do not depend on it.
+        let drop_probs = if cfg.dropatt > 0.0 { Some(VariationalDropout::new(cfg.dropatt, DropShape::Full, rng.next_u64())?) } else { None };
+        Ok(Self { cfg: cfg.clone(), qkv, r, o, r_w_bias, r_r_bias, drop_probs })
     }
 
-    /// Recomputes the normalised weights (once per training step).
+    /// Recomputes the normalised weights and forgets the attention-dropout mask (once per
+    /// forward).
     pub fn reset(&self) -> crate::Result<()> {
         self.qkv.reset()?;
         self.r.reset()?;
+        if let Some(d) = &self.drop_probs {
+            d.reset();
+        }
         Ok(self.o.reset()?)
+    }
+
+    /// [`RelAttention::reset`], with the next attention-dropout mask drawn from `seed` alone.
+    pub fn reset_with_seed(&self, seed: u64) -> crate::Result<()> {
+        self.reset()?;
+        if let Some(d) = &self.drop_probs {
+            d.reset_with_seed(seed);
+        }
+        Ok(())
     }
 
     /// Trainable variables with names relative to the layer.
@@ -121,7 +145,7 @@ impl RelAttention {
         let mlen = klen - qlen;
         let [_, uk, uv] = self.split_injection(&u.narrow(1, 0, mlen)?)?;
         let mem = self.memory_kv(&c.narrow(1, 0, mlen)?, &uk, &uv)?;
-        self.attend_after(&mem, &c.narrow(1, mlen, qlen)?, &self.split_injection(&u.narrow(1, mlen, qlen)?)?, r)
+        self.attend_after(&mem, &c.narrow(1, mlen, qlen)?, &self.split_injection(&u.narrow(1, mlen, qlen)?)?, r, false)
     }
 
     /// The rows of the `(3 * n_head * d_head)`-channel axis that hold part `i` (0: q, 1: k,
@@ -171,8 +195,9 @@ impl RelAttention {
 
     /// [`RelAttention::attend`] with the memory's keys and values precomputed by
     /// [`RelAttention::memory_kv`]: `c` `(batch, qlen, d_model)` and `u` (the segment's
-    /// injection split by [`RelAttention::split_injection`]).
-    pub fn attend_after(&self, mem: &[Tensor; 2], c: &Tensor, u: &[Tensor; 3], r: &Tensor) -> Result<Tensor> {
+    /// injection split by [`RelAttention::split_injection`]); `training` applies the
+    /// attention dropout.
+    pub fn attend_after(&self, mem: &[Tensor; 2], c: &Tensor, u: &[Tensor; 3], r: &Tensor, training: bool) -> Result<Tensor> {
         let (b, qlen, _) = c.dims3()?;
         let mlen = mem[0].dim(2)?;
         let klen = mlen + qlen;
@@ -183,11 +208,14 @@ impl RelAttention {
         let k = Tensor::cat(&[&mem[0], &self.heads(&(self.project_part(c, 1)? + &u[1])?)?], 2)?;
         let v = Tensor::cat(&[&mem[1], &self.heads(&(self.project_part(c, 2)? + &u[2])?)?], 2)?;
         let bias = |t: &Var| t.as_tensor().reshape((h, 1, 1, dh));
-        let ac = q.broadcast_add(&bias(&self.r_w_bias)?)?.matmul(&k.transpose(2, 3)?)?;
+        let ac = deq_core::nn::bmm(&q.broadcast_add(&bias(&self.r_w_bias)?)?, &k.transpose(2, 3)?)?;
         let qr = q.broadcast_add(&bias(&self.r_r_bias)?)?.reshape((h, b * qlen, dh))?;
         let bd = qr.matmul(&r.transpose(1, 2)?)?.reshape((h, b, qlen, klen))?;
-        let a = crate::rel_probs::rel_probs(&ac, &bd, 1.0 / (dh as f64).sqrt(), mlen)?;
-        a.matmul(&v)?.permute((1, 2, 0, 3))?.reshape((b, qlen, h * dh))
+        let mut a = crate::rel_probs::rel_probs(&ac, &bd, 1.0 / (dh as f64).sqrt(), mlen, self.cfg.local_size)?;
+        if let Some(d) = &self.drop_probs {
+            a = d.forward(&a, training)?;
+        }
+        deq_core::nn::bmm(&a, &v)?.permute((1, 2, 0, 3))?.reshape((b, qlen, h * dh))
     }
 
     /// The output projection `W_o v + b_o` of attention vectors.
@@ -210,7 +238,7 @@ mod tests {
     use crate::testing::{check_fd, check_var_fd, layer_inputs, LayerInputs};
 
     fn cfg(layout: QkvLayout) -> AttentionConfig {
-        AttentionConfig { d_model: 6, n_head: 2, d_head: 3, layout }
+        AttentionConfig { d_model: 6, n_head: 2, d_head: 3, layout, local_size: 0, dropatt: 0.0 }
     }
 
     fn no_norm() -> NormOptions {
@@ -289,7 +317,10 @@ mod tests {
 
     #[test]
     fn the_mask_hides_later_tokens_and_keeps_the_memory() {
-        let m = causal_mask(2, 3, DType::F32, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        let inf = f32::NEG_INFINITY;
+        let local = causal_mask(2, 3, 2, DType::F32, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(local, vec![vec![inf, inf, 0.0, 0.0, inf], vec![inf, inf, inf, 0.0, 0.0]]);
+        let m = causal_mask(2, 3, 0, DType::F32, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(m[0], vec![0.0, 0.0, 0.0, 0.0, f32::NEG_INFINITY]);
         assert_eq!(m[1], vec![0.0; 5]);
         // Changing a later token of the segment leaves earlier outputs unchanged; changing the
@@ -357,5 +388,36 @@ mod tests {
                 check_var_fd(&format!("{layout:?} bias"), bias, &gb, 1e-6, 1e-7, 5, &|| loss(&z0, &u0).to_scalar::<f64>().unwrap(), &|| ());
             }
         }
+    }
+
+    /// Attention dropout: one element-wise mask per forward (the same output for every call
+    /// until the next reset, a new one after it, none outside training), scaled by 1 / (1 - p);
+    /// a local window changes what a query sees.
+    #[test]
+    fn attention_dropout_is_variational_and_the_window_limits_the_keys() {
+        let mut rng = DeqRng::new(4);
+        let c = AttentionConfig { dropatt: 0.5, ..cfg(QkvLayout::PerHead) };
+        let a = RelAttention::new(&c, no_norm(), &mut rng, DType::F64, &Device::Cpu).unwrap();
+        let plain = RelAttention::new(&cfg(QkvLayout::PerHead), no_norm(), &mut DeqRng::new(4), DType::F64, &Device::Cpu).unwrap();
+        let LayerInputs { z_hist: zh, z, u, pos, .. } = layer_inputs(&mut rng, 2, 3);
+        let (mlen, qlen) = (zh.dim(1).unwrap(), z.dim(1).unwrap());
+        let r = a.project_positions(&pos).unwrap();
+        let run = |att: &RelAttention, training: bool| {
+            let [_, uk, uv] = att.split_injection(&u.narrow(1, 0, mlen).unwrap()).unwrap();
+            let mem = att.memory_kv(&zh, &uk, &uv).unwrap();
+            att.attend_after(&mem, &z, &att.split_injection(&u.narrow(1, mlen, qlen).unwrap()).unwrap(), &r, training).unwrap()
+        };
+        let diff = |x: &Tensor, y: &Tensor| (x - y).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+        assert!(diff(&run(&a, false), &run(&plain, false)) < 1e-12, "no dropout outside training");
+        a.reset_with_seed(1).unwrap();
+        let (t1, t2) = (run(&a, true), run(&a, true));
+        assert!(diff(&t1, &t2) == 0.0, "one mask per forward");
+        assert!(diff(&t1, &run(&plain, true)) > 1e-3);
+        a.reset_with_seed(1).unwrap();
+        assert!(diff(&t1, &run(&a, true)) == 0.0, "the mask follows its seed");
+        a.reset_with_seed(2).unwrap();
+        assert!(diff(&t1, &run(&a, true)) > 1e-6);
+        let w = RelAttention::new(&AttentionConfig { local_size: 2, ..cfg(QkvLayout::PerHead) }, no_norm(), &mut DeqRng::new(4), DType::F64, &Device::Cpu).unwrap();
+        assert!(diff(&run(&w, false), &run(&plain, false)) > 1e-6);
     }
 }

@@ -84,6 +84,7 @@ impl Block {
     /// resumed run draws the masks of the uninterrupted one).
     pub fn reset_with_seed(&self, seed: u64) -> crate::Result<()> {
         self.reset()?;
+        self.attn.reset_with_seed(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(7))?;
         for (i, d) in [&self.drop_attn, &self.drop_inner, &self.drop_ffn].into_iter().enumerate() {
             d.reset_with_seed(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(i as u64 + 1));
         }
@@ -138,11 +139,11 @@ impl Block {
     pub fn forward_after(&self, z: &Tensor, mem: &[Tensor; 2], u: &[Tensor; 3], r: &Tensor, training: bool) -> Result<Tensor> {
         let x = match self.cfg.style {
             BlockStyle::PreLn => {
-                let v = self.attn.attend_after(mem, &self.ln[0].forward(z)?, u, r)?;
+                let v = self.attn.attend_after(mem, &self.ln[0].forward(z)?, u, r, training)?;
                 (z + self.drop_attn.forward(&self.attn.output(&self.ln[1].forward(&v)?)?, training)?)?
             }
             BlockStyle::PostLn => {
-                let v = self.attn.attend_after(mem, z, u, r)?;
+                let v = self.attn.attend_after(mem, z, u, r, training)?;
                 self.ln[0].forward(&(z + self.drop_attn.forward(&self.attn.output(&v)?, training)?)?)?
             }
         };
@@ -165,7 +166,7 @@ mod tests {
     use crate::testing::{check_fd, check_var_fd, layer_inputs, LayerInputs};
 
     fn cfg(style: BlockStyle, dropout: f64) -> BlockConfig {
-        BlockConfig { attention: AttentionConfig { d_model: 6, n_head: 2, d_head: 3, layout: QkvLayout::PerHead }, d_inner: 7, dropout, style }
+        BlockConfig { attention: AttentionConfig { d_model: 6, n_head: 2, d_head: 3, layout: QkvLayout::PerHead, local_size: 0, dropatt: 0.0 }, d_inner: 7, dropout, style }
     }
 
     fn norm() -> NormOptions {

@@ -27,6 +27,11 @@ pub struct ModelSection {
     pub d_inner: usize,
     /// Dropout.
     pub dropout: f64,
+    /// Dropout of the attention probabilities (the zoo's `dropatt`).
+    pub dropatt: f64,
+    /// Each query sees its last `local_size` keys (0: all; the zoo's default 0 means 1000,
+    /// which its lengths never reach).
+    pub local_size: usize,
     /// Adaptive embedding and softmax (false: one cluster, a plain tied softmax).
     pub adaptive: bool,
     /// Cluster boundaries of the adaptive layers.
@@ -42,7 +47,7 @@ pub struct ModelSection {
 impl Default for ModelSection {
     /// The zoo's WikiText-103 `deq-lm`.
     fn default() -> Self {
-        Self { variant: "deq-lm".into(), n_layer: 3, d_model: 700, d_embed: 700, n_head: 10, d_head: 70, d_inner: 14_800, dropout: 0.05, adaptive: true, cutoffs: vec![20_000, 40_000, 200_000], div_val: 4, mem_len: 150, init_std: 0.01 }
+        Self { variant: "deq-lm".into(), n_layer: 3, d_model: 700, d_embed: 700, n_head: 10, d_head: 70, d_inner: 14_800, dropout: 0.05, dropatt: 0.0, local_size: 0, adaptive: true, cutoffs: vec![20_000, 40_000, 200_000], div_val: 4, mem_len: 150, init_std: 0.01 }
     }
 }
 
@@ -55,7 +60,7 @@ impl ModelSection {
         let cutoffs = if self.adaptive { self.cutoffs.iter().copied().filter(|&c| c < n_token).collect() } else { Vec::new() };
         let div_val = if self.adaptive { self.div_val } else { 1 };
         let adaptive = AdaptiveConfig { n_token, d_embed: self.d_embed, d_model: self.d_model, cutoffs, div_val, tie_first_projection: false };
-        Ok(ModelConfig { variant, n_layer: self.n_layer, d_model: self.d_model, n_head: self.n_head, d_head: self.d_head, d_inner: self.d_inner, dropout: self.dropout, adaptive, mem_len: self.mem_len, init_std: self.init_std })
+        Ok(ModelConfig { variant, n_layer: self.n_layer, d_model: self.d_model, n_head: self.n_head, d_head: self.d_head, d_inner: self.d_inner, dropout: self.dropout, dropatt: self.dropatt, local_size: self.local_size, adaptive, mem_len: self.mem_len, init_std: self.init_std })
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -76,6 +81,9 @@ impl ModelSection {
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(format!("model.dropout: {} is not in [0, 1)", self.dropout));
+        }
+        if !(0.0..1.0).contains(&self.dropatt) {
+            return Err(format!("model.dropatt: {} is not in [0, 1)", self.dropatt));
         }
         if self.adaptive && (self.div_val == 0 || self.cutoffs.windows(2).any(|w| w[0] >= w[1])) {
             return Err("model.cutoffs must increase and model.div_val be positive".into());

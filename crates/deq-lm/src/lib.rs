@@ -36,7 +36,7 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dev = Device::Cpu;
 //! let mut rng = DeqRng::new(0);
-//! let cfg = AttentionConfig { d_model: 8, n_head: 2, d_head: 4, layout: QkvLayout::PerHead };
+//! let cfg = AttentionConfig { d_model: 8, n_head: 2, d_head: 4, layout: QkvLayout::PerHead, local_size: 0, dropatt: 0.0 };
 //! let attn = RelAttention::new(&cfg, Default::default(), &mut rng, DType::F32, &dev)?;
 //! let (mem, cur) = (3, 4);
 //! let z_hist = rng.randn((2, mem, 8), DType::F32, &dev)?;

@@ -40,6 +40,10 @@ pub struct ModelConfig {
     pub d_inner: usize,
     /// Dropout of the blocks, the input embedding, the positions and the output.
     pub dropout: f64,
+    /// Dropout of the attention probabilities.
+    pub dropatt: f64,
+    /// Each query sees its last `local_size` keys (0: every earlier key).
+    pub local_size: usize,
     /// Embedding and output layers.
     pub adaptive: AdaptiveConfig,
     /// Positions of memory kept between segments.
@@ -173,7 +177,7 @@ impl DeqTransformerLm {
             Variant::Lm => (BlockStyle::PreLn, QkvLayout::PerHead, cfg.n_layer.max(1)),
             Variant::Seq => (BlockStyle::PostLn, QkvLayout::Blocks, 1),
         };
-        let bc = BlockConfig { attention: AttentionConfig { d_model: d, n_head: cfg.n_head, d_head: cfg.d_head, layout }, d_inner: cfg.d_inner, dropout: cfg.dropout, style };
+        let bc = BlockConfig { attention: AttentionConfig { d_model: d, n_head: cfg.n_head, d_head: cfg.d_head, layout, local_size: cfg.local_size, dropatt: cfg.dropatt }, d_inner: cfg.d_inner, dropout: cfg.dropout, style };
         let norm = NormOptions::from_config(deq);
         let blocks = (0..n).map(|_| Block::new(&bc, norm, rng, dtype, dev)).collect::<crate::Result<Vec<_>>>()?;
         let drop = |shape, rng: &mut DeqRng| VariationalDropout::new(cfg.dropout, shape, rng.next_u64());
@@ -342,6 +346,8 @@ mod tests {
             d_head: 3,
             d_inner: 5,
             dropout: 0.0,
+            dropatt: 0.0,
+            local_size: 0,
             adaptive: AdaptiveConfig { n_token: 11, d_embed: 6, d_model: 6, cutoffs: vec![4], div_val: 2, tie_first_projection: false },
             mem_len: 5,
             init_std: 0.0,
@@ -466,7 +472,7 @@ mod tests {
         }
         // The zoo's WikiText-103 models (vocabulary 267,735; README: 98M parameters).
         let adaptive = AdaptiveConfig { n_token: 267_735, d_embed: 700, d_model: 700, cutoffs: vec![20_000, 40_000, 200_000], div_val: 4, tie_first_projection: false };
-        let lm = ModelConfig { variant: Variant::Lm, n_layer: 3, d_model: 700, n_head: 10, d_head: 70, d_inner: 14_800, dropout: 0.05, adaptive, mem_len: 150, init_std: 0.01 };
+        let lm = ModelConfig { variant: Variant::Lm, n_layer: 3, d_model: 700, n_head: 10, d_head: 70, d_inner: 14_800, dropout: 0.05, dropatt: 0.0, local_size: 0, adaptive, mem_len: 150, init_std: 0.01 };
         let seq = ModelConfig { variant: Variant::Seq, n_layer: 1, d_inner: 48_000, ..lm.clone() };
         for c in [lm, seq] {
             let n = c.num_params(true) as f64 / 1e6;

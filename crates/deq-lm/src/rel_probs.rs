@@ -2,7 +2,8 @@
 //! unshifted position scores `BD_raw` (both `(..., qlen, klen)`), each row `i` (query at key
 //! index `mlen + i`) gets
 //! `A[i, j] = softmax_j(scale * (AC[i, j] + BD_raw[i, j + qlen - 1 - i]))` over the keys it may
-//! see, `j <= i + mlen`, and 0 elsewhere: the rel-shift, the scaling, the causal mask and the
+//! see, `j <= i + mlen` (and, with a local window of `local` keys, `j > i + mlen - local`),
+//! and 0 elsewhere: the rel-shift, the scaling, the causal mask and the
 //! softmax of [`crate::attention`]'s composed path, without the padded copies and the passes
 //! over the score tensors they cost. The backward pass gives both inputs' gradients (the
 //! position scores' scattered back along the shift); entries no query may see get 0.
@@ -19,6 +20,13 @@ use rayon::prelude::*;
 struct RelProbs {
     scale: f64,
     mlen: usize,
+    local: usize,
+}
+
+/// The keys `lo..hi` that query `i` sees (`local` 0: no window).
+fn visible(i: usize, mlen: usize, local: usize) -> (usize, usize) {
+    let hi = i + mlen + 1;
+    (if local > 0 { hi.saturating_sub(local) } else { 0 }, hi)
 }
 
 /// `(qlen, klen, ac offsets, bd offsets)` of two equal contiguous score layouts.
@@ -40,27 +48,27 @@ fn check(l1: &Layout, l2: &Layout, mlen: usize) -> Result<(usize, usize, usize, 
     Ok((q, k, a0, a1, b0, b1))
 }
 
-fn forward<T: KernelFloat>(ac: &[T], bd: &[T], q: usize, k: usize, mlen: usize, scale: f64) -> Vec<T> {
+fn forward<T: KernelFloat>(ac: &[T], bd: &[T], q: usize, k: usize, mlen: usize, local: usize, scale: f64) -> Vec<T> {
     let mut out = vec![T::default(); ac.len()];
     out.par_chunks_mut(q * k).zip(ac.par_chunks(q * k)).zip(bd.par_chunks(q * k)).for_each(|((o, a), b)| {
         let mut s = vec![0f64; k];
         for i in 0..q {
-            let n = i + mlen + 1; // keys 0..n are visible
+            let (lo, hi) = visible(i, mlen, local);
             let (arow, brow, orow) = (&a[i * k..(i + 1) * k], &b[i * k..(i + 1) * k], &mut o[i * k..(i + 1) * k]);
             let shift = q - 1 - i;
             let mut max = f64::NEG_INFINITY;
-            for j in 0..n {
+            for j in lo..hi {
                 let v = scale * (arow[j].to64() + brow[j + shift].to64());
                 s[j] = v;
                 max = max.max(v);
             }
             let mut sum = 0f64;
-            for v in &mut s[..n] {
+            for v in &mut s[lo..hi] {
                 *v = (*v - max).exp();
                 sum += *v;
             }
             let inv = 1.0 / sum;
-            for j in 0..n {
+            for j in lo..hi {
                 orow[j] = T::from64(s[j] * inv);
             }
         }
@@ -68,16 +76,16 @@ fn forward<T: KernelFloat>(ac: &[T], bd: &[T], q: usize, k: usize, mlen: usize, 
     out
 }
 
-fn backward<T: KernelFloat>(p: &[T], g: &[T], q: usize, k: usize, mlen: usize, scale: f64) -> (Vec<T>, Vec<T>) {
+fn backward<T: KernelFloat>(p: &[T], g: &[T], q: usize, k: usize, mlen: usize, local: usize, scale: f64) -> (Vec<T>, Vec<T>) {
     let mut dac = vec![T::default(); p.len()];
     let mut dbd = vec![T::default(); p.len()];
     dac.par_chunks_mut(q * k).zip(dbd.par_chunks_mut(q * k)).zip(p.par_chunks(q * k).zip(g.par_chunks(q * k))).for_each(|((da, db), (pm, gm))| {
         for i in 0..q {
-            let n = i + mlen + 1;
+            let (lo, hi) = visible(i, mlen, local);
             let (prow, grow) = (&pm[i * k..(i + 1) * k], &gm[i * k..(i + 1) * k]);
-            let dot: f64 = (0..n).map(|j| prow[j].to64() * grow[j].to64()).sum();
+            let dot: f64 = (lo..hi).map(|j| prow[j].to64() * grow[j].to64()).sum();
             let shift = q - 1 - i;
-            for j in 0..n {
+            for j in lo..hi {
                 let ds = scale * prow[j].to64() * (grow[j].to64() - dot);
                 da[i * k + j] = T::from64(ds);
                 db[i * k + j + shift] = T::from64(ds);
@@ -95,8 +103,8 @@ impl CustomOp2 for RelProbs {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (q, k, a0, a1, b0, b1) = check(l1, l2, self.mlen)?;
         let out = match (s1, s2) {
-            (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(forward(&a[a0..a1], &b[b0..b1], q, k, self.mlen, self.scale)),
-            (CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64(forward(&a[a0..a1], &b[b0..b1], q, k, self.mlen, self.scale)),
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(forward(&a[a0..a1], &b[b0..b1], q, k, self.mlen, self.local, self.scale)),
+            (CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64(forward(&a[a0..a1], &b[b0..b1], q, k, self.mlen, self.local, self.scale)),
             _ => candle_core::bail!("rel_probs: two f32 or two f64 inputs"),
         };
         Ok((out, l1.shape().clone()))
@@ -110,12 +118,12 @@ impl CustomOp2 for RelProbs {
         let (da, db) = match (&*p.storage_and_layout().0, p.dtype()) {
             (candle_core::Storage::Cpu(_), DType::F32) => {
                 let (pv, gv) = (p.flatten_all()?.to_vec1::<f32>()?, g.flatten_all()?.to_vec1::<f32>()?);
-                let (a, b) = backward(&pv, &gv, q, k, self.mlen, self.scale);
+                let (a, b) = backward(&pv, &gv, q, k, self.mlen, self.local, self.scale);
                 (Tensor::from_vec(a, dims.clone(), dev)?, Tensor::from_vec(b, dims.clone(), dev)?)
             }
             (candle_core::Storage::Cpu(_), DType::F64) => {
                 let (pv, gv) = (p.flatten_all()?.to_vec1::<f64>()?, g.flatten_all()?.to_vec1::<f64>()?);
-                let (a, b) = backward(&pv, &gv, q, k, self.mlen, self.scale);
+                let (a, b) = backward(&pv, &gv, q, k, self.mlen, self.local, self.scale);
                 (Tensor::from_vec(a, dims.clone(), dev)?, Tensor::from_vec(b, dims.clone(), dev)?)
             }
             _ => candle_core::bail!("rel_probs: the fused backward runs on the CPU in f32/f64"),
@@ -125,19 +133,20 @@ impl CustomOp2 for RelProbs {
 }
 
 /// The composed path (rel-shift, scale, mask, softmax) that the fused op replaces.
-pub(crate) fn composed(ac: &Tensor, bd_raw: &Tensor, scale: f64, mlen: usize) -> Result<Tensor> {
+pub(crate) fn composed(ac: &Tensor, bd_raw: &Tensor, scale: f64, mlen: usize, local: usize) -> Result<Tensor> {
     let q = ac.dim(D::Minus2)?;
-    let s = ((ac + rel_shift(bd_raw)?)? * scale)?.broadcast_add(&causal_mask(q, mlen, ac.dtype(), ac.device())?)?;
+    let s = ((ac + rel_shift(bd_raw)?)? * scale)?.broadcast_add(&causal_mask(q, mlen, local, ac.dtype(), ac.device())?)?;
     candle_nn::ops::softmax(&s, D::Minus1)
 }
 
 /// The attention probabilities `(..., qlen, klen)` of content scores `ac` and unshifted
-/// position scores `bd_raw` (see the module's documentation).
-pub fn rel_probs(ac: &Tensor, bd_raw: &Tensor, scale: f64, mlen: usize) -> Result<Tensor> {
+/// position scores `bd_raw` (see the module's documentation); `local` > 0 limits each query
+/// to its last `local` keys.
+pub fn rel_probs(ac: &Tensor, bd_raw: &Tensor, scale: f64, mlen: usize, local: usize) -> Result<Tensor> {
     if ac.device().is_cpu() && matches!(ac.dtype(), DType::F32 | DType::F64) && ac.dtype() == bd_raw.dtype() {
-        ac.contiguous()?.apply_op2(&bd_raw.contiguous()?, RelProbs { scale, mlen })
+        ac.contiguous()?.apply_op2(&bd_raw.contiguous()?, RelProbs { scale, mlen, local })
     } else {
-        composed(ac, bd_raw, scale, mlen)
+        composed(ac, bd_raw, scale, mlen, local)
     }
 }
 
@@ -151,21 +160,31 @@ mod tests {
         (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
     }
 
-    fn composed(ac: &Tensor, bd: &Tensor, scale: f64, mlen: usize) -> Tensor {
-        super::composed(ac, bd, scale, mlen).unwrap()
+    fn composed(ac: &Tensor, bd: &Tensor, scale: f64, mlen: usize, local: usize) -> Tensor {
+        super::composed(ac, bd, scale, mlen, local).unwrap()
     }
 
     #[test]
     fn equals_the_composed_path_with_its_gradients() {
         let mut rng = DeqRng::new(5);
-        for (lead, q, mlen) in [(vec![2usize, 3], 4usize, 3usize), (vec![1], 5, 0), (vec![3], 1, 6)] {
+        for (lead, q, mlen, local) in [(vec![2usize, 3], 4usize, 3usize, 0usize), (vec![1], 5, 0, 0), (vec![3], 1, 6, 0), (vec![2], 4, 3, 2), (vec![2], 3, 0, 1)] {
             let mut shape = lead.clone();
             shape.extend([q, q + mlen]);
             let ac = Var::from_tensor(&rng.randn(shape.clone(), DType::F64, &Device::Cpu).unwrap().affine(2.0, 0.0).unwrap()).unwrap();
             let bd = Var::from_tensor(&rng.randn(shape.clone(), DType::F64, &Device::Cpu).unwrap().affine(2.0, 0.0).unwrap()).unwrap();
             let up = rng.randn(shape.clone(), DType::F64, &Device::Cpu).unwrap();
-            let fused = rel_probs(ac.as_tensor(), bd.as_tensor(), 0.3, mlen).unwrap();
-            let reference = composed(ac.as_tensor(), bd.as_tensor(), 0.3, mlen);
+            let fused = rel_probs(ac.as_tensor(), bd.as_tensor(), 0.3, mlen, local).unwrap();
+            let reference = composed(ac.as_tensor(), bd.as_tensor(), 0.3, mlen, local);
+            if local > 0 {
+                // A query sees exactly its last `local` keys.
+                let rows: Vec<f64> = fused.flatten_all().unwrap().to_vec1().unwrap();
+                let k = q + mlen;
+                for (r, row) in rows.chunks(k).enumerate() {
+                    let i = r % q;
+                    let seen: Vec<usize> = (0..k).filter(|&j| row[j] > 0.0).collect();
+                    assert_eq!(seen, ((i + mlen + 1).saturating_sub(local)..=i + mlen).collect::<Vec<_>>());
+                }
+            }
             assert!(max_diff(&fused, &reference) < 1e-14, "{shape:?}");
             let g1 = (fused * &up).unwrap().sum_all().unwrap().backward().unwrap();
             let g2 = (reference * &up).unwrap().sum_all().unwrap().backward().unwrap();
@@ -175,8 +194,8 @@ mod tests {
                 assert!(d < 1e-13, "{shape:?}: {d}");
             }
             // f32 against f64.
-            let f = rel_probs(&ac.as_tensor().to_dtype(DType::F32).unwrap(), &bd.as_tensor().to_dtype(DType::F32).unwrap(), 0.3, mlen).unwrap();
-            assert!(max_diff(&f, &composed(ac.as_tensor(), bd.as_tensor(), 0.3, mlen)) < 1e-6);
+            let f = rel_probs(&ac.as_tensor().to_dtype(DType::F32).unwrap(), &bd.as_tensor().to_dtype(DType::F32).unwrap(), 0.3, mlen, local).unwrap();
+            assert!(max_diff(&f, &composed(ac.as_tensor(), bd.as_tensor(), 0.3, mlen, local)) < 1e-6);
         }
     }
 
@@ -187,7 +206,7 @@ mod tests {
         let ac = Var::from_tensor(&rng.randn((2, q, q + mlen), DType::F64, &Device::Cpu).unwrap()).unwrap();
         let bd = Var::from_tensor(&rng.randn((2, q, q + mlen), DType::F64, &Device::Cpu).unwrap()).unwrap();
         let up = rng.randn((2, q, q + mlen), DType::F64, &Device::Cpu).unwrap();
-        let loss = || rel_probs(ac.as_tensor(), bd.as_tensor(), 0.7, mlen).unwrap().mul(&up).unwrap().sum_all().unwrap();
+        let loss = || rel_probs(ac.as_tensor(), bd.as_tensor(), 0.7, mlen, 3).unwrap().mul(&up).unwrap().sum_all().unwrap();
         let g = loss().backward().unwrap();
         for v in [&ac, &bd] {
             let gv: Vec<f64> = g.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
@@ -209,10 +228,10 @@ mod tests {
     #[test]
     fn bad_shapes_are_refused() {
         let t = Tensor::zeros((2, 3, 4), DType::F32, &Device::Cpu).unwrap();
-        assert!(rel_probs(&t, &t, 1.0, 2).unwrap_err().to_string().contains("4 keys for 3 queries"));
+        assert!(rel_probs(&t, &t, 1.0, 2, 0).unwrap_err().to_string().contains("4 keys for 3 queries"));
         let u = Tensor::zeros((2, 3, 5), DType::F32, &Device::Cpu).unwrap();
-        assert!(rel_probs(&t, &u, 1.0, 1).is_err());
-        let mixed = rel_probs(&t, &t.to_dtype(DType::F64).unwrap(), 1.0, 1);
+        assert!(rel_probs(&t, &u, 1.0, 1, 0).is_err());
+        let mixed = rel_probs(&t, &t.to_dtype(DType::F64).unwrap(), 1.0, 1, 0);
         assert!(mixed.is_err());
     }
 }

@@ -6,8 +6,10 @@
 //! differentiates. [`linear_map`] applies a shared weight to inputs of any rank as one
 //! matrix product (candle's `broadcast_matmul` runs one small product per batch entry);
 //! [`log_softmax_pick`] is the log-likelihood of one column per row (cross-entropy) without
-//! the log-softmax matrix; [`relu`] has a one-pass backward.
+//! the log-softmax matrix; [`relu`] has a one-pass backward; [`bmm`] runs batches of small
+//! products with the batch over the threads.
 
+mod bmm;
 mod float;
 mod layer_norm;
 mod linear;
@@ -15,6 +17,7 @@ mod log_softmax_pick;
 mod relu;
 mod softmax;
 
+pub use bmm::bmm;
 pub use float::KernelFloat;
 pub use layer_norm::{layer_norm, LayerNorm};
 pub use linear::linear_map;

@@ -13,12 +13,8 @@ use deq_inr::net::{AmortisedCache, InrNet};
 use deq_train::{Adam, Optimizer};
 use std::time::Instant;
 
-#[global_allocator]
-static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// The same jemalloc options as the `deq-inr` binary.
-#[export_name = "_rjem_malloc_conf"]
-pub static MALLOC_CONF: &u8 = &b"oversize_threshold:0,dirty_decay_ms:30000,muzzy_decay_ms:30000,thp:always\0"[0];
+// The same allocator and options as the `deq-inr` binary.
+deq_train::fast_allocator!();
 
 #[derive(Parser, Debug)]
 #[command(name = "deq-inr-bench", about = "DEQ-INR amortised training-step time")]
