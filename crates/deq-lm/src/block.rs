@@ -84,7 +84,7 @@ impl Block {
     /// resumed run draws the masks of the uninterrupted one).
     pub fn reset_with_seed(&self, seed: u64) -> crate::Result<()> {
         self.reset()?;
-        self.attn.reset_with_seed(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(7))?;
+        self.attn.reseed_dropout(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(7));
         for (i, d) in [&self.drop_attn, &self.drop_inner, &self.drop_ffn].into_iter().enumerate() {
             d.reset_with_seed(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(i as u64 + 1));
         }
