@@ -7,6 +7,7 @@ pub mod phantom;
 #[cfg(feature = "pruned-vjp")]
 pub mod pruned;
 pub mod vjp;
+pub mod wanted;
 
 pub use carried::AdjointCarry;
 pub use implicit::{implicit_backward_op, BackwardStats};
@@ -14,3 +15,4 @@ pub use implicit::{implicit_backward_op, BackwardStats};
 pub use pruned::{UnsupportedOp, VjpPlan};
 pub use vjp::{backward, full_vjp, vjp, Vjp, PRUNED};
 pub use phantom::phantom_steps;
+pub use wanted::{input_wanted, with_wanted};

@@ -551,7 +551,7 @@ fn backprop(node: &Tensor, op: &Op, g: &Tensor, grads: &mut Grads<'_>) -> candle
         }
         Op::CustomOp2(a, b, c) => {
             if grads.needs(a) || grads.needs(b) {
-                let (ga, gb) = c.bwd(a, b, node, g)?;
+                let (ga, gb) = super::with_wanted(&[grads.needs(a), grads.needs(b)], || c.bwd(a, b, node, g))?;
                 if let Some(ga) = ga {
                     grads.add(a, ga)?;
                 }
@@ -562,7 +562,7 @@ fn backprop(node: &Tensor, op: &Op, g: &Tensor, grads: &mut Grads<'_>) -> candle
         }
         Op::CustomOp3(a, b, c3, c) => {
             if grads.needs(a) || grads.needs(b) || grads.needs(c3) {
-                let (ga, gb, gc) = c.bwd(a, b, c3, node, g)?;
+                let (ga, gb, gc) = super::with_wanted(&[grads.needs(a), grads.needs(b), grads.needs(c3)], || c.bwd(a, b, c3, node, g))?;
                 for (t, gt) in [(a, ga), (b, gb), (c3, gc)] {
                     if let Some(gt) = gt {
                         grads.add(t, gt)?;

@@ -2,7 +2,9 @@
 //! narrowed back for outputs; exponentials run in the type's own precision.
 
 /// An element type of the fused CPU kernels.
-pub trait KernelFloat: Copy + Send + Sync + Default + PartialOrd + 'static {
+pub trait KernelFloat:
+    Copy + Send + Sync + Default + PartialOrd + std::ops::Add<Output = Self> + std::ops::AddAssign + std::ops::Mul<Output = Self> + 'static
+{
     /// The value as f64.
     fn to64(self) -> f64;
     /// An f64 rounded to this type.

@@ -1,7 +1,9 @@
 //! Layer normalisation over the last dimension, with or without an affine map (DEQ-seq's
 //! post-LN has none), differentiable.
 
+use super::float::KernelFloat;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, Var, D};
+use rayon::prelude::*;
 
 /// `(x - mean) / sqrt(var + eps)` over the last dimension (biased variance, as PyTorch).
 struct Normalize {
@@ -9,10 +11,10 @@ struct Normalize {
 }
 
 /// Per row: the mean and `1 / sqrt(var + eps)`, accumulated in f64.
-fn row_stats<T: Copy + Into<f64>>(row: &[T], eps: f64) -> (f64, f64) {
+fn row_stats<T: KernelFloat>(row: &[T], eps: f64) -> (f64, f64) {
     let n = row.len() as f64;
-    let mean = row.iter().map(|&v| v.into()).sum::<f64>() / n;
-    let var = row.iter().map(|&v| (v.into() - mean) * (v.into() - mean)).sum::<f64>() / n;
+    let mean = row.iter().map(|v| v.to64()).sum::<f64>() / n;
+    let var = row.iter().map(|v| (v.to64() - mean) * (v.to64() - mean)).sum::<f64>() / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -34,24 +36,8 @@ impl CustomOp1 for Normalize {
         let d = last_dim(l)?;
         let eps = self.eps;
         let out = match s {
-            CpuStorage::F32(v) => CpuStorage::F32(
-                contiguous(v, l, "layer norm")?
-                    .chunks(d)
-                    .flat_map(|row| {
-                        let (m, r) = row_stats(row, eps);
-                        row.iter().map(move |&x| ((x as f64 - m) * r) as f32)
-                    })
-                    .collect(),
-            ),
-            CpuStorage::F64(v) => CpuStorage::F64(
-                contiguous(v, l, "layer norm")?
-                    .chunks(d)
-                    .flat_map(|row| {
-                        let (m, r) = row_stats(row, eps);
-                        row.iter().map(move |&x| (x - m) * r)
-                    })
-                    .collect(),
-            ),
+            CpuStorage::F32(v) => CpuStorage::F32(forward_rows(contiguous(v, l, "layer norm")?, d, eps)),
+            CpuStorage::F64(v) => CpuStorage::F64(forward_rows(contiguous(v, l, "layer norm")?, d, eps)),
             _ => candle_core::bail!("layer norm: f32 or f64"),
         };
         Ok((out, l.shape().clone()))
@@ -68,19 +54,49 @@ struct NormalizeBackward {
     eps: f64,
 }
 
-fn backward_rows<T: Copy + Into<f64>>(x: &[T], g: &[T], d: usize, eps: f64, out: impl Fn(f64) -> T) -> Vec<T> {
-    let mut dx = Vec::with_capacity(x.len());
-    for (xr, gr) in x.chunks(d).zip(g.chunks(d)) {
-        let (m, r) = row_stats(xr, eps);
-        let (mut gm, mut gxm) = (0f64, 0f64);
-        for (&xv, &gv) in xr.iter().zip(gr) {
-            let (xh, gv) = ((xv.into() - m) * r, gv.into());
-            gm += gv;
-            gxm += gv * xh;
+/// Rows per parallel task (a task of a few thousand elements amortises the hand-off).
+fn rows_per_task(d: usize) -> usize {
+    (4096 / d.max(1)).max(1)
+}
+
+/// Normalises each row of `x` (length `d`), rows spread over the threads.
+fn forward_rows<T: KernelFloat>(x: &[T], d: usize, eps: f64) -> Vec<T> {
+    let mut y = vec![T::default(); x.len()];
+    let chunk = rows_per_task(d) * d;
+    y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(yc, xc)| {
+        for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
+            let (m, r) = row_stats(xr, eps);
+            // (x - m) r in the element type (vectorised; the subtraction first keeps rows with a
+            // large mean accurate)
+            let (mt, rt) = (T::from64(-m), T::from64(r));
+            for (o, &v) in yr.iter_mut().zip(xr) {
+                *o = (v + mt) * rt;
+            }
         }
-        let (gm, gxm) = (gm / d as f64, gxm / d as f64);
-        dx.extend(xr.iter().zip(gr).map(|(&xv, &gv)| out(r * (gv.into() - gm - (xv.into() - m) * r * gxm))));
-    }
+    });
+    y
+}
+
+fn backward_rows<T: KernelFloat>(x: &[T], g: &[T], d: usize, eps: f64) -> Vec<T> {
+    let mut dx = vec![T::default(); x.len()];
+    let chunk = rows_per_task(d) * d;
+    dx.par_chunks_mut(chunk).zip(x.par_chunks(chunk).zip(g.par_chunks(chunk))).for_each(|(dc, (xc, gc))| {
+        for ((dr, xr), gr) in dc.chunks_mut(d).zip(xc.chunks(d)).zip(gc.chunks(d)) {
+            let (m, r) = row_stats(xr, eps);
+            let (mut gm, mut gxm) = (0f64, 0f64);
+            for (&xv, &gv) in xr.iter().zip(gr) {
+                let (xh, gv) = ((xv.to64() - m) * r, gv.to64());
+                gm += gv;
+                gxm += gv * xh;
+            }
+            let (gm, gxm) = (gm / d as f64, gxm / d as f64);
+            // r (g - gm - (x - m) r gxm)
+            let (mt, rt, gmt, st) = (T::from64(-m), T::from64(r), T::from64(-gm), T::from64(-r * gxm));
+            for ((o, &xv), &gv) in dr.iter_mut().zip(xr).zip(gr) {
+                *o = (gv + gmt + (xv + mt) * st) * rt;
+            }
+        }
+    });
     dx
 }
 
@@ -95,8 +111,8 @@ impl CustomOp2 for NormalizeBackward {
             candle_core::bail!("layer norm backward: x {:?} and its gradient {:?}", l1.shape(), l2.shape());
         }
         let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(backward_rows(contiguous(x, l1, "layer norm")?, contiguous(g, l2, "layer norm")?, d, self.eps, |v| v as f32)),
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(backward_rows(contiguous(x, l1, "layer norm")?, contiguous(g, l2, "layer norm")?, d, self.eps, |v| v)),
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(backward_rows(contiguous(x, l1, "layer norm")?, contiguous(g, l2, "layer norm")?, d, self.eps)),
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(backward_rows(contiguous(x, l1, "layer norm")?, contiguous(g, l2, "layer norm")?, d, self.eps)),
             _ => candle_core::bail!("layer norm backward: f32 or f64, both the same"),
         };
         Ok((out, l1.shape().clone()))

@@ -7,10 +7,14 @@
 //! matrix product (candle's `broadcast_matmul` runs one small product per batch entry);
 //! [`log_softmax_pick`] is the log-likelihood of one column per row (cross-entropy) without
 //! the log-softmax matrix; [`relu`] has a one-pass backward; [`bmm`] runs batches of small
-//! products with the batch over the threads.
+//! products with the batch over the threads; [`conv2d`] is a convolution with batched
+//! unfold-and-multiply kernels for the forward pass and both gradients; [`group_norm`] is
+//! fused (two passes forward, two backward).
 
 mod bmm;
+mod conv2d;
 mod float;
+mod group_norm;
 mod layer_norm;
 mod linear;
 mod log_softmax_pick;
@@ -18,7 +22,9 @@ mod relu;
 mod softmax;
 
 pub use bmm::bmm;
+pub use conv2d::{conv2d, conv2d_backward, conv2d_with, Conv2dSpec};
 pub use float::KernelFloat;
+pub use group_norm::{group_norm, GroupNorm};
 pub use layer_norm::{layer_norm, LayerNorm};
 pub use linear::linear_map;
 pub use log_softmax_pick::log_softmax_pick;

@@ -101,7 +101,7 @@ impl NormConv2d {
 
 impl Module for NormConv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = x.conv2d(&self.weight.weight(), self.cfg.padding, self.cfg.stride, self.cfg.dilation, self.cfg.groups)?;
+        let y = crate::nn::conv2d(x, &self.weight.weight(), self.cfg.padding, self.cfg.stride, self.cfg.dilation, self.cfg.groups)?;
         match &self.bias {
             Some(b) => y.broadcast_add(&b.as_tensor().reshape((1, (), 1, 1))?),
             None => Ok(y),

@@ -23,7 +23,7 @@ impl Conv {
 
     /// Applies the convolution.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.conv2d(self.weight.as_tensor(), self.padding, self.stride, 1, 1)?;
+        let y = deq_core::nn::conv2d(x, self.weight.as_tensor(), self.padding, self.stride, 1, 1)?;
         match &self.bias {
             Some(b) => y.broadcast_add(&b.as_tensor().reshape((1, (), 1, 1))?),
             None => Ok(y),

@@ -31,8 +31,8 @@ impl ChannelAffine {
 }
 
 /// Group normalisation over `(B, C, H, W)` with a per-channel affine transform
-/// (`torch.nn.GroupNorm`). Built from differentiable candle ops (candle_nn's layer-norm family
-/// has no gradient on contiguous inputs).
+/// (`torch.nn.GroupNorm`), through deq-core's fused `nn::group_norm` (candle_nn's layer-norm
+/// family has no gradient on contiguous inputs).
 #[derive(Debug)]
 pub struct GroupNorm {
     groups: usize,
@@ -52,16 +52,14 @@ impl GroupNorm {
 
     /// Normalises `x` (`(B, C, H, W)`).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, c, h, w) = x.dims4()?;
+        let (_, c, _, _) = x.dims4()?;
         if c != self.channels {
             candle_core::bail!("group norm: expected {} channels, got {c}", self.channels);
         }
-        let g = x.reshape((b, self.groups, (c / self.groups) * h * w))?;
-        let mean = g.mean_keepdim(2)?;
-        let centred = g.broadcast_sub(&mean)?;
-        let var = centred.sqr()?.mean_keepdim(2)?;
-        let y = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?.reshape((b, c, h, w))?;
-        self.affine.apply(y, c)
+        match &self.affine.0 {
+            Some((w, b)) => deq_core::nn::group_norm(x, self.groups, Some(w.as_tensor()), Some(b.as_tensor()), self.eps),
+            None => deq_core::nn::group_norm(x, self.groups, None, None, self.eps),
+        }
     }
 
     /// Trainable variables (`weight`, `bias` when affine).

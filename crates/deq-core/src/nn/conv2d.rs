@@ -1,0 +1,703 @@
+//! 2-D convolution (NCHW) with its own CPU kernels for the forward pass, the input gradient
+//! and the weight gradient.
+//!
+//! candle's CPU `conv2d` unfolds the whole batch (im2col) with a scalar loop and multiplies
+//! image by image; its backward goes through a transposed convolution (a further 3-6x slower)
+//! and a convolution over the batch-transposed input. Here each image is unfolded into a
+//! per-thread buffer (row copies, zero padding by ranges) and multiplied by the weight with the
+//! `gemm` crate; images are spread over the threads (one single-threaded product each) when
+//! the batch is at least the thread count, and each product uses every thread otherwise.
+//! 1x1 stride-1 convolutions without padding skip the unfolding and multiply the image itself.
+//!
+//! - forward: `y[n, g] = W[g] cols(x[n], g)`;
+//! - input gradient: `dx[n] = fold(W[g]^T dy[n, g])` (the fold adds the unfolded gradient back
+//!   into the image);
+//! - weight gradient: `dW[g] = sum_n dy[n, g] cols(x[n], g)^T`, one partial sum per thread,
+//!   added in a fixed order so that the result does not depend on scheduling.
+//!
+//! The three products are custom ops whose backward rules are each other (the input gradient
+//! is linear in `(dy, W)`, the weight gradient in `(x, dy)`), so second derivatives (the
+//! Jacobian regulariser's gradient) work; they read [`crate::grad::input_wanted`], so the
+//! pruned vector-Jacobian products of the adjoint solve compute the input gradient alone.
+//! Other devices and dtypes use candle's `conv2d`.
+
+use super::float::KernelFloat;
+use crate::grad::input_wanted;
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+
+/// Padding (rows, columns), stride, dilation and groups of a 2-D convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dSpec {
+    /// Zero padding of the rows (top and bottom) and of the columns (left and right).
+    pub padding: (usize, usize),
+    /// Stride along both axes.
+    pub stride: usize,
+    /// Dilation along both axes.
+    pub dilation: usize,
+    /// Groups: input and output channels are split into this many independent blocks.
+    pub groups: usize,
+}
+
+impl Conv2dSpec {
+    /// Equal padding on both axes, stride 1, no dilation, one group (candle's defaults).
+    pub fn padded(padding: usize) -> Self {
+        Self { padding: (padding, padding), stride: 1, dilation: 1, groups: 1 }
+    }
+}
+
+type Params = Conv2dSpec;
+
+/// The sizes of one convolution: input `(n, c, h, w)`, kernel `(o, c / groups, kh, kw)`,
+/// output `(n, o, ho, wo)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Geom {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    kh: usize,
+    kw: usize,
+    ho: usize,
+    wo: usize,
+    p: Params,
+}
+
+impl Geom {
+    fn new(x: &[usize], k: &[usize], p: Params) -> Result<Self> {
+        if x.len() != 4 || k.len() != 4 {
+            candle_core::bail!("conv2d: input {x:?} and kernel {k:?} must both have rank 4");
+        }
+        let (n, c, h, w) = (x[0], x[1], x[2], x[3]);
+        let (o, cg, kh, kw) = (k[0], k[1], k[2], k[3]);
+        if p.groups == 0 || p.stride == 0 || p.dilation == 0 {
+            candle_core::bail!("conv2d: groups, stride and dilation must be positive");
+        }
+        if c % p.groups != 0 || o % p.groups != 0 || cg * p.groups != c {
+            candle_core::bail!("conv2d: input {x:?} and kernel {k:?} do not match {} groups", p.groups);
+        }
+        let span = |len: usize, k: usize, pad: usize| -> Result<usize> {
+            let eff = p.dilation * (k.max(1) - 1) + 1;
+            if k == 0 || len + 2 * pad < eff {
+                candle_core::bail!("conv2d: kernel {k} (dilation {}) larger than the padded input {len} (padding {pad})", p.dilation);
+            }
+            Ok((len + 2 * pad - eff) / p.stride + 1)
+        };
+        let (ho, wo) = (span(h, kh, p.padding.0)?, span(w, kw, p.padding.1)?);
+        Ok(Self { n, c, h, w, o, kh, kw, ho, wo, p })
+    }
+    /// Input channels per group.
+    fn cg(&self) -> usize {
+        self.c / self.p.groups
+    }
+    /// Output channels per group.
+    fn og(&self) -> usize {
+        self.o / self.p.groups
+    }
+    /// Rows of the unfolded image (the inner size of the products).
+    fn k(&self) -> usize {
+        self.cg() * self.kh * self.kw
+    }
+    /// Output pixels per channel.
+    fn pix(&self) -> usize {
+        self.ho * self.wo
+    }
+    /// A 1x1 convolution with stride 1 and no padding: the image is its own unfolding.
+    fn direct(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.p.stride == 1 && self.p.padding == (0, 0)
+    }
+    fn x_dims(&self) -> [usize; 4] {
+        [self.n, self.c, self.h, self.w]
+    }
+    fn k_dims(&self) -> [usize; 4] {
+        [self.o, self.cg(), self.kh, self.kw]
+    }
+    fn y_dims(&self) -> [usize; 4] {
+        [self.n, self.o, self.ho, self.wo]
+    }
+    /// The output columns `[lo, hi)` whose input column `ox * stride + j * dilation - pad`
+    /// lies inside the image (`len` columns), for kernel column `j` (rows likewise).
+    fn valid(&self, j: usize, len: usize, out: usize, pad: usize) -> (usize, usize) {
+        let off = (j * self.p.dilation) as isize - pad as isize;
+        let s = self.p.stride as isize;
+        let lo = if off >= 0 { 0 } else { ((-off + s - 1) / s) as usize };
+        let end = len as isize - off;
+        let hi = if end <= 0 { 0 } else { ((end + s - 1) / s) as usize };
+        let lo = lo.min(out);
+        (lo, hi.clamp(lo, out))
+    }
+}
+
+/// Unfolds group `g` of one image `(c, h, w)` into `col` `(cg * kh * kw, ho * wo)`.
+fn unfold<T: KernelFloat>(img: &[T], g: usize, geo: &Geom, col: &mut [T]) {
+    let (h, w, ho, wo, pix) = (geo.h, geo.w, geo.ho, geo.wo, geo.pix());
+    let (s, d, (ph, pw)) = (geo.p.stride, geo.p.dilation, geo.p.padding);
+    let zero = T::default();
+    for c in 0..geo.cg() {
+        let plane = &img[(g * geo.cg() + c) * h * w..][..h * w];
+        for i in 0..geo.kh {
+            let (ylo, yhi) = geo.valid(i, h, ho, ph);
+            for j in 0..geo.kw {
+                let (xlo, xhi) = geo.valid(j, w, wo, pw);
+                let row = &mut col[((c * geo.kh + i) * geo.kw + j) * pix..][..pix];
+                row[..ylo * wo].fill(zero);
+                row[yhi * wo..].fill(zero);
+                for oy in ylo..yhi {
+                    let src = &plane[(oy * s + i * d - ph) * w..][..w];
+                    let r = &mut row[oy * wo..][..wo];
+                    r[..xlo].fill(zero);
+                    r[xhi..].fill(zero);
+                    if xhi == xlo {
+                        // kernel column j only ever reads padding
+                    } else if s == 1 {
+                        let start = xlo + j * d - pw;
+                        r[xlo..xhi].copy_from_slice(&src[start..start + xhi - xlo]);
+                    } else {
+                        for (ox, v) in r[xlo..xhi].iter_mut().enumerate() {
+                            *v = src[(ox + xlo) * s + j * d - pw];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds the unfolded gradient `col` of group `g` back into the image gradient `img`.
+fn fold<T: KernelFloat>(col: &[T], g: usize, geo: &Geom, img: &mut [T]) {
+    let (h, w, ho, wo, pix) = (geo.h, geo.w, geo.ho, geo.wo, geo.pix());
+    let (s, d, (ph, pw)) = (geo.p.stride, geo.p.dilation, geo.p.padding);
+    for c in 0..geo.cg() {
+        let plane = &mut img[(g * geo.cg() + c) * h * w..][..h * w];
+        for i in 0..geo.kh {
+            let (ylo, yhi) = geo.valid(i, h, ho, ph);
+            for j in 0..geo.kw {
+                let (xlo, xhi) = geo.valid(j, w, wo, pw);
+                let row = &col[((c * geo.kh + i) * geo.kw + j) * pix..][..pix];
+                for oy in ylo..yhi {
+                    let dst = &mut plane[(oy * s + i * d - ph) * w..][..w];
+                    let r = &row[oy * wo..][..wo];
+                    if xhi == xlo {
+                        // kernel column j only ever reads padding
+                    } else if s == 1 {
+                        let start = xlo + j * d - pw;
+                        for (o, &v) in dst[start..start + xhi - xlo].iter_mut().zip(&r[xlo..xhi]) {
+                            *o += v;
+                        }
+                    } else {
+                        for (ox, &v) in r[xlo..xhi].iter().enumerate() {
+                            dst[(ox + xlo) * s + j * d - pw] += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A matrix operand for `gemm`: pointer, column stride, row stride.
+type Mat<T> = (*const T, isize, isize);
+
+/// `dst (m x n, row-major) (=|+=) lhs (m x k) rhs (k x n)`.
+///
+/// # Safety
+/// The operands must cover `m x k` and `k x n` elements with the given strides, and `dst` an
+/// `m x n` row-major block that nothing else writes meanwhile.
+unsafe fn product<T: KernelFloat>(m: usize, n: usize, k: usize, dst: *mut T, accumulate: bool, lhs: Mat<T>, rhs: Mat<T>, par: Parallelism) {
+    gemm(m, n, k, dst, 1, n as isize, accumulate, lhs.0, lhs.1, lhs.2, rhs.0, rhs.1, rhs.2, T::from64(1.0), T::from64(1.0), false, false, false, par)
+}
+
+/// The threads of the current pool, and whether images go to threads (else each product is
+/// split over every thread).
+fn schedule(n: usize) -> (usize, bool, Parallelism) {
+    let threads = rayon::current_num_threads().max(1);
+    if n >= threads || threads == 1 {
+        (threads, true, Parallelism::None)
+    } else {
+        (threads, false, Parallelism::Rayon(threads))
+    }
+}
+
+fn forward<T: KernelFloat>(x: &[T], k: &[T], geo: &Geom) -> Vec<T> {
+    let (og, kk, pix, chw) = (geo.og(), geo.k(), geo.pix(), geo.c * geo.h * geo.w);
+    let mut y = vec![T::default(); geo.n * geo.o * pix];
+    if y.is_empty() {
+        return y;
+    }
+    let (_, by_image, par) = schedule(geo.n);
+    let image = |i: usize, out: &mut [T], col: &mut Vec<T>| {
+        let img = &x[i * chw..][..chw];
+        for g in 0..geo.p.groups {
+            let rhs = if geo.direct() {
+                img[g * kk * pix..].as_ptr()
+            } else {
+                unfold(img, g, geo, col);
+                col.as_ptr()
+            };
+            // SAFETY: the kernel block of group g is og x kk row-major, the unfolded image
+            // kk x pix row-major, and `out`'s group block og x pix row-major, all in bounds.
+            unsafe { product(og, pix, kk, out[g * og * pix..].as_mut_ptr(), false, (k[g * og * kk..].as_ptr(), 1, kk as isize), (rhs, 1, pix as isize), par) }
+        }
+    };
+    let col_len = if geo.direct() { 0 } else { kk * pix };
+    if by_image {
+        y.par_chunks_mut(geo.o * pix).enumerate().for_each_init(|| vec![T::default(); col_len], |col, (i, out)| image(i, out, col));
+    } else {
+        let mut col = vec![T::default(); col_len];
+        for (i, out) in y.chunks_mut(geo.o * pix).enumerate() {
+            image(i, out, &mut col);
+        }
+    }
+    y
+}
+
+fn input_grad<T: KernelFloat>(dy: &[T], k: &[T], geo: &Geom) -> Vec<T> {
+    let (og, kk, pix, chw) = (geo.og(), geo.k(), geo.pix(), geo.c * geo.h * geo.w);
+    let mut dx = vec![T::default(); geo.n * chw];
+    if dx.is_empty() {
+        return dx;
+    }
+    let (_, by_image, par) = schedule(geo.n);
+    let image = |i: usize, out: &mut [T], col: &mut Vec<T>| {
+        let gy = &dy[i * geo.o * pix..][..geo.o * pix];
+        for g in 0..geo.p.groups {
+            // W[g]^T: kk x og, read from the og x kk row-major kernel block.
+            let lhs = (k[g * og * kk..].as_ptr(), kk as isize, 1);
+            let rhs = (gy[g * og * pix..].as_ptr(), 1, pix as isize);
+            if geo.direct() {
+                // SAFETY: group g's channels of `out` are a kk x pix row-major block.
+                unsafe { product(kk, pix, og, out[g * kk * pix..].as_mut_ptr(), false, lhs, rhs, par) }
+            } else {
+                // SAFETY: `col` holds kk x pix elements.
+                unsafe { product(kk, pix, og, col.as_mut_ptr(), false, lhs, rhs, par) }
+                fold(col, g, geo, out);
+            }
+        }
+    };
+    let col_len = if geo.direct() { 0 } else { kk * pix };
+    if by_image {
+        dx.par_chunks_mut(chw).enumerate().for_each_init(|| vec![T::default(); col_len], |col, (i, out)| image(i, out, col));
+    } else {
+        let mut col = vec![T::default(); col_len];
+        for (i, out) in dx.chunks_mut(chw).enumerate() {
+            image(i, out, &mut col);
+        }
+    }
+    dx
+}
+
+fn weight_grad<T: KernelFloat>(x: &[T], dy: &[T], geo: &Geom) -> Vec<T> {
+    let (og, kk, pix, chw) = (geo.og(), geo.k(), geo.pix(), geo.c * geo.h * geo.w);
+    let len = geo.o * kk;
+    if len == 0 || geo.n == 0 || pix == 0 {
+        return vec![T::default(); len];
+    }
+    let (threads, by_image, par) = schedule(geo.n);
+    // Images [a, b) into one partial sum.
+    let partial = |a: usize, b: usize| -> Vec<T> {
+        let mut acc = vec![T::default(); len];
+        let mut col = vec![T::default(); if geo.direct() { 0 } else { kk * pix }];
+        for i in a..b {
+            let img = &x[i * chw..][..chw];
+            let gy = &dy[i * geo.o * pix..][..geo.o * pix];
+            for g in 0..geo.p.groups {
+                // cols^T: pix x kk, read from the kk x pix row-major unfolding.
+                let rhs = if geo.direct() {
+                    img[g * kk * pix..].as_ptr()
+                } else {
+                    unfold(img, g, geo, &mut col);
+                    col.as_ptr()
+                };
+                // SAFETY: dy's group block is og x pix row-major, the unfolding kk x pix, the
+                // accumulator's group block og x kk row-major.
+                unsafe { product(og, kk, pix, acc[g * og * kk..].as_mut_ptr(), i > a, (gy[g * og * pix..].as_ptr(), 1, pix as isize), (rhs, pix as isize, 1), par) }
+            }
+        }
+        acc
+    };
+    if !by_image {
+        return partial(0, geo.n);
+    }
+    let parts = threads.min(geo.n);
+    let bounds: Vec<(usize, usize)> = (0..parts).map(|t| (t * geo.n / parts, (t + 1) * geo.n / parts)).collect();
+    let sums: Vec<Vec<T>> = bounds.par_iter().map(|&(a, b)| partial(a, b)).collect();
+    let mut it = sums.into_iter();
+    let mut total = it.next().unwrap_or_else(|| vec![T::default(); len]);
+    for s in it {
+        for (t, v) in total.iter_mut().zip(s) {
+            *t += v;
+        }
+    }
+    total
+}
+
+fn contiguous<'a, T>(v: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("conv2d: the {what} must be contiguous"),
+    }
+}
+
+/// Runs `f32`/`f64` kernels on two CPU storages.
+fn dispatch(
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+    names: (&str, &str),
+    f32k: impl FnOnce(&[f32], &[f32]) -> Vec<f32>,
+    f64k: impl FnOnce(&[f64], &[f64]) -> Vec<f64>,
+) -> Result<CpuStorage> {
+    Ok(match (s1, s2) {
+        (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(f32k(contiguous(a, l1, names.0)?, contiguous(b, l2, names.1)?)),
+        (CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64(f64k(contiguous(a, l1, names.0)?, contiguous(b, l2, names.1)?)),
+        _ => candle_core::bail!("conv2d: two f32 or two f64 operands"),
+    })
+}
+
+/// `y = conv(x, W)`: inputs `(x, W)`.
+struct Forward(Params);
+/// `dx` from `(dy, W)`, for an input of the stored size.
+struct InputGrad(Params, [usize; 4]);
+/// `dW` from `(x, dy)`, for a kernel of the stored size.
+struct WeightGrad(Params, [usize; 4]);
+
+fn check_out(geo: &Geom, dy: &Layout) -> Result<()> {
+    if dy.dims() != geo.y_dims() {
+        candle_core::bail!("conv2d: output gradient {:?} where {:?} was expected", dy.dims(), geo.y_dims());
+    }
+    Ok(())
+}
+
+impl CustomOp2 for Forward {
+    fn name(&self) -> &'static str {
+        "deq-conv2d"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let geo = Geom::new(l1.dims(), l2.dims(), self.0)?;
+        let y = dispatch(s1, l1, s2, l2, ("input", "kernel"), |x, k| forward(x, k, &geo), |x, k| forward(x, k, &geo))?;
+        Ok((y, Shape::from(geo.y_dims().to_vec())))
+    }
+    fn bwd(&self, x: &Tensor, k: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let dx = if input_wanted(0) { Some(dy.apply_op2(k, InputGrad(self.0, dims4(x)?))?) } else { None };
+        let dk = if input_wanted(1) { Some(x.apply_op2(&dy, WeightGrad(self.0, dims4(k)?))?) } else { None };
+        Ok((dx, dk))
+    }
+}
+
+impl CustomOp2 for InputGrad {
+    fn name(&self) -> &'static str {
+        "deq-conv2d-input-grad"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let geo = Geom::new(&self.1, l2.dims(), self.0)?;
+        check_out(&geo, l1)?;
+        let dx = dispatch(s1, l1, s2, l2, ("output gradient", "kernel"), |dy, k| input_grad(dy, k, &geo), |dy, k| input_grad(dy, k, &geo))?;
+        Ok((dx, Shape::from(self.1.to_vec())))
+    }
+    fn bwd(&self, dy: &Tensor, k: &Tensor, _dx: &Tensor, u: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // dx is linear in dy (the transposed convolution) and in W.
+        let u = u.contiguous()?;
+        let ddy = if input_wanted(0) { Some(u.apply_op2(k, Forward(self.0))?) } else { None };
+        let dk = if input_wanted(1) { Some(u.apply_op2(&dy.contiguous()?, WeightGrad(self.0, dims4(k)?))?) } else { None };
+        Ok((ddy, dk))
+    }
+}
+
+impl CustomOp2 for WeightGrad {
+    fn name(&self) -> &'static str {
+        "deq-conv2d-weight-grad"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let geo = Geom::new(l1.dims(), &self.1, self.0)?;
+        check_out(&geo, l2)?;
+        let dk = dispatch(s1, l1, s2, l2, ("input", "output gradient"), |x, dy| weight_grad(x, dy, &geo), |x, dy| weight_grad(x, dy, &geo))?;
+        Ok((dk, Shape::from(self.1.to_vec())))
+    }
+    fn bwd(&self, x: &Tensor, dy: &Tensor, _dk: &Tensor, v: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let v = v.contiguous()?;
+        let dx = if input_wanted(0) { Some(dy.contiguous()?.apply_op2(&v, InputGrad(self.0, dims4(x)?))?) } else { None };
+        let ddy = if input_wanted(1) { Some(x.contiguous()?.apply_op2(&v, Forward(self.0))?) } else { None };
+        Ok((dx, ddy))
+    }
+}
+
+fn dims4(t: &Tensor) -> Result<[usize; 4]> {
+    let d = t.dims();
+    if d.len() != 4 {
+        candle_core::bail!("conv2d: rank-4 tensor expected, got {d:?}");
+    }
+    Ok([d[0], d[1], d[2], d[3]])
+}
+
+/// 2-D convolution of `x` `(n, c, h, w)` with `kernel` `(o, c / groups, kh, kw)`, with the
+/// arguments of candle's `Tensor::conv2d` (equal `padding` on both axes, `stride`,
+/// `dilation`, `groups`). Differentiable to any order; f32/f64 on the CPU use this module's
+/// kernels, everything else candle's `conv2d`.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// let x = Tensor::arange(0f32, 16., &Device::Cpu)?.reshape((1, 1, 4, 4))?;
+/// let k = Tensor::ones((2, 1, 3, 3), candle_core::DType::F32, &Device::Cpu)?;
+/// let y = deq_core::nn::conv2d(&x, &k, 1, 2, 1, 1)?;
+/// assert_eq!(y.dims(), &[1, 2, 2, 2]);
+/// assert_eq!(y.get(0)?.get(0)?.to_vec2::<f32>()?, vec![vec![10., 24.], vec![51., 90.]]);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn conv2d(x: &Tensor, kernel: &Tensor, padding: usize, stride: usize, dilation: usize, groups: usize) -> Result<Tensor> {
+    conv2d_with(x, kernel, &Conv2dSpec { padding: (padding, padding), stride, dilation, groups })
+}
+
+fn fast_path(a: &Tensor, b: &Tensor) -> bool {
+    a.device().is_cpu() && b.device().is_cpu() && a.dtype() == b.dtype() && matches!(a.dtype(), DType::F32 | DType::F64)
+}
+
+/// [`conv2d`] with separate row and column padding (RAFT's `1 x 5` and `5 x 1` convolutions pad
+/// `(0, 2)` and `(2, 0)`). On other devices the input is zero-padded and candle's `conv2d` runs.
+pub fn conv2d_with(x: &Tensor, kernel: &Tensor, spec: &Conv2dSpec) -> Result<Tensor> {
+    Geom::new(x.dims(), kernel.dims(), *spec)?;
+    if !fast_path(x, kernel) {
+        let (ph, pw) = spec.padding;
+        if ph == pw {
+            return x.conv2d(kernel, ph, spec.stride, spec.dilation, spec.groups);
+        }
+        let xp = x.pad_with_zeros(2, ph, ph)?.pad_with_zeros(3, pw, pw)?;
+        return xp.conv2d(kernel, 0, spec.stride, spec.dilation, spec.groups);
+    }
+    x.contiguous()?.apply_op2(&kernel.contiguous()?, Forward(*spec))
+}
+
+/// The gradients `(dx, dkernel)` of `sum(dy * conv2d_with(x, kernel, spec))`, without building
+/// the forward graph (benchmarks, and custom backward passes). Differentiable like the
+/// convolution itself; other devices and dtypes go through candle's autograd.
+pub fn conv2d_backward(x: &Tensor, kernel: &Tensor, dy: &Tensor, spec: &Conv2dSpec) -> Result<(Tensor, Tensor)> {
+    let geo = Geom::new(x.dims(), kernel.dims(), *spec)?;
+    if dy.dims() != geo.y_dims() {
+        candle_core::bail!("conv2d backward: output gradient {:?} where {:?} was expected", dy.dims(), geo.y_dims());
+    }
+    if !(fast_path(x, kernel) && fast_path(x, dy)) {
+        let (xv, kv) = (candle_core::Var::from_tensor(x)?, candle_core::Var::from_tensor(kernel)?);
+        let y = conv2d_with(xv.as_tensor(), kv.as_tensor(), spec)?;
+        let grads = (y * dy)?.sum_all()?.backward()?;
+        let get = |v: &candle_core::Var| grads.get(v.as_tensor()).cloned().ok_or_else(|| candle_core::Error::Msg("conv2d backward: no gradient".into()));
+        return Ok((get(&xv)?, get(&kv)?));
+    }
+    let dy = dy.contiguous()?;
+    let dx = dy.apply_op2(&kernel.contiguous()?, InputGrad(*spec, geo.x_dims()))?;
+    let dk = x.contiguous()?.apply_op2(&dy, WeightGrad(*spec, geo.k_dims()))?;
+    Ok((dx, dk))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::DeqRng;
+    use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        let f64 = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+        (f64(a) - f64(b)).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
+    }
+
+    /// Direct loops in f64: `y`, and for an output gradient `dy` the gradients `(dx, dk)`.
+    fn reference(x: &Tensor, k: &Tensor, dy: Option<&Tensor>, spec: Conv2dSpec) -> (Tensor, Option<(Tensor, Tensor)>) {
+        let geo = Geom::new(x.dims(), k.dims(), spec).unwrap();
+        let xv: Vec<f64> = x.flatten_all().unwrap().to_vec1().unwrap();
+        let kv: Vec<f64> = k.flatten_all().unwrap().to_vec1().unwrap();
+        let dyv: Option<Vec<f64>> = dy.map(|d| d.flatten_all().unwrap().to_vec1().unwrap());
+        let (cg, og) = (geo.cg(), geo.og());
+        let mut y = vec![0f64; geo.n * geo.o * geo.pix()];
+        let mut dx = vec![0f64; xv.len()];
+        let mut dk = vec![0f64; kv.len()];
+        for n in 0..geo.n {
+            for o in 0..geo.o {
+                let g = o / og;
+                for oy in 0..geo.ho {
+                    for ox in 0..geo.wo {
+                        let yi = ((n * geo.o + o) * geo.ho + oy) * geo.wo + ox;
+                        for c in 0..cg {
+                            for i in 0..geo.kh {
+                                for j in 0..geo.kw {
+                                    let iy = (oy * spec.stride + i * spec.dilation) as isize - spec.padding.0 as isize;
+                                    let ix = (ox * spec.stride + j * spec.dilation) as isize - spec.padding.1 as isize;
+                                    if iy < 0 || ix < 0 || iy >= geo.h as isize || ix >= geo.w as isize {
+                                        continue;
+                                    }
+                                    let xi = ((n * geo.c + g * cg + c) * geo.h + iy as usize) * geo.w + ix as usize;
+                                    let ki = ((o * cg + c) * geo.kh + i) * geo.kw + j;
+                                    y[yi] += xv[xi] * kv[ki];
+                                    if let Some(d) = &dyv {
+                                        dx[xi] += d[yi] * kv[ki];
+                                        dk[ki] += d[yi] * xv[xi];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let t = |v: Vec<f64>, d: [usize; 4]| Tensor::from_vec(v, d.to_vec(), &Device::Cpu).unwrap();
+        let grads = dyv.map(|_| (t(dx, geo.x_dims()), t(dk, geo.k_dims())));
+        (t(y, geo.y_dims()), grads)
+    }
+
+    /// (x dims, kernel dims, padding, stride, dilation, groups): odd sizes, strides, padding,
+    /// dilation, groups, depthwise, 1x1, a kernel wider than the unpadded input.
+    const CASES: &[([usize; 4], [usize; 4], usize, usize, usize, usize)] = &[
+        ([2, 3, 7, 5], [4, 3, 3, 3], 1, 1, 1, 1),
+        ([3, 4, 9, 8], [6, 2, 3, 3], 1, 2, 1, 2),
+        ([2, 6, 6, 7], [6, 1, 3, 3], 1, 1, 1, 6),
+        ([1, 5, 5, 5], [3, 5, 1, 1], 0, 1, 1, 1),
+        ([2, 4, 6, 6], [2, 4, 1, 1], 0, 2, 1, 1),
+        ([2, 2, 8, 9], [3, 2, 3, 2], 2, 1, 2, 1),
+        ([3, 2, 4, 3], [2, 2, 5, 5], 2, 3, 1, 1),
+        ([1, 3, 3, 4], [2, 3, 4, 4], 1, 1, 1, 1),
+        ([4, 3, 10, 11], [5, 3, 5, 3], 0, 2, 1, 1),
+        ([2, 2, 1, 2], [3, 2, 7, 7], 3, 1, 1, 1),
+    ];
+
+    #[test]
+    fn equals_direct_loops_and_candle_forward_and_gradients_f64_and_f32() {
+        let mut rng = DeqRng::new(11);
+        for &(xd, kd, pad, stride, dil, groups) in CASES {
+            let spec = Conv2dSpec { padding: (pad, pad), stride, dilation: dil, groups };
+            let x = Var::from_tensor(&rng.randn(xd.to_vec(), DType::F64, &Device::Cpu).unwrap()).unwrap();
+            let k = Var::from_tensor(&rng.randn(kd.to_vec(), DType::F64, &Device::Cpu).unwrap()).unwrap();
+            let ours = conv2d(x.as_tensor(), k.as_tensor(), pad, stride, dil, groups).unwrap();
+            let theirs = x.as_tensor().conv2d(k.as_tensor(), pad, stride, dil, groups).unwrap();
+            assert_eq!(ours.dims(), theirs.dims(), "{xd:?} {kd:?}");
+            assert!(max_diff(&ours, &theirs) < 1e-12, "forward against candle {xd:?} {kd:?}");
+            let up = rng.randn(ours.dims().to_vec(), DType::F64, &Device::Cpu).unwrap();
+            let (direct, grads) = reference(x.as_tensor(), k.as_tensor(), Some(&up), spec);
+            let (dx_ref, dk_ref) = grads.unwrap();
+            assert!(max_diff(&ours, &direct) < 1e-12, "forward against loops {xd:?} {kd:?}");
+            let ga = (&ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            for (v, want, what) in [(&x, &dx_ref, "input"), (&k, &dk_ref, "kernel")] {
+                let d = max_diff(ga.get(v.as_tensor()).unwrap(), want);
+                assert!(d < 1e-11, "{what} gradient {xd:?} {kd:?}: {d}");
+            }
+            // The f32 path against the f64 one.
+            let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            let y32 = conv2d(&f32(x.as_tensor()), &f32(k.as_tensor()), pad, stride, dil, groups).unwrap();
+            assert!(max_diff(&y32, &ours) < 1e-4, "f32 forward {xd:?} {kd:?}");
+            let (dx32, dk32) = conv2d_backward(&f32(x.as_tensor()), &f32(k.as_tensor()), &f32(&up), &spec).unwrap();
+            assert!(max_diff(&dx32, &dx_ref) < 1e-4 && max_diff(&dk32, &dk_ref) < 1e-3, "f32 gradients {xd:?} {kd:?}");
+        }
+    }
+
+    #[test]
+    fn gradients_match_finite_differences_to_second_order() {
+        // f(x, W) = sum(u * conv(x, W)) + sum((v * dconv/dx^T u)^2): the second term
+        // differentiates the input-gradient op, whose gradient in turn runs the forward and
+        // weight-gradient ops.
+        let mut rng = DeqRng::new(5);
+        for &(xd, kd, pad, stride, dil, groups) in &CASES[..6] {
+            let x = Var::from_tensor(&rng.randn(xd.to_vec(), DType::F64, &Device::Cpu).unwrap()).unwrap();
+            let k = Var::from_tensor(&rng.randn(kd.to_vec(), DType::F64, &Device::Cpu).unwrap()).unwrap();
+            let y_dims = conv2d(x.as_tensor(), k.as_tensor(), pad, stride, dil, groups).unwrap().dims().to_vec();
+            let u = rng.randn(y_dims, DType::F64, &Device::Cpu).unwrap();
+            let v = rng.randn(xd.to_vec(), DType::F64, &Device::Cpu).unwrap();
+            let w2 = rng.randn(kd.to_vec(), DType::F64, &Device::Cpu).unwrap();
+            let loss = |x: &Tensor, k: &Tensor| -> Tensor {
+                let y = conv2d(x, k, pad, stride, dil, groups).unwrap();
+                let dx = u.apply_op2(k, InputGrad(Params { padding: (pad, pad), stride, dilation: dil, groups }, xd)).unwrap();
+                let dk = x.apply_op2(&u, WeightGrad(Params { padding: (pad, pad), stride, dilation: dil, groups }, kd)).unwrap();
+                let a = (&y * &u).unwrap().sum_all().unwrap();
+                let b = (&dx * &v).unwrap().sqr().unwrap().sum_all().unwrap();
+                let c = (&dk * &w2).unwrap().sqr().unwrap().sum_all().unwrap();
+                ((a + b).unwrap() + c).unwrap()
+            };
+            let grads = loss(x.as_tensor(), k.as_tensor()).backward().unwrap();
+            for v in [&x, &k] {
+                let g: Vec<f64> = grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+                let base: Vec<f64> = v.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+                for idx in (0..base.len()).step_by(base.len() / 7 + 1) {
+                    let eps = 1e-5;
+                    let at = |delta: f64| {
+                        let mut p = base.clone();
+                        p[idx] += delta;
+                        let t = Tensor::from_vec(p, v.as_tensor().dims(), &Device::Cpu).unwrap();
+                        let l = if std::ptr::eq(v, &x) { loss(&t, k.as_tensor()) } else { loss(x.as_tensor(), &t) };
+                        l.to_scalar::<f64>().unwrap()
+                    };
+                    let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+                    assert!((fd - g[idx]).abs() < 1e-6 * (1.0 + fd.abs()), "{xd:?} {kd:?} idx {idx}: {fd} vs {}", g[idx]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn one_image_uses_threaded_products_and_agrees() {
+        // A batch smaller than the pool splits each product over the threads instead.
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        let mut rng = DeqRng::new(2);
+        let x = rng.randn((2, 4, 12, 10), DType::F64, &Device::Cpu).unwrap();
+        let k = rng.randn((5, 4, 3, 3), DType::F64, &Device::Cpu).unwrap();
+        let dy = rng.randn((2, 5, 6, 5), DType::F64, &Device::Cpu).unwrap();
+        let p = Params { padding: (1, 1), stride: 2, dilation: 1, groups: 1 };
+        let single = (conv2d(&x, &k, 1, 2, 1, 1).unwrap(), dy.apply_op2(&k, InputGrad(p, [2, 4, 12, 10])).unwrap(), x.apply_op2(&dy, WeightGrad(p, [5, 4, 3, 3])).unwrap());
+        let threaded = pool.install(|| (conv2d(&x, &k, 1, 2, 1, 1).unwrap(), dy.apply_op2(&k, InputGrad(p, [2, 4, 12, 10])).unwrap(), x.apply_op2(&dy, WeightGrad(p, [5, 4, 3, 3])).unwrap()));
+        assert!(max_diff(&single.0, &threaded.0) < 1e-12);
+        assert!(max_diff(&single.1, &threaded.1) < 1e-12);
+        assert!(max_diff(&single.2, &threaded.2) < 1e-12);
+        let reference = x.conv2d(&k, 1, 2, 1, 1).unwrap();
+        assert!(max_diff(&threaded.0, &reference) < 1e-12);
+    }
+
+    #[test]
+    fn pruned_backward_skips_the_unwanted_gradient() {
+        let mut rng = DeqRng::new(8);
+        let x = rng.randn((2, 3, 5, 5), DType::F64, &Device::Cpu).unwrap();
+        let k = rng.randn((4, 3, 3, 3), DType::F64, &Device::Cpu).unwrap();
+        let y = conv2d(&x, &k, 1, 1, 1, 1).unwrap();
+        let dy = y.ones_like().unwrap();
+        let op = Forward(Params { padding: (1, 1), stride: 1, dilation: 1, groups: 1 });
+        let (dx, dk) = crate::grad::with_wanted(&[true, false], || op.bwd(&x, &k, &y, &dy)).unwrap();
+        assert!(dx.is_some() && dk.is_none());
+        let (dx, dk) = crate::grad::with_wanted(&[false, true], || op.bwd(&x, &k, &y, &dy)).unwrap();
+        assert!(dx.is_none() && dk.is_some());
+    }
+
+    #[test]
+    fn uneven_padding_and_the_backward_function() {
+        // RAFT's separable GRU: 1x5 with padding (0, 2) and 5x1 with padding (2, 0).
+        let mut rng = DeqRng::new(4);
+        let x = Var::from_tensor(&rng.randn((2, 3, 6, 7), DType::F64, &Device::Cpu).unwrap()).unwrap();
+        for (kd, pad) in [((4, 3, 1, 5), (0, 2)), ((4, 3, 5, 1), (2, 0)), ((2, 3, 3, 3), (0, 1))] {
+            let k = Var::from_tensor(&rng.randn(kd, DType::F64, &Device::Cpu).unwrap()).unwrap();
+            let spec = Conv2dSpec { padding: pad, stride: 1, dilation: 1, groups: 1 };
+            let ours = conv2d_with(x.as_tensor(), k.as_tensor(), &spec).unwrap();
+            let padded = x.as_tensor().pad_with_zeros(2, pad.0, pad.0).unwrap().pad_with_zeros(3, pad.1, pad.1).unwrap();
+            let theirs = padded.conv2d(k.as_tensor(), 0, 1, 1, 1).unwrap();
+            assert!(max_diff(&ours, &theirs) < 1e-12, "{kd:?}");
+            let dy = rng.randn(ours.dims().to_vec(), DType::F64, &Device::Cpu).unwrap();
+            let (dx, dk) = conv2d_backward(x.as_tensor(), k.as_tensor(), &dy, &spec).unwrap();
+            let g = (&theirs * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+            assert!(max_diff(&dx, g.get(x.as_tensor()).unwrap()) < 1e-12, "{kd:?}");
+            assert!(max_diff(&dk, g.get(k.as_tensor()).unwrap()) < 1e-12, "{kd:?}");
+            // The f32 kernels against the f64 ones.
+            let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            let (dx32, dk32) = conv2d_backward(&f32(x.as_tensor()), &f32(k.as_tensor()), &f32(&dy), &spec).unwrap();
+            assert!(max_diff(&dx32, &dx) < 1e-4 && max_diff(&dk32, &dk) < 1e-4, "{kd:?}");
+        }
+        let bad = Tensor::zeros((2, 4, 6, 6), DType::F64, &Device::Cpu).unwrap();
+        let k = Tensor::zeros((4, 3, 1, 5), DType::F64, &Device::Cpu).unwrap();
+        assert!(conv2d_backward(x.as_tensor(), &k, &bad, &Conv2dSpec { padding: (0, 2), stride: 1, dilation: 1, groups: 1 }).is_err());
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let x = Tensor::zeros((1, 4, 5, 5), DType::F32, &Device::Cpu).unwrap();
+        for (k, pad, stride, groups) in [((2, 3, 3, 3), 1, 1, 1), ((3, 2, 3, 3), 1, 1, 2), ((2, 4, 9, 9), 1, 1, 1), ((2, 4, 3, 3), 1, 0, 1)] {
+            let k = Tensor::zeros(k, DType::F32, &Device::Cpu).unwrap();
+            assert!(conv2d(&x, &k, pad, stride, 1, groups).is_err());
+        }
+        let k = Tensor::zeros((2, 4, 3, 3), DType::F64, &Device::Cpu).unwrap();
+        assert!(conv2d(&x, &k, 1, 1, 1, 1).is_err(), "mixed dtypes");
+    }
+}
