@@ -220,6 +220,160 @@ fn schedule(n: usize) -> (usize, bool, Parallelism) {
     }
 }
 
+/// Stride-1 convolutions with many input channels per group skip the unfolding: each kernel tap
+/// `(i, j)` is one product with the zero-padded image read at a flat offset. The output is
+/// computed on the padded width (`wo + (kw - 1) * dilation` columns per row, the extra columns
+/// discarded), so every tap's operand is a plain strided matrix (channels x pixels) without
+/// copies; the unfolding would write and read `cg * kh * kw` values per output pixel.
+const TAPS_MIN_CG: usize = 48;
+
+/// The zero-padded planes of one group or image: `(channels, hp * wp)` plus a tail of zeros
+/// that the last taps of the last channel read into (only for discarded columns).
+struct Padded {
+    hp: usize,
+    wp: usize,
+    tail: usize,
+}
+
+impl Padded {
+    fn new(geo: &Geom) -> Self {
+        let (ph, pw) = geo.p.padding;
+        Self { hp: geo.h + 2 * ph, wp: geo.w + 2 * pw, tail: (geo.kw - 1) * geo.p.dilation }
+    }
+    fn plane(&self) -> usize {
+        self.hp * self.wp
+    }
+    fn len(&self, channels: usize) -> usize {
+        channels * self.plane() + self.tail
+    }
+    /// Flat offset of tap `(i, j)`.
+    fn offset(&self, geo: &Geom, i: usize, j: usize) -> usize {
+        (i * self.wp + j) * geo.p.dilation
+    }
+    /// Copies channels `c0..c0 + n` of `img` into `buf` (borders and tail zero).
+    fn fill<T: KernelFloat>(&self, geo: &Geom, img: &[T], c0: usize, n: usize, buf: &mut [T]) {
+        let (ph, pw) = geo.p.padding;
+        let (h, w) = (geo.h, geo.w);
+        buf.fill(T::default());
+        for c in 0..n {
+            let src = &img[(c0 + c) * h * w..][..h * w];
+            let dst = &mut buf[c * self.plane()..][..self.plane()];
+            for y in 0..h {
+                dst[(y + ph) * self.wp + pw..][..w].copy_from_slice(&src[y * w..][..w]);
+            }
+        }
+    }
+}
+
+impl Geom {
+    fn taps(&self) -> bool {
+        self.p.stride == 1 && !self.direct() && self.cg() >= TAPS_MIN_CG
+    }
+}
+
+/// Forward of one image by taps: `out` `(o, ho, wo)`; `pad` and `acc` are scratch buffers.
+fn forward_taps<T: KernelFloat>(img: &[T], k: &[T], geo: &Geom, out: &mut [T], pad: &mut Vec<T>, acc: &mut Vec<T>, par: Parallelism) {
+    let pd = Padded::new(geo);
+    let (cg, og, kk, wo, ho) = (geo.cg(), geo.og(), geo.k(), geo.wo, geo.ho);
+    let cols = ho * pd.wp;
+    pad.resize(pd.len(cg), T::default());
+    acc.resize(og * cols, T::default());
+    for g in 0..geo.p.groups {
+        pd.fill(geo, img, g * cg, cg, pad);
+        for i in 0..geo.kh {
+            for j in 0..geo.kw {
+                let tap = i * geo.kw + j;
+                let first = tap == 0;
+                // SAFETY: W's tap block is og x cg with strides (kk, kh * kw); the shifted padded
+                // planes are cg x cols with strides (plane, 1) and end inside `pad` (the tail);
+                // `acc` is og x cols row-major.
+                unsafe {
+                    gemm(og, cols, cg, acc.as_mut_ptr(), 1, cols as isize, !first, k[g * og * kk + tap..].as_ptr(), (geo.kh * geo.kw) as isize, kk as isize, pad[pd.offset(geo, i, j)..].as_ptr(), 1, pd.plane() as isize, T::from64(1.0), T::from64(1.0), false, false, false, par)
+                }
+            }
+        }
+        for o in 0..og {
+            for y in 0..ho {
+                out[((g * og + o) * ho + y) * wo..][..wo].copy_from_slice(&acc[o * cols + y * pd.wp..][..wo]);
+            }
+        }
+    }
+}
+
+/// Lays `dy`'s group block `(og, ho, wo)` on the padded width (zeros in the extra columns).
+fn widen<T: KernelFloat>(gy: &[T], og: usize, geo: &Geom, wp: usize, buf: &mut Vec<T>) {
+    let cols = geo.ho * wp;
+    buf.resize(og * cols, T::default());
+    buf.fill(T::default());
+    for o in 0..og {
+        for y in 0..geo.ho {
+            buf[o * cols + y * wp..][..geo.wo].copy_from_slice(&gy[(o * geo.ho + y) * geo.wo..][..geo.wo]);
+        }
+    }
+}
+
+/// Input gradient of one image by taps: `out` `(c, h, w)`.
+fn input_grad_taps<T: KernelFloat>(gy: &[T], k: &[T], geo: &Geom, out: &mut [T], pad: &mut Vec<T>, wide: &mut Vec<T>, par: Parallelism) {
+    let pd = Padded::new(geo);
+    let (cg, og, kk, pix) = (geo.cg(), geo.og(), geo.k(), geo.pix());
+    let cols = geo.ho * pd.wp;
+    let (ph, pw) = geo.p.padding;
+    pad.resize(pd.len(cg), T::default());
+    for g in 0..geo.p.groups {
+        widen(&gy[g * og * pix..], og, geo, pd.wp, wide);
+        pad.fill(T::default());
+        for i in 0..geo.kh {
+            for j in 0..geo.kw {
+                let tap = i * geo.kw + j;
+                // SAFETY: W_tap^T is cg x og with strides (kh * kw, kk); `wide` og x cols
+                // row-major; the destination, cg x cols with strides (plane, 1) at the tap's
+                // offset, ends inside `pad`.
+                unsafe {
+                    gemm(cg, cols, og, pad[pd.offset(geo, i, j)..].as_mut_ptr(), 1, pd.plane() as isize, true, k[g * og * kk + tap..].as_ptr(), kk as isize, (geo.kh * geo.kw) as isize, wide.as_ptr(), 1, cols as isize, T::from64(1.0), T::from64(1.0), false, false, false, par)
+                }
+            }
+        }
+        for c in 0..cg {
+            for y in 0..geo.h {
+                out[((g * cg + c) * geo.h + y) * geo.w..][..geo.w].copy_from_slice(&pad[c * pd.plane() + (y + ph) * pd.wp + pw..][..geo.w]);
+            }
+        }
+    }
+}
+
+/// Adds one image's weight gradient by taps into `acc` `(o, cg, kh, kw)`.
+fn weight_grad_taps<T: KernelFloat>(img: &[T], gy: &[T], geo: &Geom, acc: &mut [T], accumulate: bool, pad: &mut Vec<T>, wide: &mut Vec<T>, par: Parallelism) {
+    let pd = Padded::new(geo);
+    let (cg, og, kk, pix) = (geo.cg(), geo.og(), geo.k(), geo.pix());
+    let cols = geo.ho * pd.wp;
+    pad.resize(pd.len(cg), T::default());
+    for g in 0..geo.p.groups {
+        pd.fill(geo, img, g * cg, cg, pad);
+        widen(&gy[g * og * pix..], og, geo, pd.wp, wide);
+        for i in 0..geo.kh {
+            for j in 0..geo.kw {
+                let tap = i * geo.kw + j;
+                // SAFETY: `wide` is og x cols row-major; the shifted planes read as cols x cg
+                // have strides (1, plane) and end inside `pad`; the destination og x cg with
+                // strides (kk, kh * kw) lies in `acc`.
+                unsafe {
+                    gemm(og, cg, cols, acc[g * og * kk + tap..].as_mut_ptr(), (geo.kh * geo.kw) as isize, kk as isize, accumulate, wide.as_ptr(), 1, cols as isize, pad[pd.offset(geo, i, j)..].as_ptr(), pd.plane() as isize, 1, T::from64(1.0), T::from64(1.0), false, false, false, par)
+                }
+            }
+        }
+    }
+}
+
+/// Per-thread scratch: the unfolded image (or the padded planes) and, for taps, the output
+/// or gradient on the padded width.
+fn scratch<T: KernelFloat>(geo: &Geom) -> (Vec<T>, Vec<T>) {
+    if geo.taps() || geo.direct() {
+        (Vec::new(), Vec::new())
+    } else {
+        (vec![T::default(); geo.k() * geo.pix()], Vec::new())
+    }
+}
+
 fn forward<T: KernelFloat>(x: &[T], k: &[T], geo: &Geom) -> Vec<T> {
     let (og, kk, pix, chw) = (geo.og(), geo.k(), geo.pix(), geo.c * geo.h * geo.w);
     let mut y = vec![T::default(); geo.n * geo.o * pix];
@@ -227,8 +381,11 @@ fn forward<T: KernelFloat>(x: &[T], k: &[T], geo: &Geom) -> Vec<T> {
         return y;
     }
     let (_, by_image, par) = schedule(geo.n);
-    let image = |i: usize, out: &mut [T], col: &mut Vec<T>| {
+    let image = |i: usize, out: &mut [T], (col, acc): &mut (Vec<T>, Vec<T>)| {
         let img = &x[i * chw..][..chw];
+        if geo.taps() {
+            return forward_taps(img, k, geo, out, col, acc, par);
+        }
         for g in 0..geo.p.groups {
             let rhs = if geo.direct() {
                 img[g * kk * pix..].as_ptr()
@@ -241,13 +398,12 @@ fn forward<T: KernelFloat>(x: &[T], k: &[T], geo: &Geom) -> Vec<T> {
             unsafe { product(og, pix, kk, out[g * og * pix..].as_mut_ptr(), false, (k[g * og * kk..].as_ptr(), 1, kk as isize), (rhs, 1, pix as isize), par) }
         }
     };
-    let col_len = if geo.direct() { 0 } else { kk * pix };
     if by_image {
-        y.par_chunks_mut(geo.o * pix).enumerate().for_each_init(|| vec![T::default(); col_len], |col, (i, out)| image(i, out, col));
+        y.par_chunks_mut(geo.o * pix).enumerate().for_each_init(|| scratch(geo), |sc, (i, out)| image(i, out, sc));
     } else {
-        let mut col = vec![T::default(); col_len];
+        let mut sc = scratch(geo);
         for (i, out) in y.chunks_mut(geo.o * pix).enumerate() {
-            image(i, out, &mut col);
+            image(i, out, &mut sc);
         }
     }
     y
@@ -260,8 +416,11 @@ fn input_grad<T: KernelFloat>(dy: &[T], k: &[T], geo: &Geom) -> Vec<T> {
         return dx;
     }
     let (_, by_image, par) = schedule(geo.n);
-    let image = |i: usize, out: &mut [T], col: &mut Vec<T>| {
+    let image = |i: usize, out: &mut [T], (col, wide): &mut (Vec<T>, Vec<T>)| {
         let gy = &dy[i * geo.o * pix..][..geo.o * pix];
+        if geo.taps() {
+            return input_grad_taps(gy, k, geo, out, col, wide, par);
+        }
         for g in 0..geo.p.groups {
             // W[g]^T: kk x og, read from the og x kk row-major kernel block.
             let lhs = (k[g * og * kk..].as_ptr(), kk as isize, 1);
@@ -276,13 +435,12 @@ fn input_grad<T: KernelFloat>(dy: &[T], k: &[T], geo: &Geom) -> Vec<T> {
             }
         }
     };
-    let col_len = if geo.direct() { 0 } else { kk * pix };
     if by_image {
-        dx.par_chunks_mut(chw).enumerate().for_each_init(|| vec![T::default(); col_len], |col, (i, out)| image(i, out, col));
+        dx.par_chunks_mut(chw).enumerate().for_each_init(|| scratch(geo), |sc, (i, out)| image(i, out, sc));
     } else {
-        let mut col = vec![T::default(); col_len];
+        let mut sc = scratch(geo);
         for (i, out) in dx.chunks_mut(chw).enumerate() {
-            image(i, out, &mut col);
+            image(i, out, &mut sc);
         }
     }
     dx
@@ -298,10 +456,14 @@ fn weight_grad<T: KernelFloat>(x: &[T], dy: &[T], geo: &Geom) -> Vec<T> {
     // Images [a, b) into one partial sum.
     let partial = |a: usize, b: usize| -> Vec<T> {
         let mut acc = vec![T::default(); len];
-        let mut col = vec![T::default(); if geo.direct() { 0 } else { kk * pix }];
+        let (mut col, mut wide) = scratch(geo);
         for i in a..b {
             let img = &x[i * chw..][..chw];
             let gy = &dy[i * geo.o * pix..][..geo.o * pix];
+            if geo.taps() {
+                weight_grad_taps(img, gy, geo, &mut acc, i > a, &mut col, &mut wide, par);
+                continue;
+            }
             for g in 0..geo.p.groups {
                 // cols^T: pix x kk, read from the kk x pix row-major unfolding.
                 let rhs = if geo.direct() {
@@ -548,6 +710,9 @@ mod tests {
     /// (x dims, kernel dims, padding, stride, dilation, groups): odd sizes, strides, padding,
     /// dilation, groups, depthwise, 1x1, a kernel wider than the unpadded input.
     const CASES: &[([usize; 4], [usize; 4], usize, usize, usize, usize)] = &[
+        // stride 1 with at least TAPS_MIN_CG input channels per group: the tap products
+        ([2, 50, 5, 6], [3, 50, 3, 3], 1, 1, 1, 1),
+        ([1, 96, 6, 5], [4, 48, 3, 2], 1, 1, 2, 2),
         ([2, 3, 7, 5], [4, 3, 3, 3], 1, 1, 1, 1),
         ([3, 4, 9, 8], [6, 2, 3, 3], 1, 2, 1, 2),
         ([2, 6, 6, 7], [6, 1, 3, 3], 1, 1, 1, 6),
@@ -595,7 +760,7 @@ mod tests {
         // differentiates the input-gradient op, whose gradient in turn runs the forward and
         // weight-gradient ops.
         let mut rng = DeqRng::new(5);
-        for &(xd, kd, pad, stride, dil, groups) in &CASES[..6] {
+        for &(xd, kd, pad, stride, dil, groups) in &CASES[..8] {
             let x = Var::from_tensor(&rng.randn(xd.to_vec(), DType::F64, &Device::Cpu).unwrap()).unwrap();
             let k = Var::from_tensor(&rng.randn(kd.to_vec(), DType::F64, &Device::Cpu).unwrap()).unwrap();
             let y_dims = conv2d(x.as_tensor(), k.as_tensor(), pad, stride, dil, groups).unwrap().dims().to_vec();
@@ -632,21 +797,31 @@ mod tests {
     }
 
     #[test]
-    fn one_image_uses_threaded_products_and_agrees() {
-        // A batch smaller than the pool splits each product over the threads instead.
+    fn batches_smaller_than_the_pool_use_threaded_products_and_agree() {
+        // A batch smaller than the pool splits each product over the threads instead; both the
+        // unfolding (4 channels) and the tap products (64 channels, stride 1).
         let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
         let mut rng = DeqRng::new(2);
-        let x = rng.randn((2, 4, 12, 10), DType::F64, &Device::Cpu).unwrap();
-        let k = rng.randn((5, 4, 3, 3), DType::F64, &Device::Cpu).unwrap();
-        let dy = rng.randn((2, 5, 6, 5), DType::F64, &Device::Cpu).unwrap();
-        let p = Params { padding: (1, 1), stride: 2, dilation: 1, groups: 1 };
-        let single = (conv2d(&x, &k, 1, 2, 1, 1).unwrap(), dy.apply_op2(&k, InputGrad(p, [2, 4, 12, 10])).unwrap(), x.apply_op2(&dy, WeightGrad(p, [5, 4, 3, 3])).unwrap());
-        let threaded = pool.install(|| (conv2d(&x, &k, 1, 2, 1, 1).unwrap(), dy.apply_op2(&k, InputGrad(p, [2, 4, 12, 10])).unwrap(), x.apply_op2(&dy, WeightGrad(p, [5, 4, 3, 3])).unwrap()));
-        assert!(max_diff(&single.0, &threaded.0) < 1e-12);
-        assert!(max_diff(&single.1, &threaded.1) < 1e-12);
-        assert!(max_diff(&single.2, &threaded.2) < 1e-12);
-        let reference = x.conv2d(&k, 1, 2, 1, 1).unwrap();
-        assert!(max_diff(&threaded.0, &reference) < 1e-12);
+        for (c, stride, ho, wo) in [(4usize, 2usize, 6usize, 5usize), (64, 1, 12, 10)] {
+            let x = rng.randn((2, c, 12, 10), DType::F64, &Device::Cpu).unwrap();
+            let k = rng.randn((5, c, 3, 3), DType::F64, &Device::Cpu).unwrap();
+            let dy = rng.randn((2, 5, ho, wo), DType::F64, &Device::Cpu).unwrap();
+            let spec = Conv2dSpec { padding: (1, 1), stride, dilation: 1, groups: 1 };
+            let run = || {
+                let (dx, dk) = conv2d_backward(&x, &k, &dy, &spec).unwrap();
+                (conv2d_with(&x, &k, &spec).unwrap(), dx, dk)
+            };
+            let single = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(run);
+            let threaded = pool.install(run);
+            assert!(max_diff(&single.0, &threaded.0) < 1e-12);
+            assert!(max_diff(&single.1, &threaded.1) < 1e-12);
+            assert!(max_diff(&single.2, &threaded.2) < 1e-12);
+            let (direct, grads) = reference(&x, &k, Some(&dy), spec);
+            let (dx, dk) = grads.unwrap();
+            assert!(max_diff(&threaded.0, &direct) < 1e-11);
+            assert!(max_diff(&threaded.1, &dx) < 1e-11);
+            assert!(max_diff(&threaded.2, &dk) < 1e-11);
+        }
     }
 
     #[test]
@@ -668,7 +843,11 @@ mod tests {
         // RAFT's separable GRU: 1x5 with padding (0, 2) and 5x1 with padding (2, 0).
         let mut rng = DeqRng::new(4);
         let x = Var::from_tensor(&rng.randn((2, 3, 6, 7), DType::F64, &Device::Cpu).unwrap()).unwrap();
-        for (kd, pad) in [((4, 3, 1, 5), (0, 2)), ((4, 3, 5, 1), (2, 0)), ((2, 3, 3, 3), (0, 1))] {
+        let wide = Var::from_tensor(&rng.randn((2, 64, 6, 7), DType::F64, &Device::Cpu).unwrap()).unwrap();
+        for (x, kd, pad) in [(&x, (4, 3, 1, 5), (0, 2)), (&x, (4, 3, 5, 1), (2, 0)), (&x, (2, 3, 3, 3), (0, 1)), (&wide, (4, 64, 1, 5), (0, 2)), (&wide, (3, 64, 5, 1), (2, 0))] {
+            let spec = Conv2dSpec { padding: pad, stride: 1, dilation: 1, groups: 1 };
+            let geo = Geom::new(x.as_tensor().dims(), &[kd.0, kd.1, kd.2, kd.3], spec).unwrap();
+            assert_eq!(geo.taps(), kd.1 >= TAPS_MIN_CG, "both paths are covered");
             let k = Var::from_tensor(&rng.randn(kd, DType::F64, &Device::Cpu).unwrap()).unwrap();
             let spec = Conv2dSpec { padding: pad, stride: 1, dilation: 1, groups: 1 };
             let ours = conv2d_with(x.as_tensor(), k.as_tensor(), &spec).unwrap();
