@@ -229,6 +229,37 @@ mod tests {
     }
 
     #[test]
+    fn f32_gradients_rank_2_inputs_and_other_dtypes() {
+        let mut rng = DeqRng::new(12);
+        let (q, mlen, local) = (5, 3, 4);
+        let ac = Var::from_tensor(&rng.randn((2, q, q + mlen), DType::F64, &Device::Cpu).unwrap()).unwrap();
+        let bd = Var::from_tensor(&rng.randn((2, q, q + mlen), DType::F64, &Device::Cpu).unwrap()).unwrap();
+        let up = rng.randn((2, q, q + mlen), DType::F64, &Device::Cpu).unwrap();
+        let g64 = rel_probs(ac.as_tensor(), bd.as_tensor(), 0.5, mlen, local).unwrap().mul(&up).unwrap().sum_all().unwrap().backward().unwrap();
+        // The f32 backward against the f64 one.
+        let f32 = |t: &Tensor| Var::from_tensor(&t.to_dtype(DType::F32).unwrap()).unwrap();
+        let (a32, b32) = (f32(ac.as_tensor()), f32(bd.as_tensor()));
+        let g32 = rel_probs(a32.as_tensor(), b32.as_tensor(), 0.5, mlen, local).unwrap().mul(&up.to_dtype(DType::F32).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+        for (v64, v32) in [(&ac, &a32), (&bd, &b32)] {
+            assert!(max_diff(g32.get(v32.as_tensor()).unwrap(), g64.get(v64.as_tensor()).unwrap()) < 1e-5);
+        }
+        // A single (qlen, klen) matrix is the batch of one, forward and backward.
+        let (a2, b2) = (Var::from_tensor(&ac.as_tensor().get(1).unwrap()).unwrap(), Var::from_tensor(&bd.as_tensor().get(1).unwrap()).unwrap());
+        let p2 = rel_probs(a2.as_tensor(), b2.as_tensor(), 0.5, mlen, local).unwrap();
+        let p3 = rel_probs(ac.as_tensor(), bd.as_tensor(), 0.5, mlen, local).unwrap();
+        assert!(max_diff(&p2, &p3.get(1).unwrap()) < 1e-15);
+        let g2 = p2.mul(&up.get(1).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(max_diff(g2.get(a2.as_tensor()).unwrap(), &g64.get(ac.as_tensor()).unwrap().get(1).unwrap()) < 1e-15);
+        assert!(max_diff(g2.get(b2.as_tensor()).unwrap(), &g64.get(bd.as_tensor()).unwrap().get(1).unwrap()) < 1e-15);
+        // Rank 1 is refused; f16 takes the composed path.
+        let row = Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap();
+        assert!(rel_probs(&row, &row, 1.0, 0, 0).is_err());
+        let h = |t: &Tensor| t.to_dtype(DType::F16).unwrap();
+        let p16 = rel_probs(&h(ac.as_tensor()), &h(bd.as_tensor()), 0.5, mlen, local).unwrap();
+        assert!(max_diff(&p16, &p3) < 5e-3);
+    }
+
+    #[test]
     fn bad_shapes_are_refused() {
         let t = Tensor::zeros((2, 3, 4), DType::F32, &Device::Cpu).unwrap();
         assert!(rel_probs(&t, &t, 1.0, 2, 0).unwrap_err().to_string().contains("4 keys for 3 queries"));
