@@ -406,6 +406,17 @@ mod tests {
     }
 
     #[test]
+    fn rows_with_a_large_mean_normalise_accurately() {
+        // Two-pass statistics: E[x^2] - m^2 would lose the variance of 1 under a mean of 1e7.
+        let mut rng = DeqRng::new(6);
+        let x = rng.randn((2, 4, 5, 5), DType::F64, &Device::Cpu).unwrap().affine(1.0, 1e7).unwrap();
+        let ours = group_norm(&x, 2, None, None, 1e-5).unwrap();
+        let centred = (&x - 1e7).unwrap();
+        let reference = composed(&centred, 2, None, None, 1e-5).unwrap();
+        assert!(max_diff(&ours, &reference) < 1e-6, "{}", max_diff(&ours, &reference));
+    }
+
+    #[test]
     fn layer_and_errors() {
         let gn = GroupNorm::new(2, 4, true, 1e-5, DType::F32, &Device::Cpu).unwrap();
         assert_eq!(gn.named_vars().len(), 2);
