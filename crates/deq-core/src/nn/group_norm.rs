@@ -389,11 +389,12 @@ mod tests {
     #[test]
     fn pruned_backward_leaves_out_unwanted_gradients() {
         let mut rng = DeqRng::new(1);
-        let x = rng.randn((2, 4, 3, 3), DType::F64, &Device::Cpu).unwrap();
-        let w = rng.randn(4, DType::F64, &Device::Cpu).unwrap();
-        let b = rng.randn(4, DType::F64, &Device::Cpu).unwrap();
+        // 3 channels per group (2 would make `2 * cg` and `2 + cg` alike)
+        let x = rng.randn((2, 6, 3, 3), DType::F64, &Device::Cpu).unwrap();
+        let w = rng.randn(6, DType::F64, &Device::Cpu).unwrap();
+        let b = rng.randn(6, DType::F64, &Device::Cpu).unwrap();
         let y = group_norm(&x, 2, Some(&w), Some(&b), 1e-5).unwrap();
-        let dy = rng.randn((2, 4, 3, 3), DType::F64, &Device::Cpu).unwrap();
+        let dy = rng.randn((2, 6, 3, 3), DType::F64, &Device::Cpu).unwrap();
         let op = GroupNormOp { groups: 2, eps: 1e-5 };
         let full = op.bwd(&x, &w, &b, &y, &dy).unwrap();
         let only_x = crate::grad::with_wanted(&[true, false, false], || op.bwd(&x, &w, &b, &y, &dy)).unwrap();
