@@ -496,10 +496,7 @@ fn weight_grad<T: KernelFloat>(x: &[T], dy: &[T], geo: &Geom) -> Vec<T> {
 }
 
 fn contiguous<'a, T>(v: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("conv2d: the {what} must be contiguous"),
-    }
+    super::float::contiguous_slice(v, l, "conv2d", what)
 }
 
 /// Runs `f32`/`f64` kernels on two CPU storages.
@@ -849,7 +846,6 @@ mod tests {
             let geo = Geom::new(x.as_tensor().dims(), &[kd.0, kd.1, kd.2, kd.3], spec).unwrap();
             assert_eq!(geo.taps(), kd.1 >= TAPS_MIN_CG, "both paths are covered");
             let k = Var::from_tensor(&rng.randn(kd, DType::F64, &Device::Cpu).unwrap()).unwrap();
-            let spec = Conv2dSpec { padding: pad, stride: 1, dilation: 1, groups: 1 };
             let ours = conv2d_with(x.as_tensor(), k.as_tensor(), &spec).unwrap();
             let padded = x.as_tensor().pad_with_zeros(2, pad.0, pad.0).unwrap().pad_with_zeros(3, pad.1, pad.1).unwrap();
             let theirs = padded.conv2d(k.as_tensor(), 0, 1, 1, 1).unwrap();

@@ -37,3 +37,12 @@ impl KernelFloat for f64 {
         (self - m).exp()
     }
 }
+
+/// The elements of a contiguous layout `l` over `v`, or an error naming the op and the
+/// operand (`op`: "conv2d", `what`: "kernel").
+pub(crate) fn contiguous_slice<'a, T>(v: &'a [T], l: &candle_core::Layout, op: &str, what: &str) -> candle_core::Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{op}: the {what} must be contiguous"),
+    }
+}

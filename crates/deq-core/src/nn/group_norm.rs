@@ -140,10 +140,7 @@ fn backward<T: KernelFloat>(x: &[T], w: &[T], dy: &[T], geo: Geom, eps: f64, wan
 }
 
 fn slice<'a, T>(v: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("group norm: the {what} must be contiguous"),
-    }
+    super::float::contiguous_slice(v, l, "group norm", what)
 }
 
 /// `(x, weight, bias) -> y`.
