@@ -60,7 +60,28 @@ HEAD_CHANNELS = [8, 16]      # bottleneck widths (outputs are 4x these)
 FINAL_CHANSIZE = 200
 EXPANSION = 5
 GROUPS = 8                   # post-fusion GN uses GROUPS // 2
+DOWNSAMPLE_TIMES = 0         # stride-2 stem convs (1 or 2 of them; >0 adds stage0)
 EXPECTED_PARAMS = 159_034
+
+
+def configure(model):
+    """Switches the architecture to a `[model]` table of a Rust `mdeq` config (a dict with the
+    keys of `configs/mdeq/*.toml`); call before building `MDEQSmall`."""
+    global IN_CHANNELS, NUM_CLASSES, CHANNELS, HEAD_CHANNELS, FINAL_CHANSIZE, EXPANSION, GROUPS
+    global DOWNSAMPLE_TIMES
+    known = {"in_channels", "num_classes", "channels", "head_channels", "final_chansize",
+             "expansion", "groups", "downsample_times"}
+    unknown = sorted(set(model) - known)
+    if unknown:
+        raise SystemExit(f"[model]: keys this PyTorch twin does not implement: {unknown}")
+    IN_CHANNELS = model.get("in_channels", IN_CHANNELS)
+    NUM_CLASSES = model.get("num_classes", NUM_CLASSES)
+    CHANNELS = list(model.get("channels", CHANNELS))
+    HEAD_CHANNELS = list(model.get("head_channels", HEAD_CHANNELS))
+    FINAL_CHANSIZE = model.get("final_chansize", FINAL_CHANSIZE)
+    EXPANSION = model.get("expansion", EXPANSION)
+    GROUPS = model.get("groups", GROUPS)
+    DOWNSAMPLE_TIMES = model.get("downsample_times", DOWNSAMPLE_TIMES)
 
 DEQ_KWARGS = dict(
     f_solver="broyden",
@@ -233,11 +254,15 @@ class MDEQSmall(nn.Module):
     def __init__(self):
         super().__init__()
         c0 = CHANNELS[0]
-        # DOWNSAMPLE_TIMES = 0: both stem convs have stride 1; no stage0.
-        self.stem = nn.Sequential(
-            conv3x3(IN_CHANNELS, c0), nn.BatchNorm2d(c0), nn.ReLU(),
-            conv3x3(c0, c0), nn.BatchNorm2d(c0), nn.ReLU(),
-        )
+        # DOWNSAMPLE_TIMES stride-2 stem convs (0 for CIFAR); stage0 (conv1x1 BN ReLU) when
+        # downsampling or with more than two branches.
+        s1 = 2 if DOWNSAMPLE_TIMES >= 1 else 1
+        s2 = 2 if DOWNSAMPLE_TIMES >= 2 else 1
+        stem = [conv3x3(IN_CHANNELS, c0, stride=s1), nn.BatchNorm2d(c0), nn.ReLU(),
+                conv3x3(c0, c0, stride=s2), nn.BatchNorm2d(c0), nn.ReLU()]
+        if DOWNSAMPLE_TIMES > 0 or len(CHANNELS) > 2:
+            stem += [conv1x1(c0, c0), nn.BatchNorm2d(c0), nn.ReLU()]
+        self.stem = nn.Sequential(*stem)
         self.f = DEQFunc(CHANNELS)
         self.head = Head(CHANNELS, HEAD_CHANNELS)
         self.deq = get_deq(**DEQ_KWARGS)
@@ -262,7 +287,7 @@ class MDEQSmall(nn.Module):
         z0 = []
         for c in CHANNELS:
             z0.append(torch.zeros(b, c, h, w, dtype=u.dtype, device=u.device))
-            h, w = h // 2, w // 2
+            h, w = (h + 1) // 2, (w + 1) // 2
         # torchdeq's multi-tensor wrapper calls func(*branch_states).
         func = lambda *z: self.f(list(z), u)  # noqa: E731
         z_out, info = self.deq(func, z0)

@@ -45,9 +45,26 @@ impl Geom {
 /// Mean and `1 / sqrt(var + eps)` of a row (two passes, f64).
 fn stats<T: KernelFloat>(row: &[T], eps: f64) -> (f64, f64) {
     let n = row.len().max(1) as f64;
-    let mean = row.iter().map(|v| v.to64()).sum::<f64>() / n;
-    let var = row.iter().map(|v| (v.to64() - mean) * (v.to64() - mean)).sum::<f64>() / n;
+    let mean = lane_sum(row, |v| v) / n;
+    let var = lane_sum(row, |v| (v - mean) * (v - mean)) / n;
     (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// `sum(f(v))` in f64 over eight interleaved partial sums (independent lanes the compiler
+/// vectorises; one running sum would serialise every addition), added pairwise at the end.
+fn lane_sum<T: KernelFloat>(row: &[T], f: impl Fn(f64) -> f64) -> f64 {
+    const LANES: usize = 8;
+    let mut acc = [0f64; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v.to64());
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
+        *a += f(v.to64());
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 }
 
 fn forward<T: KernelFloat>(x: &[T], w: &[T], b: &[T], geo: Geom, eps: f64) -> Vec<T> {
@@ -71,6 +88,26 @@ fn forward<T: KernelFloat>(x: &[T], w: &[T], b: &[T], geo: Geom, eps: f64) -> Ve
     y
 }
 
+/// `(sum(g), sum(g * x))` in f64, eight interleaved partial sums each (see [`lane_sum`]).
+fn sum_and_dot<T: KernelFloat>(g: &[T], x: &[T]) -> (f64, f64) {
+    const LANES: usize = 8;
+    let (mut a, mut b) = ([0f64; LANES], [0f64; LANES]);
+    let n = g.len().min(x.len());
+    let full = n - n % LANES;
+    for (gc, xc) in g[..full].chunks_exact(LANES).zip(x[..full].chunks_exact(LANES)) {
+        for l in 0..LANES {
+            a[l] += gc[l].to64();
+            b[l] += gc[l].to64() * xc[l].to64();
+        }
+    }
+    for l in 0..n - full {
+        a[l] += g[full + l].to64();
+        b[l] += g[full + l].to64() * x[full + l].to64();
+    }
+    let fold = |v: [f64; LANES]| ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
+    (fold(a), fold(b))
+}
+
 /// `[dx, dweight, dbias]` in one buffer (`dx` empty when not wanted).
 fn backward<T: KernelFloat>(x: &[T], w: &[T], dy: &[T], geo: Geom, eps: f64, want_dx: bool) -> Vec<T> {
     let (cg, hw, row) = (geo.cg(), geo.hw, geo.row());
@@ -88,11 +125,7 @@ fn backward<T: KernelFloat>(x: &[T], w: &[T], dy: &[T], geo: Geom, eps: f64, wan
         let (mut gm, mut gxm) = (0f64, 0f64);
         for ci in 0..cg {
             let (xc, gc) = (&xr[ci * hw..][..hw], &gr[ci * hw..][..hw]);
-            let (mut s1, mut s2) = (0f64, 0f64);
-            for (&xv, &gv) in xc.iter().zip(gc) {
-                s1 += gv.to64();
-                s2 += gv.to64() * xv.to64();
-            }
+            let (s1, s2) = sum_and_dot(gc, xc);
             // sum dy * x_hat over the channel = inv * (sum dy x - m sum dy)
             let sxh = inv * (s2 - m * s1);
             s[ci] = s1;

@@ -4,7 +4,7 @@
 //! `g * (y > 0)` in one pass over the saved output, rows in parallel. Other devices and dtypes
 //! use candle's `relu`.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 struct Relu;
@@ -51,15 +51,33 @@ impl CustomOp1 for Relu {
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let g = grad.contiguous()?;
-        let (ys, yl) = res.storage_and_layout();
-        let (gs, gl) = g.storage_and_layout();
-        let d = match (&*ys, &*gs) {
-            (candle_core::Storage::Cpu(CpuStorage::F32(y)), candle_core::Storage::Cpu(CpuStorage::F32(gv))) => Tensor::from_vec(bwd(slice(y, yl)?, slice(gv, gl)?), res.shape(), res.device())?,
-            (candle_core::Storage::Cpu(CpuStorage::F64(y)), candle_core::Storage::Cpu(CpuStorage::F64(gv))) => Tensor::from_vec(bwd(slice(y, yl)?, slice(gv, gl)?), res.shape(), res.device())?,
-            _ => candle_core::bail!("relu: the fused backward runs on the CPU in f32/f64"),
+        Ok(Some(res.apply_op2(&grad.contiguous()?, ReluGrad)?))
+    }
+}
+
+/// `g * (y > 0)` from `(y, g)`; linear in `g`, so its own gradient is itself (second
+/// derivatives, e.g. the Jacobian regulariser's, pass through ReLU's backward).
+struct ReluGrad;
+
+impl CustomOp2 for ReluGrad {
+    fn name(&self) -> &'static str {
+        "deq-relu-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        if l1.dims() != l2.dims() {
+            candle_core::bail!("relu backward: output {:?} and gradient {:?} differ", l1.dims(), l2.dims());
+        }
+        let out = match (s1, s2) {
+            (CpuStorage::F32(y), CpuStorage::F32(g)) => CpuStorage::F32(bwd(slice(y, l1)?, slice(g, l2)?)),
+            (CpuStorage::F64(y), CpuStorage::F64(g)) => CpuStorage::F64(bwd(slice(y, l1)?, slice(g, l2)?)),
+            _ => candle_core::bail!("relu backward: f32 or f64 on the CPU"),
         };
-        Ok(Some(d))
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(&self, y: &Tensor, _g: &Tensor, _res: &Tensor, gg: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((None, Some(y.apply_op2(&gg.contiguous()?, ReluGrad)?)))
     }
 }
 
@@ -103,5 +121,27 @@ mod tests {
         }
         let h = relu(&Tensor::new(&[-1f32, 2.0], &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap()).unwrap();
         assert_eq!(h.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap(), [0.0, 2.0]);
+    }
+
+    #[test]
+    fn the_backward_is_differentiable_in_the_upstream_gradient() {
+        // ReLU's backward `(y, g) -> g (y > 0)` as an op of its own: d/da sum((a u (y > 0))^2)
+        // = 2 a sum(u^2 (y > 0)), against the closed form and central differences.
+        let mut rng = DeqRng::new(3);
+        let y = relu(&rng.randn((5, 7), DType::F64, &Device::Cpu).unwrap()).unwrap();
+        let u = rng.randn((5, 7), DType::F64, &Device::Cpu).unwrap();
+        let loss = |a: &Tensor| y.apply_op2(&u.broadcast_mul(a).unwrap(), ReluGrad).unwrap().sqr().unwrap().sum_all().unwrap();
+        let a0 = 0.7f64;
+        let a = Var::new(&[a0], &Device::Cpu).unwrap();
+        let got = loss(a.as_tensor()).backward().unwrap().get(a.as_tensor()).unwrap().to_vec1::<f64>().unwrap()[0];
+        let ys: Vec<f64> = y.flatten_all().unwrap().to_vec1().unwrap();
+        let us: Vec<f64> = u.flatten_all().unwrap().to_vec1().unwrap();
+        let want = 2.0 * a0 * ys.iter().zip(&us).filter(|(y, _)| **y > 0.0).map(|(_, u)| u * u).sum::<f64>();
+        assert!(want > 0.0 && (got - want).abs() < 1e-12 * want, "{got} vs {want}");
+        let at = |d: f64| loss(&Tensor::new(&[a0 + d], &Device::Cpu).unwrap()).to_scalar::<f64>().unwrap();
+        let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
+        assert!((fd - got).abs() < 1e-6 * (1.0 + fd.abs()), "{fd} vs {got}");
+        let bad = Tensor::zeros((5, 6), DType::F64, &Device::Cpu).unwrap();
+        assert!(y.apply_op2(&bad, ReluGrad).is_err());
     }
 }

@@ -34,12 +34,12 @@ impl BranchBlock {
 
     /// The block applied to the branch state `z`, with the injection `u` (branch 0 only).
     pub fn forward(&self, z: &Tensor, u: Option<&Tensor>) -> Result<Tensor> {
-        let t = self.gn1.forward(&self.conv1.forward(z)?)?.relu()?;
+        let t = deq_core::nn::relu(&self.gn1.forward(&self.conv1.forward(z)?)?)?;
         let mut t = self.conv2.forward(&t)?;
         if let Some(u) = u {
             t = (t + u)?;
         }
-        let t = (self.gn2.forward(&t)? + z)?.relu()?;
+        let t = deq_core::nn::relu(&(self.gn2.forward(&t)? + z)?)?;
         self.gn3.forward(&t)
     }
 

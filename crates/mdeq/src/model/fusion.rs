@@ -89,7 +89,7 @@ impl Fusion {
                         for (k, (conv, gn)) in stages.iter().enumerate() {
                             y = gn.forward(&conv.forward(&y)?)?;
                             if k + 1 < stages.len() {
-                                y = y.relu()?;
+                                y = deq_core::nn::relu(&y)?;
                             }
                         }
                         y
@@ -98,7 +98,7 @@ impl Fusion {
                 s = (s + y)?;
             }
             let (conv, gn) = &self.post[i];
-            out.push(gn.forward(&conv.forward(&s.relu()?)?)?);
+            out.push(gn.forward(&conv.forward(&deq_core::nn::relu(&s)?)?)?);
         }
         Ok(out)
     }

@@ -35,14 +35,14 @@ impl Bottleneck {
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let t = self.bn1.forward(&self.conv1.forward(x)?, train)?.relu()?;
-        let t = self.bn2.forward(&self.conv2.forward(&t)?, train)?.relu()?;
+        let t = deq_core::nn::relu(&self.bn1.forward(&self.conv1.forward(x)?, train)?)?;
+        let t = deq_core::nn::relu(&self.bn2.forward(&self.conv2.forward(&t)?, train)?)?;
         let t = self.bn3.forward(&self.conv3.forward(&t)?, train)?;
         let s = match &self.shortcut {
             Some((c, bn)) => bn.forward(&c.forward(x)?, train)?,
             None => x.clone(),
         };
-        (t + s)?.relu()
+        deq_core::nn::relu(&(t + s)?)
     }
 
     fn vars(&self, p: &str, out: &mut Vec<(String, Var)>) {
@@ -104,9 +104,9 @@ impl Head {
         let mut y = self.incre[0].forward(&z[0], train)?;
         for i in 1..self.incre.len() {
             let (c, bn) = &self.downsamp[i - 1];
-            y = (self.incre[i].forward(&z[i], train)? + bn.forward(&c.forward(&y)?, train)?.relu()?)?;
+            y = (self.incre[i].forward(&z[i], train)? + deq_core::nn::relu(&bn.forward(&c.forward(&y)?, train)?)?)?;
         }
-        let y = self.final_bn.forward(&self.final_conv.forward(&y)?, train)?.relu()?;
+        let y = deq_core::nn::relu(&self.final_bn.forward(&self.final_conv.forward(&y)?, train)?)?;
         let pooled = y.mean(D::Minus1)?.mean(D::Minus1)?;
         pooled.matmul(&self.fc_w.as_tensor().t()?)?.broadcast_add(self.fc_b.as_tensor())
     }

@@ -166,10 +166,10 @@ impl Mdeq {
     pub fn inject(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut h = x.clone();
         for (c, bn) in &self.stem {
-            h = bn.forward(&c.forward(&h)?, train)?.relu()?;
+            h = deq_core::nn::relu(&bn.forward(&c.forward(&h)?, train)?)?;
         }
         if let Some((c, bn)) = &self.stage0 {
-            h = bn.forward(&c.forward(&h)?, train)?.relu()?;
+            h = deq_core::nn::relu(&bn.forward(&c.forward(&h)?, train)?)?;
         }
         Ok(h)
     }

@@ -27,6 +27,8 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
+mod wide;
+
 /// Padding (rows, columns), stride, dilation and groups of a 2-D convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Conv2dSpec {
@@ -269,6 +271,71 @@ impl Geom {
     fn taps(&self) -> bool {
         self.p.stride == 1 && !self.direct() && self.cg() >= TAPS_MIN_CG
     }
+    /// Stride 1 with few channels per group: blocks of images unfolded on the padded width
+    /// ([`wide`]).
+    fn wide(&self) -> bool {
+        self.p.stride == 1 && !self.direct() && self.cg() < TAPS_MIN_CG
+    }
+}
+
+/// The input gradient of a stride-1 convolution as a forward convolution of `dy`: kernel
+/// `W'[g, c, o, i, j] = W[g, o, c, kh - 1 - i, kw - 1 - j]` (input and output channels swapped
+/// within each group, taps flipped), padding `dilation * (k - 1) - padding` per axis. Its
+/// products reduce over `og * kh * kw` values instead of `og`, and write `cg` rows instead of
+/// `cg * kh * kw` that a fold would add back. `None` when the padding exceeds the kernel's span
+/// (the transposed padding would be negative).
+fn transposed<T: KernelFloat>(geo: &Geom, k: &[T]) -> Option<(Geom, Vec<T>)> {
+    let d = geo.p.dilation;
+    let (ph, pw) = geo.p.padding;
+    if geo.p.stride != 1 || ph > d * (geo.kh - 1) || pw > d * (geo.kw - 1) {
+        return None;
+    }
+    let (g, cg, og, kh, kw) = (geo.p.groups, geo.cg(), geo.og(), geo.kh, geo.kw);
+    let mut tk = vec![T::default(); k.len()];
+    for gi in 0..g {
+        for o in 0..og {
+            for c in 0..cg {
+                let src = &k[((gi * og + o) * cg + c) * kh * kw..][..kh * kw];
+                let dst = &mut tk[((gi * cg + c) * og + o) * kh * kw..][..kh * kw];
+                for (t, v) in dst.iter_mut().enumerate() {
+                    *v = src[kh * kw - 1 - t];
+                }
+            }
+        }
+    }
+    let p = Params { padding: (d * (kh - 1) - ph, d * (kw - 1) - pw), ..geo.p };
+    let tg = Geom::new(&[geo.n, geo.o, geo.ho, geo.wo], &[geo.c, og, kh, kw], p).ok()?;
+    (tg.ho == geo.h && tg.wo == geo.w).then_some((tg, tk))
+}
+
+/// Runs `f(i0, nb, block, scratch, par)` over the blocks of `lay.nb` images of `out` (`per`
+/// values per image): blocks over the threads when there are at least as many blocks as
+/// threads, else one block after the other with every thread in each product.
+fn wide_blocks<T: KernelFloat>(geo: &Geom, lay: &wide::Wide, out: &mut [T], per: usize, f: impl Fn(usize, usize, &mut [T], &mut wide::Scratch<T>, Parallelism) + Sync) {
+    let threads = rayon::current_num_threads().max(1);
+    let blocks = geo.n.div_ceil(lay.nb);
+    if blocks >= threads || threads == 1 {
+        // At least blocks / threads blocks per job: one scratch allocation per thread.
+        let jobs = out.par_chunks_mut(lay.nb * per).enumerate().with_min_len(blocks.div_ceil(threads));
+        jobs.for_each_init(|| lay.scratch(geo), |s, (b, o)| f(b * lay.nb, o.len() / per, o, s, Parallelism::None));
+    } else {
+        let mut s = lay.scratch(geo);
+        for (b, o) in out.chunks_mut(lay.nb * per).enumerate() {
+            f(b * lay.nb, o.len() / per, o, &mut s, Parallelism::Rayon(threads));
+        }
+    }
+}
+
+/// Adds per-thread partial sums in their fixed order (the result does not depend on scheduling).
+fn sum_parts<T: KernelFloat>(parts: Vec<Vec<T>>, len: usize) -> Vec<T> {
+    let mut it = parts.into_iter();
+    let mut total = it.next().unwrap_or_else(|| vec![T::default(); len]);
+    for s in it {
+        for (t, v) in total.iter_mut().zip(s) {
+            *t += v;
+        }
+    }
+    total
 }
 
 /// Forward of one image by taps: `out` `(o, ho, wo)`; `pad` and `acc` are scratch buffers.
@@ -380,6 +447,11 @@ fn forward<T: KernelFloat>(x: &[T], k: &[T], geo: &Geom) -> Vec<T> {
     if y.is_empty() {
         return y;
     }
+    if geo.wide() {
+        let lay = wide::Wide::new(geo, rayon::current_num_threads());
+        wide_blocks(geo, &lay, &mut y, geo.o * pix, |i0, nb, out, s, par| wide::forward(x, k, geo, &lay, i0, nb, out, s, par));
+        return y;
+    }
     let (_, by_image, par) = schedule(geo.n);
     let image = |i: usize, out: &mut [T], (col, acc): &mut (Vec<T>, Vec<T>)| {
         let img = &x[i * chw..][..chw];
@@ -413,6 +485,14 @@ fn input_grad<T: KernelFloat>(dy: &[T], k: &[T], geo: &Geom) -> Vec<T> {
     let (og, kk, pix, chw) = (geo.og(), geo.k(), geo.pix(), geo.c * geo.h * geo.w);
     let mut dx = vec![T::default(); geo.n * chw];
     if dx.is_empty() {
+        return dx;
+    }
+    if geo.wide() {
+        if let Some((tg, tk)) = transposed(geo, k) {
+            return forward(dy, &tk, &tg);
+        }
+        let lay = wide::Wide::new(geo, rayon::current_num_threads());
+        wide_blocks(geo, &lay, &mut dx, chw, |i0, nb, out, s, par| wide::input_grad(dy, k, geo, &lay, i0, nb, out, s, par));
         return dx;
     }
     let (_, by_image, par) = schedule(geo.n);
@@ -453,6 +533,25 @@ fn weight_grad<T: KernelFloat>(x: &[T], dy: &[T], geo: &Geom) -> Vec<T> {
         return vec![T::default(); len];
     }
     let (threads, by_image, par) = schedule(geo.n);
+    if geo.wide() {
+        let lay = wide::Wide::new(geo, threads);
+        let blocks = geo.n.div_ceil(lay.nb);
+        // Blocks [a, b) into one partial sum.
+        let partial = |a: usize, b: usize, par: Parallelism| -> Vec<T> {
+            let mut acc = vec![T::default(); len];
+            let mut s = lay.scratch(geo);
+            for blk in a..b {
+                let i0 = blk * lay.nb;
+                wide::weight_grad(x, dy, geo, &lay, i0, lay.nb.min(geo.n - i0), &mut acc, blk > a, &mut s, par);
+            }
+            acc
+        };
+        if blocks < threads || threads == 1 {
+            return partial(0, blocks, if threads == 1 { Parallelism::None } else { Parallelism::Rayon(threads) });
+        }
+        let bounds: Vec<(usize, usize)> = (0..threads).map(|t| (t * blocks / threads, (t + 1) * blocks / threads)).collect();
+        return sum_parts(bounds.par_iter().map(|&(a, b)| partial(a, b, Parallelism::None)).collect(), len);
+    }
     // Images [a, b) into one partial sum.
     let partial = |a: usize, b: usize| -> Vec<T> {
         let mut acc = vec![T::default(); len];
@@ -484,15 +583,7 @@ fn weight_grad<T: KernelFloat>(x: &[T], dy: &[T], geo: &Geom) -> Vec<T> {
     }
     let parts = threads.min(geo.n);
     let bounds: Vec<(usize, usize)> = (0..parts).map(|t| (t * geo.n / parts, (t + 1) * geo.n / parts)).collect();
-    let sums: Vec<Vec<T>> = bounds.par_iter().map(|&(a, b)| partial(a, b)).collect();
-    let mut it = sums.into_iter();
-    let mut total = it.next().unwrap_or_else(|| vec![T::default(); len]);
-    for s in it {
-        for (t, v) in total.iter_mut().zip(s) {
-            *t += v;
-        }
-    }
-    total
+    sum_parts(bounds.par_iter().map(|&(a, b)| partial(a, b)).collect(), len)
 }
 
 fn contiguous<'a, T>(v: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
@@ -720,6 +811,8 @@ mod tests {
         ([1, 3, 3, 4], [2, 3, 4, 4], 1, 1, 1, 1),
         ([4, 3, 10, 11], [5, 3, 5, 3], 0, 2, 1, 1),
         ([2, 2, 1, 2], [3, 2, 7, 7], 3, 1, 1, 1),
+        // padding beyond the kernel's span: the input gradient cannot be a forward convolution
+        ([3, 3, 4, 5], [4, 3, 1, 3], 1, 1, 1, 1),
     ];
 
     #[test]
@@ -818,6 +911,35 @@ mod tests {
             assert!(max_diff(&threaded.0, &direct) < 1e-11);
             assert!(max_diff(&threaded.1, &dx) < 1e-11);
             assert!(max_diff(&threaded.2, &dk) < 1e-11);
+        }
+    }
+
+    #[test]
+    fn image_blocks_cover_uneven_batches_on_any_pool() {
+        // The wide path puts several images into one product: 7 images in one block on one
+        // thread, in blocks 4 + 3 on two and 3 + 3 + 1 on three; a dilated kernel and two
+        // groups; every pool agrees with the loops.
+        let mut rng = DeqRng::new(9);
+        for (xd, kd, pad, dil, groups) in [([7, 4, 5, 6], [6, 4, 3, 3], 1, 1, 1), ([7, 6, 7, 5], [4, 3, 3, 2], 2, 2, 2)] {
+            let spec = Conv2dSpec { padding: (pad, pad), stride: 1, dilation: dil, groups };
+            let geo = Geom::new(&xd, &kd, spec).unwrap();
+            assert!(geo.wide());
+            let x = rng.randn(xd.to_vec(), DType::F64, &Device::Cpu).unwrap();
+            let k = rng.randn(kd.to_vec(), DType::F64, &Device::Cpu).unwrap();
+            let dy = rng.randn(geo.y_dims().to_vec(), DType::F64, &Device::Cpu).unwrap();
+            let (direct, grads) = reference(&x, &k, Some(&dy), spec);
+            let (dx_ref, dk_ref) = grads.unwrap();
+            for threads in [1usize, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                assert_eq!(wide::Wide::new(&geo, threads).nb, 7usize.div_ceil(threads));
+                let (y, dx, dk) = pool.install(|| {
+                    let (dx, dk) = conv2d_backward(&x, &k, &dy, &spec).unwrap();
+                    (conv2d_with(&x, &k, &spec).unwrap(), dx, dk)
+                });
+                assert!(max_diff(&y, &direct) < 1e-12, "{threads} threads {kd:?}");
+                assert!(max_diff(&dx, &dx_ref) < 1e-11, "{threads} threads {kd:?}");
+                assert!(max_diff(&dk, &dk_ref) < 1e-11, "{threads} threads {kd:?}");
+            }
         }
     }
 
