@@ -46,3 +46,50 @@ pub(crate) fn contiguous_slice<'a, T>(v: &'a [T], l: &candle_core::Layout, op: &
         None => candle_core::bail!("{op}: the {what} must be contiguous"),
     }
 }
+
+/// `f` applied to every element of `x`, in parallel chunks of `chunk` values, into a new vector
+/// that is never zero-filled first (a zeroed output costs one more pass over memory).
+pub(crate) fn par_map<T: Copy + Send + Sync, U: Send>(x: &[T], chunk: usize, f: impl Fn(T) -> U + Sync) -> Vec<U> {
+    par_zip_map(x, x, chunk, |a, _| f(a))
+}
+
+/// `f(a[i], b[i])` for every `i < min(a.len(), b.len())`, like [`par_map`].
+pub(crate) fn par_zip_map<T: Copy + Send + Sync, S: Copy + Send + Sync, U: Send>(a: &[T], b: &[S], chunk: usize, f: impl Fn(T, S) -> U + Sync) -> Vec<U> {
+    use rayon::prelude::*;
+    let len = a.len().min(b.len());
+    let mut out: Vec<U> = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len].par_chunks_mut(chunk.max(1)).zip(a[..len].par_chunks(chunk.max(1)).zip(b[..len].par_chunks(chunk.max(1)))).for_each(|(o, (a, b))| {
+        for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+            o.write(f(a, b));
+        }
+    });
+    // SAFETY: the chunks of `out`'s first `len` slots pair with equally long chunks of `a` and
+    // `b`, and every slot of each chunk was written above.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// Mean and `1 / sqrt(var + eps)` of a row (biased variance; two passes, f64 sums).
+pub(crate) fn row_stats<T: KernelFloat>(row: &[T], eps: f64) -> (f64, f64) {
+    let n = row.len().max(1) as f64;
+    let mean = lane_sum(row, |v| v) / n;
+    let var = lane_sum(row, |v| (v - mean) * (v - mean)) / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// `sum(f(v))` in f64 over eight interleaved partial sums (independent lanes the compiler
+/// vectorises; one running sum would serialise every addition), added pairwise at the end.
+pub(crate) fn lane_sum<T: KernelFloat>(row: &[T], f: impl Fn(f64) -> f64) -> f64 {
+    const LANES: usize = 8;
+    let mut acc = [0f64; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v.to64());
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
+        *a += f(v.to64());
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+}

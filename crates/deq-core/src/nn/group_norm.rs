@@ -9,7 +9,7 @@
 //! together, rows spread over the threads and the per-channel sums added in a fixed order.
 //! Other devices and dtypes use the composed ops (candle differentiates them).
 
-use super::float::KernelFloat;
+use super::float::{row_stats, KernelFloat};
 use crate::grad::input_wanted;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, Var};
 use rayon::prelude::*;
@@ -42,53 +42,31 @@ impl Geom {
     }
 }
 
-/// Mean and `1 / sqrt(var + eps)` of a row (two passes, f64).
-fn stats<T: KernelFloat>(row: &[T], eps: f64) -> (f64, f64) {
-    let n = row.len().max(1) as f64;
-    let mean = lane_sum(row, |v| v) / n;
-    let var = lane_sum(row, |v| (v - mean) * (v - mean)) / n;
-    (mean, 1.0 / (var + eps).sqrt())
-}
-
-/// `sum(f(v))` in f64 over eight interleaved partial sums (independent lanes the compiler
-/// vectorises; one running sum would serialise every addition), added pairwise at the end.
-fn lane_sum<T: KernelFloat>(row: &[T], f: impl Fn(f64) -> f64) -> f64 {
-    const LANES: usize = 8;
-    let mut acc = [0f64; LANES];
-    let mut chunks = row.chunks_exact(LANES);
-    for c in &mut chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += f(v.to64());
-        }
-    }
-    for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
-        *a += f(v.to64());
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
-}
-
 fn forward<T: KernelFloat>(x: &[T], w: &[T], b: &[T], geo: Geom, eps: f64) -> Vec<T> {
     let (cg, hw, row) = (geo.cg(), geo.hw, geo.row());
-    let mut y = vec![T::default(); x.len()];
     if row == 0 {
-        return y;
+        return vec![T::default(); x.len()];
     }
-    y.par_chunks_mut(row).zip(x.par_chunks(row)).enumerate().for_each(|(r, (yr, xr))| {
-        let (m, inv) = stats(xr, eps);
+    let mut y: Vec<T> = Vec::with_capacity(x.len());
+    y.spare_capacity_mut()[..x.len()].par_chunks_mut(row).zip(x.par_chunks(row)).enumerate().for_each(|(r, (yr, xr))| {
+        let (m, inv) = row_stats(xr, eps);
         let c0 = (r % geo.groups) * cg;
         let mt = T::from64(-m);
         for (ci, (yc, xc)) in yr.chunks_mut(hw).zip(xr.chunks(hw)).enumerate() {
             // (x - m) (inv w_c) + b_c: the subtraction first keeps rows with a large mean accurate
             let (a, off) = (T::from64(inv * w[c0 + ci].to64()), b[c0 + ci]);
             for (o, &v) in yc.iter_mut().zip(xc) {
-                *o = (v + mt) * a + off;
+                o.write((v + mt) * a + off);
             }
         }
     });
+    // SAFETY: the rows of `y`'s first x.len() slots pair with the rows of `x` (equal lengths),
+    // and each row's channels cover it: every slot was written above.
+    unsafe { y.set_len(x.len()) };
     y
 }
 
-/// `(sum(g), sum(g * x))` in f64, eight interleaved partial sums each (see [`lane_sum`]).
+/// `(sum(g), sum(g * x))` in f64, eight interleaved partial sums each (see [`super::float::lane_sum`]).
 fn sum_and_dot<T: KernelFloat>(g: &[T], x: &[T]) -> (f64, f64) {
     const LANES: usize = 8;
     let (mut a, mut b) = ([0f64; LANES], [0f64; LANES]);
@@ -120,7 +98,7 @@ fn backward<T: KernelFloat>(x: &[T], w: &[T], dy: &[T], geo: Geom, eps: f64, wan
     let mut sums = vec![0f64; rows * 2 * cg];
     let (dx, params) = out.split_at_mut(if want_dx { x.len() } else { 0 });
     let work = |r: usize, xr: &[T], gr: &[T], s: &mut [f64], dxr: Option<&mut [T]>| {
-        let (m, inv) = stats(xr, eps);
+        let (m, inv) = row_stats(xr, eps);
         let c0 = (r % geo.groups) * cg;
         let (mut gm, mut gxm) = (0f64, 0f64);
         for ci in 0..cg {

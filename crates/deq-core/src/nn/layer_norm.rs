@@ -1,7 +1,7 @@
 //! Layer normalisation over the last dimension, with or without an affine map (DEQ-seq's
 //! post-LN has none), differentiable.
 
-use super::float::KernelFloat;
+use super::float::{row_stats, KernelFloat};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, Var, D};
 use rayon::prelude::*;
 
@@ -10,17 +10,8 @@ struct Normalize {
     eps: f64,
 }
 
-/// Per row: the mean and `1 / sqrt(var + eps)`, accumulated in f64.
-fn row_stats<T: KernelFloat>(row: &[T], eps: f64) -> (f64, f64) {
-    let n = row.len() as f64;
-    let mean = row.iter().map(|v| v.to64()).sum::<f64>() / n;
-    let var = row.iter().map(|v| (v.to64() - mean) * (v.to64() - mean)).sum::<f64>() / n;
-    (mean, 1.0 / (var + eps).sqrt())
-}
-
 fn contiguous<'a, T>(v: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
-    let (a, b) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg(format!("{what} expects a contiguous input")))?;
-    Ok(&v[a..b])
+    super::float::contiguous_slice(v, l, what, "input")
 }
 
 fn last_dim(l: &Layout) -> Result<usize> {

@@ -5,35 +5,22 @@
 //! use candle's `relu`.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
+use super::float::{contiguous_slice, par_map, par_zip_map};
 
 struct Relu;
 
 const CHUNK: usize = 1 << 14;
 
 fn fwd<T: Copy + Send + Sync + PartialOrd + Default>(x: &[T]) -> Vec<T> {
-    let mut y = vec![T::default(); x.len()];
-    y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, i)| {
-        for (o, &v) in o.iter_mut().zip(i) {
-            *o = if v > T::default() { v } else { T::default() };
-        }
-    });
-    y
+    par_map(x, CHUNK, |v| if v > T::default() { v } else { T::default() })
 }
 
 fn bwd<T: Copy + Send + Sync + PartialOrd + Default>(y: &[T], g: &[T]) -> Vec<T> {
-    let mut d = vec![T::default(); y.len()];
-    d.par_chunks_mut(CHUNK).zip(y.par_chunks(CHUNK).zip(g.par_chunks(CHUNK))).for_each(|(o, (y, g))| {
-        for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
-            *o = if y > T::default() { g } else { T::default() };
-        }
-    });
-    d
+    par_zip_map(y, g, CHUNK, |y, g| if y > T::default() { g } else { T::default() })
 }
 
 fn slice<'a, T>(v: &'a [T], l: &Layout) -> Result<&'a [T]> {
-    let (a, b) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("relu: a contiguous input expected".into()))?;
-    Ok(&v[a..b])
+    contiguous_slice(v, l, "relu", "input")
 }
 
 impl CustomOp1 for Relu {

@@ -255,15 +255,25 @@ impl Padded {
     /// Copies channels `c0..c0 + n` of `img` into `buf` (borders and tail zero).
     fn fill<T: KernelFloat>(&self, geo: &Geom, img: &[T], c0: usize, n: usize, buf: &mut [T]) {
         let (ph, pw) = geo.p.padding;
-        let (h, w) = (geo.h, geo.w);
-        buf.fill(T::default());
+        let (h, w, wp, zero) = (geo.h, geo.w, self.wp, T::default());
         for c in 0..n {
             let src = &img[(c0 + c) * h * w..][..h * w];
             let dst = &mut buf[c * self.plane()..][..self.plane()];
+            if h == 0 {
+                dst.fill(zero);
+                continue;
+            }
+            // Only the border is zeroed: top rows, the left and right padding of each row, the
+            // bottom rows.
+            dst[..ph * wp + pw].fill(zero);
             for y in 0..h {
-                dst[(y + ph) * self.wp + pw..][..w].copy_from_slice(&src[y * w..][..w]);
+                let row = &mut dst[(y + ph) * wp + pw..];
+                row[..w].copy_from_slice(&src[y * w..][..w]);
+                let next = if y + 1 < h { 2 * pw } else { row.len() - w };
+                row[w..w + next].fill(zero);
             }
         }
+        buf[n * self.plane()..].fill(zero);
     }
 }
 
