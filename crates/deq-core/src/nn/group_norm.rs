@@ -9,7 +9,7 @@
 //! together, rows spread over the threads and the per-channel sums added in a fixed order.
 //! Other devices and dtypes use the composed ops (candle differentiates them).
 
-use super::float::{row_stats, KernelFloat};
+use super::float::{row_stats, sum_and_dot, KernelFloat};
 use crate::grad::input_wanted;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, Var};
 use rayon::prelude::*;
@@ -47,8 +47,7 @@ fn forward<T: KernelFloat>(x: &[T], w: &[T], b: &[T], geo: Geom, eps: f64) -> Ve
     if row == 0 {
         return vec![T::default(); x.len()];
     }
-    let mut y: Vec<T> = Vec::with_capacity(x.len());
-    y.spare_capacity_mut()[..x.len()].par_chunks_mut(row).zip(x.par_chunks(row)).enumerate().for_each(|(r, (yr, xr))| {
+    super::float::par_rows(x, row, |r, xr, yr| {
         let (m, inv) = row_stats(xr, eps);
         let c0 = (r % geo.groups) * cg;
         let mt = T::from64(-m);
@@ -59,31 +58,7 @@ fn forward<T: KernelFloat>(x: &[T], w: &[T], b: &[T], geo: Geom, eps: f64) -> Ve
                 o.write((v + mt) * a + off);
             }
         }
-    });
-    // SAFETY: the rows of `y`'s first x.len() slots pair with the rows of `x` (equal lengths),
-    // and each row's channels cover it: every slot was written above.
-    unsafe { y.set_len(x.len()) };
-    y
-}
-
-/// `(sum(g), sum(g * x))` in f64, eight interleaved partial sums each (see [`super::float::lane_sum`]).
-fn sum_and_dot<T: KernelFloat>(g: &[T], x: &[T]) -> (f64, f64) {
-    const LANES: usize = 8;
-    let (mut a, mut b) = ([0f64; LANES], [0f64; LANES]);
-    let n = g.len().min(x.len());
-    let full = n - n % LANES;
-    for (gc, xc) in g[..full].chunks_exact(LANES).zip(x[..full].chunks_exact(LANES)) {
-        for l in 0..LANES {
-            a[l] += gc[l].to64();
-            b[l] += gc[l].to64() * xc[l].to64();
-        }
-    }
-    for l in 0..n - full {
-        a[l] += g[full + l].to64();
-        b[l] += g[full + l].to64() * x[full + l].to64();
-    }
-    let fold = |v: [f64; LANES]| ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
-    (fold(a), fold(b))
+    })
 }
 
 /// `[dx, dweight, dbias]` in one buffer (`dx` empty when not wanted).

@@ -9,8 +9,10 @@
 //! the log-softmax matrix; [`relu`] has a one-pass backward; [`bmm`] runs batches of small
 //! products with the batch over the threads; [`conv2d`] is a convolution with batched
 //! unfold-and-multiply kernels for the forward pass and both gradients; [`group_norm`] is
-//! fused (two passes forward, two backward).
+//! fused (two passes forward, two backward), and so is [`batch_norm_train`] (batch statistics,
+//! as `torch.nn.BatchNorm2d` in training).
 
+mod batch_norm;
 mod bmm;
 mod conv2d;
 mod float;
@@ -21,6 +23,7 @@ mod log_softmax_pick;
 mod relu;
 mod softmax;
 
+pub use batch_norm::batch_norm_train;
 pub use bmm::bmm;
 pub use conv2d::{conv2d, conv2d_backward, conv2d_with, Conv2dSpec};
 pub use float::KernelFloat;

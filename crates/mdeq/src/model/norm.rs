@@ -95,6 +95,17 @@ impl BatchNorm2d {
     /// Normalises `x`; `train` selects batch statistics (and updates the running ones).
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
+        if train && deq_train::dist::current_group().is_none() {
+            // One process: deq-core's fused kernels (statistics, normalisation and affine in one
+            // op, one fused backward).
+            let (wt, bt) = match &self.affine.0 {
+                Some((wv, bv)) => (Some(wv.as_tensor()), Some(bv.as_tensor())),
+                None => (None, None),
+            };
+            let (y, mean, var) = deq_core::nn::batch_norm_train(x, wt, bt, self.eps)?;
+            self.update_running(&mean, &var, (b * h * w) as f64)?;
+            return Ok(y);
+        }
         let (mean, var) = if train {
             let xt = x.transpose(0, 1)?.reshape((c, b * h * w))?;
             // Synchronised over the ranks of a data-parallel job (the statistics of the global
@@ -112,10 +123,7 @@ impl BatchNorm2d {
                     (mean, sq.affine(1.0 / n, 0.0)?, n)
                 }
             };
-            let mut run = self.running.lock().expect("batch norm stats poisoned");
-            let unbiased = var.detach().affine(n / (n - 1.0).max(1.0), 0.0)?.flatten_all()?;
-            run.0 = (run.0.affine(1.0 - self.momentum, 0.0)? + mean.detach().flatten_all()?.affine(self.momentum, 0.0)?)?;
-            run.1 = (run.1.affine(1.0 - self.momentum, 0.0)? + unbiased.affine(self.momentum, 0.0)?)?;
+            self.update_running(&mean.detach().flatten_all()?, &var.detach().flatten_all()?, n)?;
             (mean.reshape((1, c, 1, 1))?, var.reshape((1, c, 1, 1))?)
         } else {
             let run = self.running.lock().expect("batch norm stats poisoned");
@@ -123,6 +131,16 @@ impl BatchNorm2d {
         };
         let y = x.broadcast_sub(&mean)?.broadcast_div(&(var + self.eps)?.sqrt()?)?;
         self.affine.apply(y, c)
+    }
+
+    /// Moves the running statistics towards a batch's `mean` and biased `var` (`(C,)`, over `n`
+    /// values per channel; the running variance is the unbiased one, as PyTorch's).
+    fn update_running(&self, mean: &Tensor, var: &Tensor, n: f64) -> Result<()> {
+        let mut run = self.running.lock().expect("batch norm stats poisoned");
+        let unbiased = var.affine(n / (n - 1.0).max(1.0), 0.0)?;
+        run.0 = (run.0.affine(1.0 - self.momentum, 0.0)? + mean.affine(self.momentum, 0.0)?)?;
+        run.1 = (run.1.affine(1.0 - self.momentum, 0.0)? + unbiased.affine(self.momentum, 0.0)?)?;
+        Ok(())
     }
 
     /// Trainable variables (`weight`, `bias` when affine).
