@@ -27,6 +27,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
+mod direct;
 mod wide;
 
 /// Padding (rows, columns), stride, dilation and groups of a 2-D convolution.
@@ -458,9 +459,17 @@ fn forward<T: KernelFloat>(x: &[T], k: &[T], geo: &Geom) -> Vec<T> {
         return y;
     }
     if geo.wide() {
+        if let Some(y) = direct::forward(x, k, geo) {
+            return y;
+        }
         let lay = wide::Wide::new(geo, rayon::current_num_threads());
         wide_blocks(geo, &lay, &mut y, geo.o * pix, |i0, nb, out, s, par| wide::forward(x, k, geo, &lay, i0, nb, out, s, par));
         return y;
+    }
+    if geo.p.stride > 1 && geo.cg() < TAPS_MIN_CG {
+        if let Some(y) = direct::forward(x, k, geo) {
+            return y;
+        }
     }
     let (_, by_image, par) = schedule(geo.n);
     let image = |i: usize, out: &mut [T], (col, acc): &mut (Vec<T>, Vec<T>)| {
@@ -950,6 +959,50 @@ mod tests {
                 assert!(max_diff(&dx, &dx_ref) < 1e-11, "{threads} threads {kd:?}");
                 assert!(max_diff(&dk, &dk_ref) < 1e-11, "{threads} threads {kd:?}");
             }
+        }
+    }
+
+    #[test]
+    fn direct_f32_kernels_match_the_f64_loops() {
+        // Output channels not a multiple of the register block, groups, dilation, a kernel
+        // wider than the image, strides 2 and 3 (phase planes); images over up to three
+        // threads and on one.
+        let mut rng = DeqRng::new(12);
+        let cases = [
+            ([6, 16, 14, 14], [32, 16, 3, 3], 1, 1, 1, 1),
+            ([3, 6, 7, 9], [10, 3, 3, 3], 2, 1, 2, 2),
+            ([4, 3, 5, 4], [5, 3, 1, 5], 2, 1, 1, 1),
+            ([3, 2, 2, 3], [7, 2, 5, 5], 2, 1, 1, 1),
+            // strides: phase planes
+            ([4, 16, 14, 14], [16, 16, 3, 3], 1, 2, 1, 1),
+            ([3, 1, 28, 27], [6, 1, 3, 3], 1, 2, 1, 1),
+            ([3, 4, 11, 10], [6, 2, 3, 2], 2, 3, 2, 2),
+            ([2, 3, 16, 15], [4, 3, 7, 7], 3, 2, 1, 1),
+        ];
+        for (xd, kd, pad, stride, dil, groups) in cases {
+            let spec = Conv2dSpec { padding: (pad, pad), stride, dilation: dil, groups };
+            let geo = Geom::new(&xd, &kd, spec).unwrap();
+            let x = rng.randn(xd.to_vec(), DType::F64, &Device::Cpu).unwrap();
+            let k = rng.randn(kd.to_vec(), DType::F64, &Device::Cpu).unwrap();
+            let (want, _) = reference(&x, &k, None, spec);
+            let (x32, k32) = (x.to_dtype(DType::F32).unwrap(), k.to_dtype(DType::F32).unwrap());
+            let xs: Vec<f32> = x32.flatten_all().unwrap().to_vec1().unwrap();
+            let ks: Vec<f32> = k32.flatten_all().unwrap().to_vec1().unwrap();
+            for threads in [1usize, xd[0].min(3)] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let Some(y) = pool.install(|| direct::forward(&xs, &ks, &geo)) else {
+                    assert!(!(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")), "the direct kernels apply here");
+                    return;
+                };
+                let y = Tensor::from_vec(y, geo.y_dims().to_vec(), &Device::Cpu).unwrap();
+                assert!(max_diff(&y, &want) < 1e-4, "{kd:?} on {threads} threads: {}", max_diff(&y, &want));
+                let through_op = pool.install(|| conv2d_with(&x32, &k32, &spec).unwrap());
+                assert_eq!(max_diff(&through_op, &y), 0.0, "conv2d_with takes the direct path");
+            }
+            // Not for f64, and not for fewer images than threads.
+            assert!(direct::forward(&x.flatten_all().unwrap().to_vec1::<f64>().unwrap(), &k.flatten_all().unwrap().to_vec1::<f64>().unwrap(), &geo).is_none());
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(xd[0] + 1).build().unwrap();
+            assert!(pool.install(|| direct::forward(&xs, &ks, &geo)).is_none());
         }
     }
 
