@@ -1004,6 +1004,11 @@ mod tests {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(xd[0] + 1).build().unwrap();
             assert!(pool.install(|| direct::forward(&xs, &ks, &geo)).is_none());
         }
+        // Not for many output channels per group.
+        let geo = Geom::new(&[2, 3, 5, 5], &[65, 3, 3, 3], Conv2dSpec::padded(1)).unwrap();
+        assert!(direct::forward(&vec![0f32; 150], &vec![0f32; 65 * 27], &geo).is_none());
+        let geo = Geom::new(&[2, 3, 5, 5], &[64, 3, 3, 3], Conv2dSpec::padded(1)).unwrap();
+        assert_eq!(direct::forward(&vec![1f32; 150], &vec![0f32; 64 * 27], &geo).map(|y| y.len()), Some(2 * 64 * 25).filter(|_| std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")));
     }
 
     #[test]
