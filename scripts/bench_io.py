@@ -33,3 +33,22 @@ def read_safetensors(path):
         t = torch.frombuffer(bytearray(body[lo:hi]), dtype=_DTYPES[meta["dtype"]])
         out[name] = t.reshape(meta["shape"]).clone()
     return out
+
+
+def read_toml_with_sets(path, sets):
+    """A TOML config with `--set TABLE.KEY=VALUE` overrides applied (values parsed as TOML, bare
+    words as strings: `deq.f_solver=broyden`), as the Rust binaries read `--config` and `--set`."""
+    import tomllib
+    with open(path, "rb") as fh:
+        cfg = tomllib.load(fh)
+    for s in sets:
+        key, _, raw = s.partition("=")
+        table, _, name = key.partition(".")
+        if not name or not raw:
+            raise SystemExit(f"--set {s}: expected TABLE.KEY=VALUE")
+        try:
+            val = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            val = raw
+        cfg.setdefault(table, {})[name] = val
+    return cfg

@@ -38,8 +38,9 @@ import resource
 import statistics
 import sys
 import time
-import tomllib
 from collections import Counter
+
+from bench_io import read_toml_with_sets
 
 import torch
 import torch.nn as nn
@@ -64,18 +65,7 @@ TRAIN_DEFAULTS = dict(batch_size=56, tgt_len=150, max_step=150000, lr=2.5e-4, wa
 
 # ----------------------------------------------------------------------------- configuration
 def load_config(path, sets):
-    with open(path, "rb") as fh:
-        cfg = tomllib.load(fh)
-    for s in sets:
-        key, _, raw = s.partition("=")
-        section, _, name = key.partition(".")
-        if not name or not raw:
-            sys.exit(f"--set {s}: expected section.key=value")
-        try:
-            val = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            val = raw  # a bare string such as deq.f_solver=broyden
-        cfg.setdefault(section, {})[name] = val
+    cfg = read_toml_with_sets(path, sets)
     for sec, defaults in (("model", MODEL_DEFAULTS), ("train", TRAIN_DEFAULTS)):
         unknown = set(cfg.get(sec, {})) - set(defaults)
         if unknown:

@@ -27,13 +27,13 @@ import os
 import struct
 import sys
 import time
-import tomllib
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_mdeq_torch as arch  # noqa: E402
+from bench_io import read_toml_with_sets  # noqa: E402
 
 try:
     from torchdeq import get_deq
@@ -50,25 +50,6 @@ TRAIN_DEFAULTS = dict(epochs=6, batch_size=128, eval_batch_size=500, optimizer="
 DEQ_KEYS = {"f_solver", "b_solver", "f_max_iter", "b_max_iter", "f_tol", "b_tol", "f_stop_mode",
             "b_stop_mode", "eval_factor", "eval_f_max_iter", "ift", "hook_ift", "grad", "tau",
             "sup_gap", "sup_loc", "core", "n_states", "indexing", "gamma"}
-
-
-def parse_value(text):
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def load_config(path, sets):
-    with open(path, "rb") as f:
-        cfg = tomllib.load(f)
-    for s in sets:
-        key, _, value = s.partition("=")
-        table, _, name = key.partition(".")
-        if not name:
-            raise SystemExit(f"--set {s}: expected TABLE.KEY=VALUE")
-        cfg.setdefault(table, {})[name] = parse_value(value)
-    return cfg
 
 
 def read_idx(path):
@@ -139,7 +120,7 @@ def main():
     ap.add_argument("--threads", type=int, default=None, help="default: train.threads, else 2")
     args = ap.parse_args()
 
-    cfg = load_config(args.config, args.set)
+    cfg = read_toml_with_sets(args.config, args.set)
     unknown = sorted(set(cfg) - {"model", "deq", "train", "data"})
     if unknown:
         raise SystemExit(f"{args.config}: unknown tables {unknown}")

@@ -148,11 +148,7 @@ impl CustomOp3 for BatchNormOp {
     fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (want_x, want_w, want_b) = (input_wanted(0), input_wanted(1), input_wanted(2));
         let all = x.apply_op3_no_bwd(w, &dy.contiguous()?, &BatchNormBackward { stats: self.0.clone(), want_dx: want_x })?;
-        let (nx, c) = (if want_x { x.elem_count() } else { 0 }, w.elem_count());
-        let dx = if want_x { Some(all.narrow(0, 0, nx)?.reshape(x.shape())?) } else { None };
-        let dw = if want_w { Some(all.narrow(0, nx, c)?) } else { None };
-        let db = if want_b { Some(all.narrow(0, nx + c, c)?) } else { None };
-        Ok((dx, dw, db))
+        super::group_norm::split_grads(&all, x, w.elem_count(), [want_x, want_w, want_b])
     }
 }
 

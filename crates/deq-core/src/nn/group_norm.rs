@@ -166,13 +166,18 @@ impl CustomOp3 for GroupNormOp {
     fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (want_x, want_w, want_b) = (input_wanted(0), input_wanted(1), input_wanted(2));
         let all = x.apply_op3_no_bwd(w, &dy.contiguous()?, &GroupNormBackward { groups: self.groups, eps: self.eps, want_dx: want_x })?;
-        let nx = if want_x { x.elem_count() } else { 0 };
-        let c = w.elem_count();
-        let dx = if want_x { Some(all.narrow(0, 0, nx)?.reshape(x.shape())?) } else { None };
-        let dw = if want_w { Some(all.narrow(0, nx, c)?) } else { None };
-        let db = if want_b { Some(all.narrow(0, nx + c, c)?) } else { None };
-        Ok((dx, dw, db))
+        split_grads(&all, x, w.elem_count(), [want_x, want_w, want_b])
     }
+}
+
+/// Splits the flat `[dx, dweight, dbias]` of a fused normalisation backward (`dx` absent unless
+/// wanted) into the wanted gradients of `(x, weight, bias)`, `c` channels.
+pub(super) fn split_grads(all: &Tensor, x: &Tensor, c: usize, want: [bool; 3]) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let nx = if want[0] { x.elem_count() } else { 0 };
+    let dx = if want[0] { Some(all.narrow(0, 0, nx)?.reshape(x.shape())?) } else { None };
+    let dw = if want[1] { Some(all.narrow(0, nx, c)?) } else { None };
+    let db = if want[2] { Some(all.narrow(0, nx + c, c)?) } else { None };
+    Ok((dx, dw, db))
 }
 
 impl CustomOp3 for GroupNormBackward {
