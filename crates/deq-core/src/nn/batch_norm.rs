@@ -281,6 +281,22 @@ mod tests {
     }
 
     #[test]
+    fn statistics_are_two_pass_accurate_far_from_zero() {
+        // Values around 1e4 with unit spread: E[x^2] - mean^2 would lose about 1e-8 of the
+        // variance in f64; the two passes keep it to rounding.
+        let mut rng = DeqRng::new(8);
+        let x = (rng.randn((4, 3, 5, 5), DType::F64, &Device::Cpu).unwrap() + 1e4).unwrap();
+        let (_, _, var) = batch_norm_train(&x, None, None, 1e-5).unwrap();
+        let v: Vec<f64> = x.flatten_all().unwrap().to_vec1().unwrap();
+        for (c, got) in var.to_vec1::<f64>().unwrap().into_iter().enumerate() {
+            let vals: Vec<f64> = (0..4).flat_map(|i| v[(i * 3 + c) * 25..][..25].to_vec()).collect();
+            let m = vals.iter().sum::<f64>() / 100.0;
+            let want = vals.iter().map(|a| (a - m) * (a - m)).sum::<f64>() / 100.0;
+            assert!((got - want).abs() < 1e-11 * want, "channel {c}: {got} vs {want}");
+        }
+    }
+
+    #[test]
     fn gradients_match_finite_differences() {
         let mut rng = DeqRng::new(4);
         let dims = [3usize, 2, 3, 2];
@@ -326,6 +342,7 @@ mod tests {
         // Unit upstream gradient: dx sums to zero per channel, db is the count per channel.
         assert_eq!(db.unwrap().to_vec1::<f64>().unwrap(), [8.0, 8.0, 8.0]);
         assert!(batch_norm_train(&x, Some(&Tensor::ones(2, DType::F64, &Device::Cpu).unwrap()), None, 1e-5).is_err());
+        assert!(batch_norm_train(&x, None, Some(&Tensor::ones(4, DType::F64, &Device::Cpu).unwrap()), 1e-5).is_err());
         assert!(batch_norm_train(&Tensor::zeros(3, DType::F64, &Device::Cpu).unwrap(), None, None, 1e-5).is_err());
         // bf16 goes through candle's ops.
         let (yb, _, _) = batch_norm_train(&x.to_dtype(DType::BF16).unwrap(), None, None, 1e-5).unwrap();
