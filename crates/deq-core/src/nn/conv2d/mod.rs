@@ -458,18 +458,16 @@ fn forward<T: KernelFloat>(x: &[T], k: &[T], geo: &Geom) -> Vec<T> {
     if y.is_empty() {
         return y;
     }
-    if geo.wide() {
+    // Few channels per group, any stride: the direct kernels where they apply.
+    if !geo.direct() && geo.cg() < TAPS_MIN_CG {
         if let Some(y) = direct::forward(x, k, geo) {
             return y;
         }
+    }
+    if geo.wide() {
         let lay = wide::Wide::new(geo, rayon::current_num_threads());
         wide_blocks(geo, &lay, &mut y, geo.o * pix, |i0, nb, out, s, par| wide::forward(x, k, geo, &lay, i0, nb, out, s, par));
         return y;
-    }
-    if geo.p.stride > 1 && geo.cg() < TAPS_MIN_CG {
-        if let Some(y) = direct::forward(x, k, geo) {
-            return y;
-        }
     }
     let (_, by_image, par) = schedule(geo.n);
     let image = |i: usize, out: &mut [T], (col, acc): &mut (Vec<T>, Vec<T>)| {
