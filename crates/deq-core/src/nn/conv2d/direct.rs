@@ -154,8 +154,12 @@ fn run(x: &[f32], k: &[f32], geo: &Geom, threads: usize) -> Vec<f32> {
     // Every read lies below the last channel's largest offset plus the last block's end.
     let cstride = ps.s * ps.s * ps.plane();
     let pad_len = (cg * cstride).max((cg - 1) * cstride + offsets.iter().max().copied().unwrap_or(0) + blocks * QW);
-    let mut y = vec![0f32; geo.n * geo.o * pix];
-    let image = |img: &[f32], out: &mut [f32], s: &mut Scratch| {
+    // Every output value is written exactly once below (each channel's `ho` rows of `wo`), so
+    // the output starts uninitialised instead of zero-filled.
+    let mut y: Vec<std::mem::MaybeUninit<f32>> = Vec::with_capacity(geo.n * geo.o * pix);
+    // SAFETY: MaybeUninit needs no initialisation; the capacity was reserved above.
+    unsafe { y.set_len(geo.n * geo.o * pix) };
+    let image = |img: &[f32], out: &mut [std::mem::MaybeUninit<f32>], s: &mut Scratch| {
         s.pad.resize(pad_len, 0.0);
         s.out.resize(ogp * blocks * QW, 0.0);
         for g in 0..geo.p.groups {
@@ -174,7 +178,10 @@ fn run(x: &[f32], k: &[f32], geo: &Geom, threads: usize) -> Vec<f32> {
             for o in 0..og {
                 let dst = &mut out[(g * og + o) * pix..][..pix];
                 for yy in 0..geo.ho {
-                    dst[yy * geo.wo..][..geo.wo].copy_from_slice(&s.out[o * blocks * QW + yy * ps.ws..][..geo.wo]);
+                    let src = &s.out[o * blocks * QW + yy * ps.ws..][..geo.wo];
+                    let row = &mut dst[yy * geo.wo..][..geo.wo];
+                    // SAFETY: `row` and `src` are `wo` values each and do not overlap.
+                    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), row.as_mut_ptr() as *mut f32, geo.wo) };
                 }
             }
         }
@@ -184,7 +191,9 @@ fn run(x: &[f32], k: &[f32], geo: &Geom, threads: usize) -> Vec<f32> {
         .zip(x.par_chunks(chw))
         .with_min_len(geo.n.div_ceil(threads))
         .for_each_init(|| Scratch { pad: Vec::new(), out: Vec::new() }, |s, (out, img)| image(img, out, s));
-    y
+    let mut y = std::mem::ManuallyDrop::new(y);
+    // SAFETY: every element was written above; MaybeUninit<f32> has f32's layout.
+    unsafe { Vec::from_raw_parts(y.as_mut_ptr() as *mut f32, y.len(), y.capacity()) }
 }
 
 /// One register block: output channels `o0 .. o0 + OB`, positions `q0 .. q0 + QW` of the padded

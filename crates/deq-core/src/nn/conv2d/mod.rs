@@ -454,16 +454,17 @@ fn scratch<T: KernelFloat>(geo: &Geom) -> (Vec<T>, Vec<T>) {
 
 fn forward<T: KernelFloat>(x: &[T], k: &[T], geo: &Geom) -> Vec<T> {
     let (og, kk, pix, chw) = (geo.og(), geo.k(), geo.pix(), geo.c * geo.h * geo.w);
-    let mut y = vec![T::default(); geo.n * geo.o * pix];
-    if y.is_empty() {
-        return y;
+    if geo.n * geo.o * pix == 0 {
+        return Vec::new();
     }
-    // Few channels per group, any stride: the direct kernels where they apply.
+    // Few channels per group, any stride: the direct kernels where they apply (they allocate
+    // their own output, written once without a zero-fill pass).
     if !geo.direct() && geo.cg() < TAPS_MIN_CG {
         if let Some(y) = direct::forward(x, k, geo) {
             return y;
         }
     }
+    let mut y = vec![T::default(); geo.n * geo.o * pix];
     if geo.wide() {
         let lay = wide::Wide::new(geo, rayon::current_num_threads());
         wide_blocks(geo, &lay, &mut y, geo.o * pix, |i0, nb, out, s, par| wide::forward(x, k, geo, &lay, i0, nb, out, s, par));
@@ -500,14 +501,16 @@ fn forward<T: KernelFloat>(x: &[T], k: &[T], geo: &Geom) -> Vec<T> {
 
 fn input_grad<T: KernelFloat>(dy: &[T], k: &[T], geo: &Geom) -> Vec<T> {
     let (og, kk, pix, chw) = (geo.og(), geo.k(), geo.pix(), geo.c * geo.h * geo.w);
-    let mut dx = vec![T::default(); geo.n * chw];
-    if dx.is_empty() {
-        return dx;
+    if geo.n * chw == 0 {
+        return Vec::new();
     }
     if geo.wide() {
         if let Some((tg, tk)) = transposed(geo, k) {
             return forward(dy, &tk, &tg);
         }
+    }
+    let mut dx = vec![T::default(); geo.n * chw];
+    if geo.wide() {
         let lay = wide::Wide::new(geo, rayon::current_num_threads());
         wide_blocks(geo, &lay, &mut dx, chw, |i0, nb, out, s, par| wide::input_grad(dy, k, geo, &lay, i0, nb, out, s, par));
         return dx;
