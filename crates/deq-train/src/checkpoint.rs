@@ -32,7 +32,9 @@ pub struct Checkpointer {
     keep: usize,
 }
 
-fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+/// Writes `path` atomically: `write` fills `<path>.<ext>.tmp`, which is synced to disk and then
+/// renamed over `path`, so a crash leaves either the old file or the new one, never a torn one.
+pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
     write(&tmp)?;
     std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| TrainError::io(&tmp, e))?;

@@ -77,6 +77,7 @@ pub mod dist;
 pub mod error;
 #[cfg(feature = "cuda")]
 pub mod gpu_memory;
+pub mod layers;
 pub mod loss;
 pub mod memory;
 pub mod metrics;
@@ -88,7 +89,7 @@ pub mod schedule;
 pub mod solver_metrics;
 pub mod plot;
 
-pub use checkpoint::{load_vars, Checkpoint, Checkpointer};
+pub use checkpoint::{load_vars, write_atomic, Checkpoint, Checkpointer};
 pub use clip::{clip_grad_norm, clip_grad_value, grad_norm};
 pub use dist::{collective_for, Collective, DistContext, SingleProcess, TcpGroup, ThreadGroup};
 pub use error::{Result, TrainError};

@@ -8,7 +8,7 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`model`] | `Mdeq` and its parts: [`model::block`], [`model::fusion`], [`model::head`], [`model::norm`], [`model::conv`] |
+//! | [`model`] | `Mdeq` and its parts: [`model::block`], [`model::fusion`], [`model::head`] (convolutions and norms from `deq_train::layers`) |
 //! | [`config`] | the run configuration (`[model]`, `[deq]`, `[train]`, `[data]`) |
 //! | [`train`] | training, evaluation and prediction loops |
 //! | [`bench`] | the timed training step of `mdeq-bench` (CPU or CUDA, peak GPU memory) |

@@ -5,6 +5,7 @@ use crate::error::Result;
 use crate::rng::DeqRng;
 use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::Conv2dConfig;
+use crate::nn::Conv2dSpec;
 
 fn kaiming_uniform(shape: &[usize], fan_in: usize, rng: &mut DeqRng, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
     let bound = 1.0 / (fan_in as f64).sqrt();
@@ -65,22 +66,33 @@ impl Module for NormLinear {
     }
 }
 
-/// 2-D convolution with a normalised kernel of shape `(out, in / groups, k, k)`.
+/// 2-D convolution with a normalised kernel of shape `(out, in / groups, kh, kw)`.
 #[derive(Debug)]
 pub struct NormConv2d {
     weight: NormedWeight,
     bias: Option<Var>,
-    cfg: Conv2dConfig,
+    spec: Conv2dSpec,
 }
 
 impl NormConv2d {
-    /// A new layer with PyTorch's default initialisation drawn from `rng`.
+    /// A new `k x k` layer with PyTorch's default initialisation drawn from `rng`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(in_c: usize, out_c: usize, k: usize, cfg: Conv2dConfig, bias: bool, opts: NormOptions, rng: &mut DeqRng, dtype: DType, dev: &Device) -> Result<Self> {
-        let fan_in = in_c / cfg.groups * k * k;
-        let w = kaiming_uniform(&[out_c, in_c / cfg.groups, k, k], fan_in, rng, dtype, dev)?;
+        let spec = Conv2dSpec { padding: (cfg.padding, cfg.padding), stride: cfg.stride, dilation: cfg.dilation, groups: cfg.groups };
+        Self::rect(in_c, out_c, (k, k), spec, bias, opts, rng, dtype, dev)
+    }
+
+    /// A new `kh x kw` layer (any padding per axis, e.g. RAFT's 1x5 and 5x1 GRU convolutions)
+    /// with PyTorch's default initialisation drawn from `rng`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rect(in_c: usize, out_c: usize, (kh, kw): (usize, usize), spec: Conv2dSpec, bias: bool, opts: NormOptions, rng: &mut DeqRng, dtype: DType, dev: &Device) -> Result<Self> {
+        if spec.groups == 0 || in_c % spec.groups != 0 || out_c % spec.groups != 0 {
+            return Err(crate::error::shape_err("NormConv2d", format!("{} groups do not divide {in_c} -> {out_c} channels", spec.groups)));
+        }
+        let fan_in = in_c / spec.groups * kh * kw;
+        let w = kaiming_uniform(&[out_c, in_c / spec.groups, kh, kw], fan_in, rng, dtype, dev)?;
         let b = if bias { Some(Var::from_tensor(&kaiming_uniform(&[out_c], fan_in, rng, dtype, dev)?)?) } else { None };
-        Ok(Self { weight: NormedWeight::new(Var::from_tensor(&w)?, opts, rng)?, bias: b, cfg })
+        Ok(Self { weight: NormedWeight::new(Var::from_tensor(&w)?, opts, rng)?, bias: b, spec })
     }
 
     /// The normalised kernel.
@@ -101,7 +113,7 @@ impl NormConv2d {
 
 impl Module for NormConv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = crate::nn::conv2d(x, &self.weight.weight(), self.cfg.padding, self.cfg.stride, self.cfg.dilation, self.cfg.groups)?;
+        let y = crate::nn::conv2d_with(x, &self.weight.weight(), &self.spec)?;
         match &self.bias {
             Some(b) => y.broadcast_add(&b.as_tensor().reshape((1, (), 1, 1))?),
             None => Ok(y),

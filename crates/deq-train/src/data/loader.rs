@@ -46,6 +46,17 @@ impl Shard {
         Ok(s)
     }
 
+    /// This rank's share of an epoch's `order`: `per_rank` entries, every `world_size`-th one
+    /// starting at `rank`, wrapping around `order` to pad the epoch to a multiple of the world
+    /// size (torch's `DistributedSampler`).
+    pub fn take(&self, order: &[usize], per_rank: usize) -> Vec<usize> {
+        let n = order.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        (0..per_rank * self.world_size).skip(self.rank).step_by(self.world_size).map(|p| order[p % n]).collect()
+    }
+
     fn validate(&self) -> Result<()> {
         if self.world_size == 0 || self.rank >= self.world_size {
             return Err(TrainError::Config {
@@ -122,6 +133,17 @@ fn mix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// The loader's shuffle: a permutation of `0..n` that depends only on `(seed, epoch)`.
+pub fn epoch_permutation(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = DeqRng::new(mix64(mix64(seed ^ 0x5EED_5A4D_1E55_0000) ^ epoch as u64));
+    for i in (1..n).rev() {
+        let j = ((rng.uniform() * (i + 1) as f64) as usize).min(i);
+        order.swap(i, j);
+    }
+    order
 }
 
 /// The generator of sample `index` in epoch `epoch` of a run seeded with `seed`.
@@ -204,17 +226,8 @@ impl Loader {
     /// `world_size`-th entry starting at `rank` (torch's `DistributedSampler`).
     pub fn rank_indices(&self, epoch: usize) -> Vec<usize> {
         let n = self.dataset.n;
-        let mut order: Vec<usize> = (0..n).collect();
-        if self.cfg.shuffle {
-            let mut rng = DeqRng::new(mix64(mix64(self.cfg.seed ^ 0x5EED_5A4D_1E55_0000) ^ epoch as u64));
-            for i in (1..n).rev() {
-                let j = ((rng.uniform() * (i + 1) as f64) as usize).min(i);
-                order.swap(i, j);
-            }
-        }
-        let Shard { rank, world_size } = self.cfg.shard;
-        let total = self.samples_per_rank() * world_size;
-        (0..total).skip(rank).step_by(world_size).map(|p| order[p % n]).collect()
+        let order: Vec<usize> = if self.cfg.shuffle { epoch_permutation(self.cfg.seed, epoch, n) } else { (0..n).collect() };
+        self.cfg.shard.take(&order, self.samples_per_rank())
     }
 
     /// This rank's batches of dataset indices for `epoch` (after `drop_last`).

@@ -32,7 +32,7 @@ pub use dataset::ImageDataset;
 pub use idx::{load_mnist, read_idx_images, read_idx_labels};
 pub use image_folder::{load_image, load_image_folder, scan_image_folder};
 pub use npy::{read_npy, write_npy_f32, NpyArray};
-pub use loader::{AugmentFn, Batch, EpochIter, Loader, LoaderConfig, Shard};
+pub use loader::{epoch_permutation, sample_rng, AugmentFn, Batch, EpochIter, Loader, LoaderConfig, Shard};
 
 /// The folder of dataset `name`: `$DEQ_DATA_DIR/<name>` if `DEQ_DATA_DIR` is set and that
 /// folder exists, else `./datasets/<name>`, else the repository's `datasets/<name>` (as seen

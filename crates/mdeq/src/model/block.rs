@@ -1,7 +1,7 @@
 //! The per-branch residual block inside `f`.
 
-use super::conv::norm_conv_vars;
-use super::norm::GroupNorm;
+use deq_train::layers::norm_conv_vars;
+use deq_train::layers::GroupNorm;
 use candle_core::{DType, Device, Module, Result, Tensor, Var};
 use candle_nn::Conv2dConfig;
 use deq_core::norm::{NormConv2d, NormOptions};

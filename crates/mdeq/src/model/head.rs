@@ -1,8 +1,8 @@
 //! The classification head (batch norm, outside `f`): per-branch bottleneck "increase"
 //! blocks, strided downsampling, a final 1x1 conv, global average pooling and a linear layer.
 
-use super::conv::Conv;
-use super::norm::BatchNorm2d;
+use deq_train::layers::Conv;
+use deq_train::layers::BatchNorm2d;
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 use deq_core::rng::DeqRng;
 

@@ -3,20 +3,18 @@
 //! deq-core, and the classification head.
 
 pub mod block;
-pub mod conv;
 pub mod fusion;
 pub mod head;
-pub mod norm;
 
 use block::BranchBlock;
 use candle_core::{DType, Device, Result, Tensor, Var};
-use conv::Conv;
+use deq_train::layers::Conv;
 use deq_core::norm::NormOptions;
 use deq_core::rng::DeqRng;
 use deq_core::{Deq, DeqConfig, SolverStats};
 use fusion::Fusion;
 use head::Head;
-use norm::BatchNorm2d;
+use deq_train::layers::BatchNorm2d;
 use serde::{Deserialize, Serialize};
 
 /// Architecture of an MDEQ (the `[model]` table of a config).

@@ -833,6 +833,8 @@ mod tests {
         ([2, 2, 1, 2], [3, 2, 7, 7], 3, 1, 1, 1),
         // padding beyond the kernel's span: the input gradient cannot be a forward convolution
         ([3, 3, 4, 5], [4, 3, 1, 3], 1, 1, 1, 1),
+        // ... with groups and several images per block
+        ([3, 4, 5, 4], [6, 2, 3, 1], 1, 1, 1, 2),
     ];
 
     #[test]

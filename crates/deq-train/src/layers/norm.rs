@@ -1,4 +1,4 @@
-//! Normalisation layers: group norm (inside `f`) and batch norm (stem and head only: batch
+//! Normalisation layers: group norm (usable inside `f`) and batch norm (outside `f` only: batch
 //! statistics inside `f` would make the fixed point depend on the batch).
 
 use candle_core::{DType, Device, Result, Tensor, Var};
@@ -70,7 +70,7 @@ impl GroupNorm {
 
 /// Batch normalisation over `(B, C, H, W)` (`torch.nn.BatchNorm2d`, momentum 0.1): batch
 /// statistics in training (running averages updated), running statistics in evaluation. In a
-/// data-parallel job (a [`deq_train::dist::with_group`] of several ranks) the training
+/// data-parallel job (a [`crate::dist::with_group`] of several ranks) the training
 /// statistics are those of the global batch (`torch.nn.SyncBatchNorm`); every rank has equal
 /// per-rank batch sizes.
 #[derive(Debug)]
@@ -95,7 +95,7 @@ impl BatchNorm2d {
     /// Normalises `x`; `train` selects batch statistics (and updates the running ones).
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
-        if train && deq_train::dist::current_group().is_none() {
+        if train && crate::dist::current_group().is_none() {
             // One process: deq-core's fused kernels (statistics, normalisation and affine in one
             // op, one fused backward).
             let (wt, bt) = match &self.affine.0 {
@@ -110,16 +110,16 @@ impl BatchNorm2d {
             let xt = x.transpose(0, 1)?.reshape((c, b * h * w))?;
             // Synchronised over the ranks of a data-parallel job (the statistics of the global
             // batch, as a single process would compute them); two passes, as without ranks.
-            let (mean, var, n) = match deq_train::dist::current_group() {
+            let (mean, var, n) = match crate::dist::current_group() {
                 None => {
                     let mean = xt.mean_keepdim(1)?;
                     (mean.clone(), xt.broadcast_sub(&mean)?.sqr()?.mean_keepdim(1)?, (b * h * w) as f64)
                 }
                 Some(group) => {
                     let n = (b * h * w * group.context().world_size) as f64;
-                    let sum = deq_train::dist::all_reduce_sum_differentiable(&group, &xt.sum_keepdim(1)?)?;
+                    let sum = crate::dist::all_reduce_sum_differentiable(&group, &xt.sum_keepdim(1)?)?;
                     let mean = sum.affine(1.0 / n, 0.0)?;
-                    let sq = deq_train::dist::all_reduce_sum_differentiable(&group, &xt.broadcast_sub(&mean)?.sqr()?.sum_keepdim(1)?)?;
+                    let sq = crate::dist::all_reduce_sum_differentiable(&group, &xt.broadcast_sub(&mean)?.sqr()?.sum_keepdim(1)?)?;
                     (mean, sq.affine(1.0 / n, 0.0)?, n)
                 }
             };
