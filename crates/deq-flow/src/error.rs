@@ -1,77 +1,8 @@
-//! Error type of `deq-flow`. File errors name the file.
+//! Error type of `deq-flow`: deq-train's [`TrainError`](deq_train::TrainError), whose variants
+//! (candle and deq-core errors, I/O and format errors naming the file, invalid settings naming
+//! the key, a diverged run naming the step) are exactly the ones this crate reports.
 
-use std::path::PathBuf;
-
-/// Errors of the library.
-#[derive(Debug, thiserror::Error)]
-pub enum FlowError {
-    /// An error from candle.
-    #[error(transparent)]
-    Candle(#[from] candle_core::Error),
-    /// An error from deq-core.
-    #[error(transparent)]
-    Deq(#[from] deq_core::DeqError),
-    /// An I/O error on a named file.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
-    /// A file whose content is not what its format requires, or that is unsupported.
-    #[error("{path}: {message}")]
-    Format {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-    /// Training produced a non-finite value.
-    #[error("training diverged at step {step}: {message}")]
-    Diverged {
-        /// The step.
-        step: usize,
-        /// What was non-finite.
-        message: String,
-    },
-    /// An invalid setting.
-    #[error("invalid setting `{key}`: {message}")]
-    Config {
-        /// The key.
-        key: String,
-        /// What is wrong.
-        message: String,
-    },
-}
-
-impl FlowError {
-    /// An I/O error on `path`.
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        FlowError::Io { path: path.into(), source }
-    }
-    /// A format error in `path`.
-    pub fn format(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        FlowError::Format { path: path.into(), message: message.into() }
-    }
-    /// An invalid setting `key`.
-    pub fn config(key: impl Into<String>, message: impl Into<String>) -> Self {
-        FlowError::Config { key: key.into(), message: message.into() }
-    }
-}
-
-impl From<deq_train::TrainError> for FlowError {
-    fn from(e: deq_train::TrainError) -> Self {
-        match e {
-            deq_train::TrainError::Candle(c) => FlowError::Candle(c),
-            deq_train::TrainError::Deq(d) => FlowError::Deq(d),
-            deq_train::TrainError::Io { path, source } => FlowError::Io { path, source },
-            deq_train::TrainError::Format { path, message } => FlowError::Format { path, message },
-            deq_train::TrainError::Config { key, message } => FlowError::Config { key, message },
-            deq_train::TrainError::Diverged { step, message } => FlowError::Diverged { step, message },
-        }
-    }
-}
+pub use deq_train::TrainError as FlowError;
 
 /// Result alias of `deq-flow`.
 pub type Result<T> = std::result::Result<T, FlowError>;

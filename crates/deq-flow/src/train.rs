@@ -32,18 +32,7 @@ use crate::io::frames::Frame;
 use crate::loss::{loss_mask, sequence_loss, FlowErrors};
 use crate::model::{deq_layer, DeqFlow};
 
-/// Where and how long to train.
-#[derive(Debug, Clone)]
-pub struct RunOptions {
-    /// The run folder (configuration, metrics, checkpoints).
-    pub out_dir: PathBuf,
-    /// Continue from the run folder's latest checkpoint.
-    pub resume: bool,
-    /// Stop after this many steps in total (0: the configured number).
-    pub max_steps: usize,
-    /// The device.
-    pub device: Device,
-}
+pub use deq_train::RunOptions;
 
 /// What a finished run reports.
 #[derive(Debug, Clone)]

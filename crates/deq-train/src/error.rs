@@ -53,6 +53,10 @@ impl TrainError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         TrainError::Io { path: path.into(), source }
     }
+    /// An invalid setting `key`.
+    pub fn config(key: impl Into<String>, message: impl Into<String>) -> Self {
+        TrainError::Config { key: key.into(), message: message.into() }
+    }
     /// A format error in `path`.
     pub fn format(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         TrainError::Format { path: path.into(), message: message.into() }

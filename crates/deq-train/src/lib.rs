@@ -98,6 +98,6 @@ pub use metrics::{accuracy, micro_f1, topk_correct, MetricsWriter};
 pub use objective::{DeqObjective, JacTerm};
 pub use optim::{Adam, Optimizer, Sgd};
 pub use progress::Progress;
-pub use runtime::{check_finite, run_on_pool};
+pub use runtime::{check_finite, run_on_pool, RunOptions};
 pub use schedule::Schedule;
 pub use solver_metrics::{probe_trace, SolverMetrics};

@@ -57,3 +57,22 @@ mod tests {
         assert!(e.contains("step 7") && e.contains("loss is NaN"), "{e}");
     }
 }
+
+/// Options of a training run beyond its configuration (the trainers' common `RunOptions`).
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Output folder (metrics, checkpoints, resolved config).
+    pub out_dir: std::path::PathBuf,
+    /// Continue from the latest checkpoint in `out_dir/checkpoints`.
+    pub resume: bool,
+    /// Stop after this many optimiser steps in total (0: no limit), for smoke tests.
+    pub max_steps: usize,
+    /// Where the model runs (batches are read on the CPU and moved there).
+    pub device: candle_core::Device,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self { out_dir: std::path::PathBuf::new(), resume: false, max_steps: 0, device: candle_core::Device::Cpu }
+    }
+}

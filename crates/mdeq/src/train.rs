@@ -179,24 +179,7 @@ pub struct TrainSummary {
     pub epochs: usize,
 }
 
-/// Options of a training run beyond the config.
-#[derive(Debug, Clone)]
-pub struct RunOptions {
-    /// Output folder (metrics, checkpoints, resolved config).
-    pub out_dir: PathBuf,
-    /// Continue from the latest checkpoint in `out_dir/checkpoints`.
-    pub resume: bool,
-    /// Stop after this many optimiser steps in total (0: no limit), for smoke tests.
-    pub max_steps: usize,
-    /// Where the model runs (batches are read on the CPU and moved there).
-    pub device: Device,
-}
-
-impl Default for RunOptions {
-    fn default() -> Self {
-        Self { out_dir: PathBuf::new(), resume: false, max_steps: 0, device: Device::Cpu }
-    }
-}
+pub use deq_train::RunOptions;
 
 fn state_tensors(model: &Mdeq, opt: &dyn Optimizer) -> Result<Vec<(String, Tensor)>> {
     let mut t: Vec<(String, Tensor)> = model.named_vars().into_iter().map(|(n, v)| (format!("model.{n}"), v.as_tensor().clone())).collect();
