@@ -213,7 +213,7 @@ def main():
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), train.get("clip", 1.0))
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     first = step()
     times, t_end = [], time.perf_counter() + args.min_time
