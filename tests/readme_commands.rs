@@ -52,6 +52,17 @@ impl Sandbox {
         for f in 0..3u8 {
             image::RgbImage::from_fn(12, 10, |x, y| image::Rgb([x as u8 * 20, y as u8 * 25, f * 60])).save(frames.join(format!("{f:04}.png"))).unwrap();
         }
+        // What datasets/fetch_flow.sh writes, in miniature: one pair with its .flo truth.
+        let pair = data.join("flow/pair");
+        std::fs::create_dir_all(&pair).unwrap();
+        for f in 0..2u8 {
+            image::RgbImage::from_fn(48, 32, |x, y| image::Rgb([(x as u8).wrapping_mul(5).wrapping_add(f * 3), y as u8 * 7, 90])).save(pair.join(format!("frame{f}.png"))).unwrap();
+        }
+        let mut flo = b"PIEH".to_vec();
+        flo.extend(48i32.to_le_bytes());
+        flo.extend(32i32.to_le_bytes());
+        flo.extend((0..48 * 32 * 2).flat_map(|i| (if i % 2 == 0 { 0.6f32 } else { 0.0 }).to_le_bytes()));
+        std::fs::write(pair.join("flow.flo"), flo).unwrap();
         // What datasets/fetch_ppi.sh and fetch_tu.sh write, from the readers' fixtures.
         let fixtures = repo().join("crates/ignn/tests/fixtures");
         std::fs::create_dir_all(data.join("ppi")).unwrap();
@@ -123,6 +134,12 @@ fn smoke_settings(package: &str) -> Vec<String> {
         "deq-lm" => &[
             "--max-steps", "2", "--set", "model.d_model=16", "--set", "model.d_embed=16", "--set", "model.n_head=2", "--set", "model.d_head=8",
             "--set", "model.d_inner=24", "--set", "model.mem_len=8", "--set", "train.batch_size=4", "--set", "train.tgt_len=8", "--set", "train.eval_batch_size=2",
+        ],
+        "deq-flow" => &[
+            "--max-steps", "2", "--set", "model.encoder_dims=[8, 8, 8]", "--set", "model.feature_dim=8", "--set", "model.hidden_dim=6", "--set", "model.context_dim=4",
+            "--set", "model.corr_levels=2", "--set", "model.corr_radius=2", "--set", "model.motion_dims=[8, 6, 6, 4]", "--set", "model.motion_out=6", "--set", "model.head_dim=6",
+            "--set", "model.mask_dim=8", "--set", "deq.f_max_iter=2", "--set", "deq.n_states=1", "--set", "data.synthetic.height=40", "--set", "data.synthetic.width=56",
+            "--set", "data.augment.crop=[32, 48]", "--set", "data.pairs_per_epoch=4", "--set", "train.batch_size=2",
         ],
         _ => &[],
     };

@@ -1,62 +1,14 @@
 //! The trainer: reproducible runs, bit-identical resume, evaluation on a folder of pairs,
 //! configuration errors that name the key or the file.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 
 use candle_core::Device;
+use common::{params, textures, tiny, tmp};
 use deq_flow::config::{RunConfig, SYNTHETIC_TINY};
-use deq_flow::train::{load_trained, train, RunOptions};
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("deq-flow-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-/// Two small textures written as PNGs.
-fn textures(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    for (i, f) in [0.11f32, 0.23].iter().enumerate() {
-        image::RgbImage::from_fn(48, 40, |x, y| image::Rgb([((x as f32 * f).sin() * 100.0 + 128.0) as u8, ((y as f32 * f * 1.3).cos() * 90.0 + 128.0) as u8, ((x + y) as f32 * f * 0.7).sin().mul_add(60.0, 128.0) as u8])).save(dir.join(format!("t{i}.png"))).unwrap();
-    }
-}
-
-/// A tiny, fast configuration on generated 48x64 pairs.
-fn tiny(images: &Path) -> RunConfig {
-    let mut cfg = RunConfig::from_toml(SYNTHETIC_TINY, "synthetic-tiny").unwrap();
-    cfg.model.encoder_dims = [8, 8, 8];
-    cfg.model.feature_dim = 8;
-    cfg.model.hidden_dim = 6;
-    cfg.model.context_dim = 4;
-    cfg.model.corr_levels = 2;
-    cfg.model.corr_radius = 2;
-    cfg.model.motion_dims = [8, 6, 6, 4];
-    cfg.model.motion_out = 6;
-    cfg.model.head_dim = 6;
-    cfg.model.mask_dim = 8;
-    cfg.deq.f_max_iter = 4;
-    cfg.deq.n_states = 2;
-    cfg.data.images = vec![images.to_path_buf()];
-    cfg.data.synthetic.height = 56;
-    cfg.data.synthetic.width = 72;
-    cfg.data.synthetic.max_motion = 8.0;
-    cfg.data.augment.crop = [48, 64];
-    cfg.data.pairs_per_epoch = 6;
-    cfg.train.batch_size = 2;
-    cfg.train.steps = 5;
-    cfg.train.dtype = "f64".into();
-    cfg.train.log_every = 1;
-    cfg.train.eval_every = 0;
-    cfg.train.checkpoint_every = 0;
-    cfg.eval.datasets = vec![];
-    cfg.validate().unwrap();
-    cfg
-}
-
-fn params(cfg: &RunConfig, dir: &Path) -> Vec<Vec<f64>> {
-    let model = load_trained(cfg, dir, &Device::Cpu).unwrap();
-    model.named_vars().iter().map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap()).collect()
-}
+use deq_flow::train::{train, RunOptions};
 
 fn lines(dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()

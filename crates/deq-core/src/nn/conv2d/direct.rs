@@ -32,7 +32,7 @@ const QW: usize = 8 * QB;
 /// At most this many output channels per group: with more, the unfolded products amortise
 /// their copies over enough outputs and run faster (measured: 32 -> 160 channels at 32x32 took
 /// twice the time of the blocked products).
-const MAX_OG: usize = 64;
+pub(super) const MAX_OG: usize = 64;
 
 /// The forward convolution by direct kernels, or `None` where they do not apply (not f32, no
 /// AVX2/FMA, more than [`MAX_OG`] output channels per group, fewer images than threads).
@@ -52,7 +52,7 @@ pub(super) fn forward<T: 'static + Copy + Send + Sync + Default>(x: &[T], k: &[T
     Some(unsafe { Vec::from_raw_parts(y.as_mut_ptr() as *mut T, y.len(), y.capacity()) })
 }
 
-fn available() -> bool {
+pub(super) fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")

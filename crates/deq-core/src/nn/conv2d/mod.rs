@@ -28,6 +28,7 @@ use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 mod direct;
+mod direct_wgrad;
 mod wide;
 
 /// Padding (rows, columns), stride, dilation and groups of a 2-D convolution.
@@ -552,6 +553,12 @@ fn weight_grad<T: KernelFloat>(x: &[T], dy: &[T], geo: &Geom) -> Vec<T> {
     if len == 0 || geo.n == 0 || pix == 0 {
         return vec![T::default(); len];
     }
+    // Few channels per group, stride 1: the direct kernel where it applies.
+    if !geo.direct() && geo.cg() < TAPS_MIN_CG {
+        if let Some(dw) = direct_wgrad::weight_grad(x, dy, geo) {
+            return dw;
+        }
+    }
     let (threads, by_image, par) = schedule(geo.n);
     if geo.wide() {
         let lay = wide::Wide::new(geo, threads);
@@ -973,6 +980,10 @@ mod tests {
         let mut rng = DeqRng::new(12);
         let cases = [
             ([6, 16, 14, 14], [32, 16, 3, 3], 1, 1, 1, 1),
+            // positions beyond one chunk of the weight gradient; 1x5 and 5x1 taps
+            ([2, 5, 40, 37], [6, 5, 3, 3], 1, 1, 1, 1),
+            ([3, 8, 9, 11], [5, 8, 1, 5], 0, 1, 1, 1),
+            ([2, 8, 11, 9], [4, 4, 5, 1], 2, 1, 1, 2),
             ([3, 6, 7, 9], [10, 3, 3, 3], 2, 1, 2, 2),
             ([4, 3, 5, 4], [5, 3, 1, 5], 2, 1, 1, 1),
             ([3, 2, 2, 3], [7, 2, 5, 5], 2, 1, 1, 1),
@@ -1001,6 +1012,23 @@ mod tests {
                 assert!(max_diff(&y, &want) < 1e-4, "{kd:?} on {threads} threads: {}", max_diff(&y, &want));
                 let through_op = pool.install(|| conv2d_with(&x32, &k32, &spec).unwrap());
                 assert_eq!(max_diff(&through_op, &y), 0.0, "conv2d_with takes the direct path");
+                // The direct weight gradient (stride 1) against the loops' and through the op.
+                let dy = rng.randn(geo.y_dims().to_vec(), DType::F64, &Device::Cpu).unwrap();
+                let (_, grads) = reference(&x, &k, Some(&dy), spec);
+                let dk_want = grads.unwrap().1;
+                let dy32 = dy.to_dtype(DType::F32).unwrap();
+                let dys: Vec<f32> = dy32.flatten_all().unwrap().to_vec1().unwrap();
+                match pool.install(|| direct_wgrad::weight_grad(&xs, &dys, &geo)) {
+                    Some(dk) => {
+                        assert_eq!(stride, 1, "the direct weight gradient is for stride 1 only");
+                        let dk = Tensor::from_vec(dk, geo.k_dims().to_vec(), &Device::Cpu).unwrap();
+                        let scale = dk_want.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+                        assert!(max_diff(&dk, &dk_want) < 1e-5 * (1.0 + scale), "weight gradient {kd:?} on {threads} threads: {}", max_diff(&dk, &dk_want));
+                        let (_, dk_op) = pool.install(|| conv2d_backward(&x32, &k32, &dy32, &spec).unwrap());
+                        assert_eq!(max_diff(&dk_op, &dk), 0.0, "conv2d_backward takes the direct weight gradient");
+                    }
+                    None => assert!(stride != 1, "the direct weight gradient applies to {kd:?}"),
+                }
             }
             // Not for f64, and not for fewer images than threads.
             assert!(direct::forward(&x.flatten_all().unwrap().to_vec1::<f64>().unwrap(), &k.flatten_all().unwrap().to_vec1::<f64>().unwrap(), &geo).is_none());
