@@ -53,8 +53,9 @@ fn run(x: &[f32], dy: &[f32], geo: &Geom, threads: usize) -> Vec<f32> {
     let ogp = og.div_ceil(OB) * OB;
     let offsets: Vec<usize> = (0..geo.kh).flat_map(|i| (0..geo.kw).map(move |j| (i, j))).map(|(i, j)| pd.offset(geo, i, j)).collect();
     let max_off = offsets.iter().copied().max().unwrap_or(0);
-    // Every read lies below the last channel's largest offset plus the rounded row.
-    let pad_len = (cg * pd.plane()).max((cg - 1) * pd.plane() + max_off + colsr);
+    // Every read lies below the last channel's largest offset plus the rounded row; this also
+    // covers the planes themselves (`cols + max_off >= plane`).
+    let pad_len = (cg - 1) * pd.plane() + max_off + colsr;
     let blocks = taps.div_ceil(TB);
     // Images [a, b) into one partial sum.
     let partial = |a: usize, b: usize| -> Vec<f32> {
@@ -64,6 +65,8 @@ fn run(x: &[f32], dy: &[f32], geo: &Geom, threads: usize) -> Vec<f32> {
         for i in a..b {
             let img = &x[i * chw..][..chw];
             for g in 0..geo.p.groups {
+                // The unchecked reads of `block` stay inside `pad`.
+                assert!((cg - 1) * pd.plane() + max_off + colsr <= pad.len(), "direct weight gradient: padded planes too short");
                 pd.fill(geo, img, g * cg, cg, &mut pad);
                 // dy of the group on the padded width: ogp rows of colsr, zeros elsewhere.
                 wide.fill(0.0);

@@ -1038,6 +1038,10 @@ mod tests {
         // Not for many output channels per group.
         let geo = Geom::new(&[2, 3, 5, 5], &[65, 3, 3, 3], Conv2dSpec::padded(1)).unwrap();
         assert!(direct::forward(&vec![0f32; 150], &vec![0f32; 65 * 27], &geo).is_none());
+        assert!(direct_wgrad::weight_grad(&vec![0f32; 150], &vec![0f32; 2 * 65 * 25], &geo).is_none());
+        let geo64 = Geom::new(&[2, 3, 5, 5], &[64, 3, 3, 3], Conv2dSpec::padded(1)).unwrap();
+        let avx = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+        assert_eq!(direct_wgrad::weight_grad(&vec![1f32; 150], &vec![1f32; 2 * 64 * 25], &geo64).map(|d| d.len()), Some(64 * 27).filter(|_| avx));
         let geo = Geom::new(&[2, 3, 5, 5], &[64, 3, 3, 3], Conv2dSpec::padded(1)).unwrap();
         assert_eq!(direct::forward(&vec![1f32; 150], &vec![0f32; 64 * 27], &geo).map(|y| y.len()), Some(2 * 64 * 25).filter(|_| std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")));
     }
