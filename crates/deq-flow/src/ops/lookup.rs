@@ -22,7 +22,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape
 use deq_core::nn::KernelFloat;
 use rayon::prelude::*;
 
-use super::window::{pairs_to_planes, point, to_planes, Geo, Win};
+use super::window::{coords_grad, point, sample_all, Geo, Win};
 
 /// Reads the window of one map into `v` (zeros outside).
 fn read_window<T: KernelFloat>(map: &[T], g: &Geo, win: &Win, v: &mut [f64]) {
@@ -35,20 +35,8 @@ fn read_window<T: KernelFloat>(map: &[T], g: &Geo, win: &Win, v: &mut [f64]) {
 }
 
 fn forward<T: KernelFloat>(corr: &[T], coords: &[T], g: &Geo) -> Vec<T> {
-    let (hw, k, n1) = (g.hw(), g.k(), g.n1());
     let plane = g.hl * g.wl;
-    // Per pixel first ((N, K), each pixel's values contiguous), then transposed to (B, K, H, W).
-    let mut rows = vec![T::default(); g.b * hw * k];
-    rows.par_chunks_mut(k).enumerate().with_min_len(64).for_each_init(
-        || vec![0f64; n1 * n1],
-        |v, (n, o)| {
-            let (b, p) = (n / hw, n % hw);
-            let Some(win) = g.window_at(&point(coords, g, b, p)) else { return };
-            read_window(&corr[n * plane..][..plane], g, &win, v);
-            g.combine(&win, v, &mut |c, s| o[c] = T::from64(s));
-        },
-    );
-    to_planes(&rows, g, k)
+    sample_all(g, coords, 64, |n, _, win, v| read_window(&corr[n * plane..][..plane], g, win, v))
 }
 
 /// The gradient of the maps: `(N, Hl, Wl)`.
@@ -76,19 +64,8 @@ fn grad_corr<T: KernelFloat>(coords: &[T], gy: &[T], g: &Geo) -> Vec<T> {
 
 /// The gradient of the coordinates: `(B, 2, H, W)`.
 fn grad_coords<T: KernelFloat>(corr: &[T], coords: &[T], gy: &[T], g: &Geo) -> Vec<T> {
-    let (hw, k, n1) = (g.hw(), g.k(), g.n1());
     let plane = g.hl * g.wl;
-    let mut pairs = vec![[0f64; 2]; g.b * hw];
-    pairs.par_iter_mut().enumerate().with_min_len(64).for_each_init(
-        || vec![0f64; n1 * n1],
-        |v, (n, d)| {
-            let (b, p) = (n / hw, n % hw);
-            let Some(win) = g.window_at(&point(coords, g, b, p)) else { return };
-            read_window(&corr[n * plane..][..plane], g, &win, v);
-            *d = g.point_grad(&win, v, &|c| gy[(b * k + c) * hw + p].to64());
-        },
-    );
-    pairs_to_planes(&pairs, g)
+    coords_grad(g, coords, gy, |n, _, win, v| read_window(&corr[n * plane..][..plane], g, win, v))
 }
 
 fn slice<'a, T>(v: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {

@@ -12,7 +12,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use deq_core::nn::KernelFloat;
 use rayon::prelude::*;
 
-use super::window::{pairs_to_planes, point, to_planes, Geo, Win};
+use super::window::{coords_grad, point, sample_all, Geo, Win};
 
 #[derive(Debug, Clone, Copy)]
 struct FGeo {
@@ -55,19 +55,7 @@ fn dots<T: KernelFloat>(f1: &[T], f2: &[T], fg: &FGeo, b: usize, n: usize, win: 
 }
 
 fn forward<T: KernelFloat>(f1: &[T], f2: &[T], coords: &[T], fg: &FGeo) -> Vec<T> {
-    let g = &fg.g;
-    let (hw, k, n1) = (g.hw(), g.k(), g.n1());
-    let mut rows = vec![T::default(); g.b * hw * k];
-    rows.par_chunks_mut(k).enumerate().with_min_len(16).for_each_init(
-        || vec![0f64; n1 * n1],
-        |v, (n, o)| {
-            let (b, p) = (n / hw, n % hw);
-            let Some(win) = g.window_at(&point(coords, g, b, p)) else { return };
-            dots(f1, f2, fg, b, n, &win, v);
-            g.combine(&win, v, &mut |c, s| o[c] = T::from64(s));
-        },
-    );
-    to_planes(&rows, g, k)
+    sample_all(&fg.g, coords, 16, |n, b, win, v| dots(f1, f2, fg, b, n, win, v))
 }
 
 /// The gradient of the source features `(B, H, W, D)`.
@@ -166,20 +154,12 @@ fn window_dots<T: KernelFloat>(f1: &[T], f2: &[T], coords: &[T], fg: &FGeo) -> V
 
 /// The coordinates' gradient `(B, 2, H, W)` from the window dot products.
 fn grad_coords<T: KernelFloat>(wd: &[T], coords: &[T], gy: &[T], g: &Geo) -> Vec<T> {
-    let (hw, k, n1) = (g.hw(), g.k(), g.n1());
-    let mut pairs = vec![[0f64; 2]; g.b * hw];
-    pairs.par_iter_mut().enumerate().with_min_len(64).for_each_init(
-        || vec![0f64; n1 * n1],
-        |v, (n, d)| {
-            let (b, p) = (n / hw, n % hw);
-            let Some(win) = g.window_at(&point(coords, g, b, p)) else { return };
-            for (x, s) in v.iter_mut().zip(&wd[n * n1 * n1..][..n1 * n1]) {
-                *x = s.to64();
-            }
-            *d = g.point_grad(&win, v, &|c| gy[(b * k + c) * hw + p].to64());
-        },
-    );
-    pairs_to_planes(&pairs, g)
+    let n1 = g.n1();
+    coords_grad(g, coords, gy, |n, _, _, v| {
+        for (x, s) in v.iter_mut().zip(&wd[n * n1 * n1..][..n1 * n1]) {
+            *x = s.to64();
+        }
+    })
 }
 
 fn slice<'a, T>(v: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {

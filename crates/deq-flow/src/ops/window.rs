@@ -121,8 +121,46 @@ pub(crate) fn point<T: deq_core::nn::KernelFloat>(coords: &[T], g: &Geo, b: usiz
     [coords[b * 2 * hw + p].to64(), coords[b * 2 * hw + hw + p].to64()]
 }
 
+/// The lookup's output `(B, K, H, W)`: for every pixel `n` of image `b`, `values(n, b, win, v)`
+/// fills the `(2r + 2)^2` window values `v`, which are combined into the pixel's samples.
+/// Pixels with a non-finite point sample zeros.
+pub(crate) fn sample_all<T: deq_core::nn::KernelFloat>(g: &Geo, coords: &[T], min_len: usize, values: impl Fn(usize, usize, &Win, &mut [f64]) + Sync) -> Vec<T> {
+    use rayon::prelude::*;
+    let (hw, k, n1) = (g.hw(), g.k(), g.n1());
+    // Per pixel first ((N, K), each pixel's values contiguous), then transposed.
+    let mut rows = vec![T::default(); g.b * hw * k];
+    rows.par_chunks_mut(k).enumerate().with_min_len(min_len).for_each_init(
+        || vec![0f64; n1 * n1],
+        |v, (n, o)| {
+            let (b, p) = (n / hw, n % hw);
+            let Some(win) = g.window_at(&point(coords, g, b, p)) else { return };
+            values(n, b, &win, v);
+            g.combine(&win, v, &mut |c, s| o[c] = T::from64(s));
+        },
+    );
+    to_planes(&rows, g, k)
+}
+
+/// The coordinates' gradient `(B, 2, H, W)` from the samples' gradient `gy` `(B, K, H, W)`,
+/// with the window values from `values` (as in [`sample_all`]).
+pub(crate) fn coords_grad<T: deq_core::nn::KernelFloat>(g: &Geo, coords: &[T], gy: &[T], values: impl Fn(usize, usize, &Win, &mut [f64]) + Sync) -> Vec<T> {
+    use rayon::prelude::*;
+    let (hw, k, n1) = (g.hw(), g.k(), g.n1());
+    let mut pairs = vec![[0f64; 2]; g.b * hw];
+    pairs.par_iter_mut().enumerate().with_min_len(64).for_each_init(
+        || vec![0f64; n1 * n1],
+        |v, (n, d)| {
+            let (b, p) = (n / hw, n % hw);
+            let Some(win) = g.window_at(&point(coords, g, b, p)) else { return };
+            values(n, b, &win, v);
+            *d = g.point_grad(&win, v, &|c| gy[(b * k + c) * hw + p].to64());
+        },
+    );
+    pairs_to_planes(&pairs, g)
+}
+
 /// Transposes per-pixel rows `(B * HW, K)` into `(B, K, H, W)`.
-pub(crate) fn to_planes<T: Copy + Default + Send + Sync>(rows: &[T], g: &Geo, k: usize) -> Vec<T> {
+fn to_planes<T: Copy + Default + Send + Sync>(rows: &[T], g: &Geo, k: usize) -> Vec<T> {
     use rayon::prelude::*;
     let hw = g.hw();
     let mut out = vec![T::default(); g.b * k * hw];
@@ -136,7 +174,7 @@ pub(crate) fn to_planes<T: Copy + Default + Send + Sync>(rows: &[T], g: &Geo, k:
 }
 
 /// Splits per-pixel `(x, y)` gradient pairs `(B * HW)` into `(B, 2, H, W)`.
-pub(crate) fn pairs_to_planes<T: deq_core::nn::KernelFloat>(pairs: &[[f64; 2]], g: &Geo) -> Vec<T> {
+fn pairs_to_planes<T: deq_core::nn::KernelFloat>(pairs: &[[f64; 2]], g: &Geo) -> Vec<T> {
     let hw = g.hw();
     let mut out = vec![T::default(); g.b * 2 * hw];
     for b in 0..g.b {

@@ -32,11 +32,18 @@ const QW: usize = 8 * QB;
 /// At most this many output channels per group: with more, the unfolded products amortise
 /// their copies over enough outputs and run faster (measured: 32 -> 160 channels at 32x32 took
 /// twice the time of the blocked products).
-pub(super) const MAX_OG: usize = 64;
+const MAX_OG: usize = 64;
 
 /// The forward convolution by direct kernels, or `None` where they do not apply (not f32, no
 /// AVX2/FMA, more than [`MAX_OG`] output channels per group, fewer images than threads).
 pub(super) fn forward<T: 'static + Copy + Send + Sync + Default>(x: &[T], k: &[T], geo: &Geom) -> Option<Vec<T>> {
+    with_f32(x, k, geo, run)
+}
+
+/// Runs an f32 kernel `f(a, b, geo, threads)` on `T` slices where the direct kernels apply: `T`
+/// is f32, the CPU has AVX2 and FMA, at most [`MAX_OG`] output channels per group, at least one
+/// image per thread; `None` elsewhere.
+pub(super) fn with_f32<T: 'static + Copy + Send + Sync + Default>(a: &[T], b: &[T], geo: &Geom, f: fn(&[f32], &[f32], &Geom, usize) -> Vec<f32>) -> Option<Vec<T>> {
     if std::any::TypeId::of::<T>() != std::any::TypeId::of::<f32>() || geo.og() > MAX_OG || !available() {
         return None;
     }
@@ -45,8 +52,8 @@ pub(super) fn forward<T: 'static + Copy + Send + Sync + Default>(x: &[T], k: &[T
         return None;
     }
     // SAFETY: T is f32 (checked above), so the slices are f32 slices of the same length.
-    let (x32, k32) = unsafe { (std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()), std::slice::from_raw_parts(k.as_ptr() as *const f32, k.len())) };
-    let y = run(x32, k32, geo, threads);
+    let (a32, b32) = unsafe { (std::slice::from_raw_parts(a.as_ptr() as *const f32, a.len()), std::slice::from_raw_parts(b.as_ptr() as *const f32, b.len())) };
+    let y = f(a32, b32, geo, threads);
     let mut y = std::mem::ManuallyDrop::new(y);
     // SAFETY: T is f32: the vector is handed over with its own pointer, length and capacity.
     Some(unsafe { Vec::from_raw_parts(y.as_mut_ptr() as *mut T, y.len(), y.capacity()) })

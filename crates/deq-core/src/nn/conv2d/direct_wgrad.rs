@@ -27,19 +27,10 @@ const CHUNK: usize = 1024;
 /// The weight gradient `(o, cg, kh, kw)` by the direct kernel, or `None` where it does not
 /// apply (see the module docs).
 pub(super) fn weight_grad<T: 'static + Copy + Send + Sync + Default>(x: &[T], dy: &[T], geo: &Geom) -> Option<Vec<T>> {
-    if std::any::TypeId::of::<T>() != std::any::TypeId::of::<f32>() || geo.p.stride != 1 || geo.og() > super::direct::MAX_OG || !super::direct::available() {
+    if geo.p.stride != 1 {
         return None;
     }
-    let threads = rayon::current_num_threads().max(1);
-    if geo.n < threads {
-        return None;
-    }
-    // SAFETY: T is f32 (checked above).
-    let (x32, dy32) = unsafe { (std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()), std::slice::from_raw_parts(dy.as_ptr() as *const f32, dy.len())) };
-    let dw = run(x32, dy32, geo, threads);
-    let mut dw = std::mem::ManuallyDrop::new(dw);
-    // SAFETY: T is f32: the vector is handed over with its own pointer, length and capacity.
-    Some(unsafe { Vec::from_raw_parts(dw.as_mut_ptr() as *mut T, dw.len(), dw.capacity()) })
+    super::direct::with_f32(x, dy, geo, run)
 }
 
 fn run(x: &[f32], dy: &[f32], geo: &Geom, threads: usize) -> Vec<f32> {
