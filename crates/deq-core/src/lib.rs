@@ -16,6 +16,7 @@
 //! | [`deq`] | the DEQ layer: sliced and indexing cores, train/eval budgets |
 //! | [`solver`] | solvers, statistics, registry, small batched linear solves |
 //! | [`grad`] | implicit differentiation (custom op), phantom gradients, amortised implicit gradients with a carried adjoint |
+//! | [`gradcheck`] | finite-difference gradient checks (f64 central differences) for tests of custom ops and `f` |
 //! | [`recompute`] | checkpointed training steps (no graph of `f` kept between passes) |
 //! | [`loss`] | fixed-point correction, Jacobian regulariser, power method |
 //! | [`nn`] | differentiable LayerNorm and softmax (candle's fused ones have no backward) |
@@ -87,6 +88,7 @@ pub mod deq;
 pub mod dropout;
 pub mod error;
 pub mod grad;
+pub mod gradcheck;
 pub mod loss;
 pub mod nn;
 pub mod norm;

@@ -16,7 +16,10 @@ use serde::Serialize;
 
 use crate::data::datasets::{self, load_pair, PairSpec, Split};
 use crate::error::{FlowError, Result};
+use crate::flow::Flow;
 use crate::infer::{predict, PadMode};
+use crate::io::frames::{write_rgb_png, Frame};
+use crate::io::viz::flow_to_rgb;
 use crate::loss::FlowErrors;
 use crate::model::DeqFlow;
 
@@ -102,7 +105,9 @@ pub fn expand(names: &[String]) -> Vec<String> {
 }
 
 /// Evaluates `model` (with an evaluation-mode `deq`) on `specs`; `sparse` selects KITTI's rules.
-pub fn evaluate(model: &DeqFlow, deq: &Deq, name: &str, specs: &[PairSpec], pad: PadMode, sparse: bool, device: &Device, progress: bool) -> Result<DatasetReport> {
+/// With `pictures`, each pair's [`picture`] is written there as `<pair name>.png` (`/` as `_`).
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate(model: &DeqFlow, deq: &Deq, name: &str, specs: &[PairSpec], pad: PadMode, sparse: bool, device: &Device, progress: bool, pictures: Option<&Path>) -> Result<DatasetReport> {
     let mut total = FlowErrors::default();
     let mut pairs = Vec::new();
     let mut bar = deq_train::Progress::new(format!("eval {name}"), specs.len(), progress);
@@ -128,6 +133,11 @@ pub fn evaluate(model: &DeqFlow, deq: &Deq, name: &str, specs: &[PairSpec], pad:
             None => None,
         };
         total.add(&e);
+        if let Some(dir) = pictures {
+            std::fs::create_dir_all(dir).map_err(|e| FlowError::io(dir, e))?;
+            let (w, h, rgb) = picture(&pair.img1, gt, &pred.flow);
+            write_rgb_png(&dir.join(format!("{}.png", spec.name.replace(['/', '\\'], "_"))), w, h, &rgb)?;
+        }
         pairs.push(PairResult { name: spec.name.clone(), epe: e.epe(), epe_without_excluded, px: e.accuracies(), f1: e.f1_all(), nfe: pred.nfe, rel_residual: pred.rel_residual, seconds, pixels: e.count });
         bar.inc(1, &format!("epe {:.3}", total.epe()));
     }
@@ -146,6 +156,23 @@ pub fn evaluate(model: &DeqFlow, deq: &Deq, name: &str, specs: &[PairSpec], pad:
     })
 }
 
+/// A side-by-side picture of a pair: the first frame, the ground truth and the prediction, both
+/// flows on the Middlebury colour wheel normalised by the ground truth's largest valid magnitude
+/// (so that colours compare), pixels without ground truth black in the middle panel. Returns
+/// `(width, height, rgb)`.
+pub fn picture(frame: &Frame, truth: &Flow, pred: &Flow) -> (usize, usize, Vec<u8>) {
+    let (h, w) = (frame.height, frame.width);
+    let scale = truth.max_magnitude();
+    let panels = [frame.rgb.clone(), flow_to_rgb(truth, Some(scale)), flow_to_rgb(pred, Some(scale))];
+    let mut out = Vec::with_capacity(3 * w * 3 * h);
+    for y in 0..h {
+        for p in &panels {
+            out.extend_from_slice(&p[3 * y * w..3 * (y + 1) * w]);
+        }
+    }
+    (3 * w, h, out)
+}
+
 /// The markdown table of a report: one row per pair and the dataset's row.
 pub fn markdown(r: &DatasetReport) -> String {
     let mut s = String::from("| pair | EPE | EPE w/o invalid | 1px | 3px | 5px | NFE | rel. residual | seconds |\n|---|---|---|---|---|---|---|---|---|\n");
@@ -155,4 +182,29 @@ pub fn markdown(r: &DatasetReport) -> String {
     }
     s += &format!("| **{}** (pooled EPE; pair mean {:.3}) | **{:.3}** | | {:.3} | {:.3} | {:.3} | {:.1} | {:.2e} | {:.2} |\n", r.name, r.epe_pair_mean, r.epe, r.px[0], r.px[1], r.px[2], r.nfe, r.rel_residual, r.seconds);
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pictures_put_frame_truth_and_prediction_side_by_side_at_one_scale() {
+        let frame = Frame { height: 2, width: 3, rgb: (0..18).collect() };
+        let mut truth = Flow::zeros(2, 3);
+        truth.uv[0] = 4.0; // pixel (0, 0) moves 4 px right: the largest magnitude
+        truth.valid = Some(vec![1.0, 1.0, 1.0, 1.0, 1.0, 0.0]);
+        let mut pred = Flow::zeros(2, 3);
+        pred.uv[0] = 2.0; // half the truth's motion: a paler red at the same scale
+        let (w, h, rgb) = picture(&frame, &truth, &pred);
+        assert_eq!((w, h, rgb.len()), (9, 2, 54));
+        let px = |x: usize, y: usize| &rgb[3 * (y * w + x)..3 * (y * w + x) + 3];
+        assert_eq!(px(0, 0), &[0, 1, 2]);
+        assert_eq!(px(2, 1), &[15, 16, 17]);
+        assert_eq!(px(5, 1), &[0, 0, 0], "no ground truth: black");
+        assert_eq!(px(4, 0), &[255, 255, 255], "zero flow: white");
+        let (full, half) = (px(3, 0), px(6, 0));
+        assert!(full[0] >= half[0] && full[1] < half[1] && full[2] < half[2], "{full:?} {half:?}");
+        assert_eq!(px(8, 1), &[255, 255, 255], "the prediction has no invalid pixels");
+    }
 }

@@ -63,9 +63,6 @@ pub mod model;
 pub mod ops;
 pub mod train;
 
-#[cfg(test)]
-pub(crate) mod testing;
-
 pub use error::{FlowError, Result};
 pub use flow::Flow;
 pub use model::{DeqFlow, FlowOutput, ModelConfig};

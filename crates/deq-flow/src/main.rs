@@ -13,9 +13,9 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use deq_flow::config::{RunConfig, SYNTHETIC_TINY};
 use deq_flow::eval::{self, markdown};
-use deq_flow::infer::{predict, PadMode};
+use deq_flow::infer::{predict, warm_start, PadMode, Padder};
 use deq_flow::io::frames::{write_rgb_png, Frame};
-use deq_flow::io::{flo, viz};
+use deq_flow::io::{flo, read_flow, viz};
 use deq_flow::train::{eval_deq, load_textures, load_trained, train, RunOptions};
 use deq_train::cli::{init_logging, RunDirArgs, TrainArgs};
 use deq_train::plot::PlotArgs;
@@ -65,6 +65,10 @@ enum Cmd {
         /// Also write the report as JSON here.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+        /// Write one picture per pair into this folder: first frame, ground truth and
+        /// prediction side by side, both flows on the colour wheel at the truth's scale.
+        #[arg(long, value_name = "DIR")]
+        pictures: Option<PathBuf>,
     },
     /// The flow from one frame to another: a `.flo` file and optionally a colour-wheel PNG.
     Infer {
@@ -83,6 +87,10 @@ enum Cmd {
         /// Padding to a multiple of 8.
         #[arg(long, value_enum, default_value = "sintel")]
         pad: PadArg,
+        /// Warm start from the flow of the previous pair of a sequence (`.flo`, `.pfm` or KITTI
+        /// PNG, the frames' size), forward-interpolated at 1/8 resolution as RAFT does.
+        #[arg(long, value_name = "FILE")]
+        init: Option<PathBuf>,
     },
     /// Write generated training pairs (frames, `.flo` ground truth, flow pictures) to a folder.
     Generate {
@@ -144,7 +152,7 @@ fn main() -> Result<()> {
                 Ok(())
             })
         }
-        Cmd::Eval { run, dataset, root, max_pairs, json } => {
+        Cmd::Eval { run, dataset, root, max_pairs, json, pictures } => {
             let dir = run_dir(&run);
             let saved = run.config.load_saved::<RunConfig>(&dir)?;
             let (source, mut cfg) = (saved.source(), saved.config);
@@ -181,7 +189,7 @@ fn main() -> Result<()> {
                     if cfg.eval.max_pairs > 0 {
                         specs.truncate(cfg.eval.max_pairs);
                     }
-                    let r = eval::evaluate(&model, &deq, n, &specs, pad, sparse, &device, true)?;
+                    let r = eval::evaluate(&model, &deq, n, &specs, pad, sparse, &device, true, pictures.as_deref())?;
                     eprintln!("{}", markdown(&r));
                     println!("{}", serde_json::json!({"dataset": r.name, "epe": r.epe, "epe_pair_mean": r.epe_pair_mean, "1px": r.px[0], "3px": r.px[1], "5px": r.px[2], "f1": r.f1, "nfe": r.nfe, "rel_residual": r.rel_residual, "seconds": r.seconds, "pairs": r.pairs.len()}));
                     reports.push(r);
@@ -192,7 +200,7 @@ fn main() -> Result<()> {
                 Ok(())
             })
         }
-        Cmd::Infer { run, frame1, frame2, output, png, pad } => {
+        Cmd::Infer { run, frame1, frame2, output, png, pad, init } => {
             let dir = run_dir(&run);
             let saved = run.config.load_saved::<RunConfig>(&dir)?;
             let (source, cfg) = (saved.source(), saved.config);
@@ -200,6 +208,14 @@ fn main() -> Result<()> {
             anyhow::ensure!(device.is_cpu(), "deq-flow runs on the CPU only in this release; use `--device cpu`");
             let a = Frame::read(&frame1)?;
             let b = Frame::read(&frame2)?;
+            let init = match &init {
+                Some(p) => {
+                    let f = read_flow(p)?;
+                    anyhow::ensure!((f.height, f.width) == (a.height, a.width), "{}: a {}x{} flow cannot warm-start {}x{} frames", p.display(), f.height, f.width, a.height, a.width);
+                    Some(f)
+                }
+                None => None,
+            };
             if run.dry_run {
                 check_run(&dir)?;
                 return dry_run(&cfg, &source, &dir);
@@ -212,7 +228,11 @@ fn main() -> Result<()> {
                     PadArg::Sintel => PadMode::Sintel,
                     PadArg::Kitti => PadMode::Kitti,
                 };
-                let p = predict(&model, &deq, &a, &b, mode, None, &device)?;
+                let flow_init = match &init {
+                    Some(f) => Some(warm_start(f, &Padder::new(a.height, a.width, mode), &device)?),
+                    None => None,
+                };
+                let p = predict(&model, &deq, &a, &b, mode, flow_init.as_ref(), &device)?;
                 flo::write(&output, &p.flow)?;
                 if let Some(png) = &png {
                     write_rgb_png(png, p.flow.width, p.flow.height, &viz::flow_to_rgb(&p.flow, None))?;

@@ -71,12 +71,10 @@ pub fn load_textures(dirs: &[PathBuf]) -> Result<Vec<Texture>> {
         let d = if d.is_dir() { d.clone() } else { find_dataset_dir(&d.to_string_lossy()).ok_or_else(|| FlowError::config("data.images", format!("{}: no such folder", d.display())))? };
         let mut stack = vec![(d, 0)];
         while let Some((dir, depth)) = stack.pop() {
-            let rd = std::fs::read_dir(&dir).map_err(|e| FlowError::io(&dir, e))?;
-            for e in rd {
-                let p = e.map_err(|e| FlowError::io(&dir, e))?.path();
+            for p in deq_train::data::list_dir(&dir)? {
                 if p.is_dir() && depth < 1 {
                     stack.push((p, depth + 1));
-                } else if p.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg")) {
+                } else if deq_train::data::is_image(&p) {
                     files.push(p);
                 }
             }
@@ -256,7 +254,7 @@ pub fn evaluate_all(cfg: &RunConfig, model: &DeqFlow, dev: &Device, progress: bo
             if cfg.eval.max_pairs > 0 {
                 specs.truncate(cfg.eval.max_pairs);
             }
-            eval::evaluate(model, &deq, name, &specs, pad, sparse, dev, progress)
+            eval::evaluate(model, &deq, name, &specs, pad, sparse, dev, progress, None)
         })
         .collect()
 }

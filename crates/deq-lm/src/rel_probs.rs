@@ -156,12 +156,9 @@ pub fn rel_probs(ac: &Tensor, bd_raw: &Tensor, scale: f64, mlen: usize, local: u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use deq_core::gradcheck::max_abs_diff;
     use candle_core::{Device, Var};
     use deq_core::rng::DeqRng;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
-    }
 
     fn composed(ac: &Tensor, bd: &Tensor, scale: f64, mlen: usize, local: usize) -> Tensor {
         super::composed(ac, bd, scale, mlen, local).unwrap()
@@ -188,17 +185,17 @@ mod tests {
                     assert_eq!(seen, ((i + mlen + 1).saturating_sub(local)..=i + mlen).collect::<Vec<_>>());
                 }
             }
-            assert!(max_diff(&fused, &reference) < 1e-14, "{shape:?}");
+            assert!(max_abs_diff(&fused, &reference).unwrap() < 1e-14, "{shape:?}");
             let g1 = (fused * &up).unwrap().sum_all().unwrap().backward().unwrap();
             let g2 = (reference * &up).unwrap().sum_all().unwrap().backward().unwrap();
             for v in [&ac, &bd] {
                 // Entries no query sees: the composed path's gradient is 0 there too.
-                let d = max_diff(g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap());
+                let d = max_abs_diff(g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap()).unwrap();
                 assert!(d < 1e-13, "{shape:?}: {d}");
             }
             // f32 against f64.
             let f = rel_probs(&ac.as_tensor().to_dtype(DType::F32).unwrap(), &bd.as_tensor().to_dtype(DType::F32).unwrap(), 0.3, mlen, local).unwrap();
-            assert!(max_diff(&f, &composed(ac.as_tensor(), bd.as_tensor(), 0.3, mlen, local)) < 1e-6);
+            assert!(max_abs_diff(&f, &composed(ac.as_tensor(), bd.as_tensor(), 0.3, mlen, local)).unwrap() < 1e-6);
         }
     }
 
@@ -241,22 +238,22 @@ mod tests {
         let (a32, b32) = (f32(ac.as_tensor()), f32(bd.as_tensor()));
         let g32 = rel_probs(a32.as_tensor(), b32.as_tensor(), 0.5, mlen, local).unwrap().mul(&up.to_dtype(DType::F32).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
         for (v64, v32) in [(&ac, &a32), (&bd, &b32)] {
-            assert!(max_diff(g32.get(v32.as_tensor()).unwrap(), g64.get(v64.as_tensor()).unwrap()) < 1e-5);
+            assert!(max_abs_diff(g32.get(v32.as_tensor()).unwrap(), g64.get(v64.as_tensor()).unwrap()).unwrap() < 1e-5);
         }
         // A single (qlen, klen) matrix is the batch of one, forward and backward.
         let (a2, b2) = (Var::from_tensor(&ac.as_tensor().get(1).unwrap()).unwrap(), Var::from_tensor(&bd.as_tensor().get(1).unwrap()).unwrap());
         let p2 = rel_probs(a2.as_tensor(), b2.as_tensor(), 0.5, mlen, local).unwrap();
         let p3 = rel_probs(ac.as_tensor(), bd.as_tensor(), 0.5, mlen, local).unwrap();
-        assert!(max_diff(&p2, &p3.get(1).unwrap()) < 1e-15);
+        assert!(max_abs_diff(&p2, &p3.get(1).unwrap()).unwrap() < 1e-15);
         let g2 = p2.mul(&up.get(1).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
-        assert!(max_diff(g2.get(a2.as_tensor()).unwrap(), &g64.get(ac.as_tensor()).unwrap().get(1).unwrap()) < 1e-15);
-        assert!(max_diff(g2.get(b2.as_tensor()).unwrap(), &g64.get(bd.as_tensor()).unwrap().get(1).unwrap()) < 1e-15);
+        assert!(max_abs_diff(g2.get(a2.as_tensor()).unwrap(), &g64.get(ac.as_tensor()).unwrap().get(1).unwrap()).unwrap() < 1e-15);
+        assert!(max_abs_diff(g2.get(b2.as_tensor()).unwrap(), &g64.get(bd.as_tensor()).unwrap().get(1).unwrap()).unwrap() < 1e-15);
         // Rank 1 is refused; f16 takes the composed path.
         let row = Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap();
         assert!(rel_probs(&row, &row, 1.0, 0, 0).is_err());
         let h = |t: &Tensor| t.to_dtype(DType::F16).unwrap();
         let p16 = rel_probs(&h(ac.as_tensor()), &h(bd.as_tensor()), 0.5, mlen, local).unwrap();
-        assert!(max_diff(&p16, &p3) < 5e-3);
+        assert!(max_abs_diff(&p16, &p3).unwrap() < 5e-3);
     }
 
     #[test]

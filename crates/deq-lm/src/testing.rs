@@ -1,23 +1,14 @@
 //! Finite-difference checks shared by the crate's gradient tests.
 
 use candle_core::{DType, Device, Tensor, Var};
+use deq_core::gradcheck::{assert_gradient_values, central_differences};
 use deq_core::rng::DeqRng;
 
 /// Asserts that `grad` equals the central differences `(f(x + h e_i) - f(x - h e_i)) / 2h` at
 /// `base` for every `stride`-th entry, within `tol * (1 + |fd|)`.
 pub(crate) fn check_fd(name: &str, base: &Tensor, grad: &Tensor, h: f64, tol: f64, stride: usize, f: &dyn Fn(&Tensor) -> f64) {
-    let v = base.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    let gv = grad.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    assert_eq!(v.len(), gv.len(), "{name}: gradient of another shape");
-    for i in (0..v.len()).step_by(stride.max(1)) {
-        let at = |s: f64| {
-            let mut w = v.clone();
-            w[i] += s;
-            f(&Tensor::from_vec(w, base.shape(), &Device::Cpu).unwrap())
-        };
-        let fd = (at(h) - at(-h)) / (2.0 * h);
-        assert!((gv[i] - fd).abs() < tol * (1.0 + fd.abs()), "{name}[{i}]: {} against {fd}", gv[i]);
-    }
+    assert_eq!(base.elem_count(), grad.elem_count(), "{name}: gradient of another shape");
+    assert_gradient_values(name, grad, &central_differences(base, h, stride, f).unwrap(), tol);
 }
 
 /// [`check_fd`] for a variable: each evaluation sets it (then calls `refresh`, e.g. to

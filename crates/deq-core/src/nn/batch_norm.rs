@@ -239,12 +239,9 @@ pub fn batch_norm_train(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tenso
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gradcheck::max_abs_diff;
     use crate::rng::DeqRng;
     use candle_core::{Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
-    }
 
     const SHAPES: &[&[usize]] = &[&[3, 4, 5, 6], &[2, 3, 1, 1], &[5, 2, 7], &[1, 6, 3, 3], &[4, 1, 2, 9]];
 
@@ -260,21 +257,21 @@ mod tests {
             let up = rng.randn(dims.to_vec(), DType::F64, &Device::Cpu).unwrap();
             let (y, m, v) = batch_norm_train(x.as_tensor(), Some(w.as_tensor()), Some(b.as_tensor()), 1e-5).unwrap();
             let (yr, mr, vr) = composed(x.as_tensor(), Some(w.as_tensor()), Some(b.as_tensor()), 1e-5).unwrap();
-            assert!(max_diff(&y, &yr) < 1e-9 && max_diff(&m, &mr) < 1e-11 && max_diff(&v, &vr) < 1e-9, "{dims:?}");
+            assert!(max_abs_diff(&y, &yr).unwrap() < 1e-9 && max_abs_diff(&m, &mr).unwrap() < 1e-11 && max_abs_diff(&v, &vr).unwrap() < 1e-9, "{dims:?}");
             let g1 = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
             let g2 = (&yr * &up).unwrap().sum_all().unwrap().backward().unwrap();
             for var in [&x, &w, &b] {
-                let d = max_diff(g1.get(var.as_tensor()).unwrap(), g2.get(var.as_tensor()).unwrap());
+                let d = max_abs_diff(g1.get(var.as_tensor()).unwrap(), g2.get(var.as_tensor()).unwrap()).unwrap();
                 assert!(d < 1e-8, "{dims:?}: {d}");
             }
             // The f32 kernels against the f64 ones.
             let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
             let (xs, ws, bs) = (Var::from_tensor(&f32(x.as_tensor())).unwrap(), Var::from_tensor(&f32(w.as_tensor())).unwrap(), Var::from_tensor(&f32(b.as_tensor())).unwrap());
             let (y32, m32, v32) = batch_norm_train(xs.as_tensor(), Some(ws.as_tensor()), Some(bs.as_tensor()), 1e-5).unwrap();
-            assert!(max_diff(&y32, &y) < 1e-3 && max_diff(&m32, &m) < 1e-4 && max_diff(&v32, &v) < 1e-3, "f32 {dims:?}");
+            assert!(max_abs_diff(&y32, &y).unwrap() < 1e-3 && max_abs_diff(&m32, &m).unwrap() < 1e-4 && max_abs_diff(&v32, &v).unwrap() < 1e-3, "f32 {dims:?}");
             let g3 = (&y32 * &f32(&up)).unwrap().sum_all().unwrap().backward().unwrap();
             for (v32, v64) in [(&xs, &x), (&ws, &w), (&bs, &b)] {
-                let d = max_diff(g3.get(v32.as_tensor()).unwrap(), g1.get(v64.as_tensor()).unwrap());
+                let d = max_abs_diff(g3.get(v32.as_tensor()).unwrap(), g1.get(v64.as_tensor()).unwrap()).unwrap();
                 assert!(d < 1e-2, "f32 gradient {dims:?}: {d}");
             }
         }
@@ -346,6 +343,6 @@ mod tests {
         assert!(batch_norm_train(&Tensor::zeros(3, DType::F64, &Device::Cpu).unwrap(), None, None, 1e-5).is_err());
         // bf16 goes through candle's ops.
         let (yb, _, _) = batch_norm_train(&x.to_dtype(DType::BF16).unwrap(), None, None, 1e-5).unwrap();
-        assert!(max_diff(&yb, &y) < 0.05);
+        assert!(max_abs_diff(&yb, &y).unwrap() < 0.05);
     }
 }

@@ -140,12 +140,9 @@ pub fn bmm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gradcheck::max_abs_diff;
     use crate::rng::DeqRng;
     use candle_core::{Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
-    }
 
     #[test]
     fn equals_candles_matmul_in_every_layout_with_gradients() {
@@ -159,18 +156,18 @@ mod tests {
             let ours = bmm(a.as_tensor(), &bt).unwrap();
             let theirs = a.as_tensor().matmul(&bt.contiguous().unwrap()).unwrap();
             let tol = if dt == DType::F64 { 1e-12 } else { 1e-4 };
-            assert!(max_diff(&ours, &theirs) < tol, "{dt:?}");
+            assert!(max_abs_diff(&ours, &theirs).unwrap() < tol, "{dt:?}");
             let g1 = (ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
             let g2 = (theirs.clone() * &up).unwrap().sum_all().unwrap().backward().unwrap();
             for v in [&a, &b] {
-                assert!(max_diff(g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap()) < tol, "{dt:?}");
+                assert!(max_abs_diff(g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap()).unwrap() < tol, "{dt:?}");
             }
             // Both transposed, and a strided input that is neither (copied first).
             let at = a.as_tensor().transpose(2, 3).unwrap().contiguous().unwrap().transpose(2, 3).unwrap();
-            assert!(max_diff(&bmm(&at, &bt).unwrap(), &theirs) < tol);
+            assert!(max_abs_diff(&bmm(&at, &bt).unwrap(), &theirs).unwrap() < tol);
             let sliced = a.as_tensor().narrow(3, 1, 3).unwrap();
             let b3 = bt.narrow(2, 0, 3).unwrap();
-            assert!(max_diff(&bmm(&sliced, &b3).unwrap(), &sliced.contiguous().unwrap().matmul(&b3.contiguous().unwrap()).unwrap()) < tol);
+            assert!(max_abs_diff(&bmm(&sliced, &b3).unwrap(), &sliced.contiguous().unwrap().matmul(&b3.contiguous().unwrap()).unwrap()).unwrap() < tol);
         }
         let a = Tensor::zeros((2, 3, 4), DType::F32, &Device::Cpu).unwrap();
         assert!(bmm(&a, &Tensor::zeros((2, 5, 4), DType::F32, &Device::Cpu).unwrap()).is_err());

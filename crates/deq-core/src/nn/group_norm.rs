@@ -300,12 +300,9 @@ impl candle_core::Module for GroupNorm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gradcheck::max_abs_diff;
     use crate::rng::DeqRng;
     use candle_core::{Device, Module};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
-    }
 
     const SHAPES: &[(&[usize], usize)] = &[(&[2, 6, 3, 5], 3), (&[3, 8, 4, 4], 8), (&[2, 4, 7], 1), (&[1, 6, 1, 1], 2), (&[4, 12, 5, 3], 4)];
 
@@ -322,12 +319,12 @@ mod tests {
                 let (wo, bo) = if affine { (Some(w.as_tensor()), Some(b.as_tensor())) } else { (None, None) };
                 let ours = group_norm(x.as_tensor(), groups, wo, bo, 1e-5).unwrap();
                 let theirs = composed(x.as_tensor(), groups, wo, bo, 1e-5).unwrap();
-                assert!(max_diff(&ours, &theirs) < 1e-12, "{dims:?}");
+                assert!(max_abs_diff(&ours, &theirs).unwrap() < 1e-12, "{dims:?}");
                 let ga = (&ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
                 let gb = (&theirs * &up).unwrap().sum_all().unwrap().backward().unwrap();
                 let vars: Vec<&Var> = if affine { vec![&x, &w, &b] } else { vec![&x] };
                 for v in vars {
-                    let d = max_diff(ga.get(v.as_tensor()).unwrap(), gb.get(v.as_tensor()).unwrap());
+                    let d = max_abs_diff(ga.get(v.as_tensor()).unwrap(), gb.get(v.as_tensor()).unwrap()).unwrap();
                     assert!(d < 1e-10, "{dims:?} affine {affine}: {d}");
                 }
                 // f32 against f64.
@@ -336,7 +333,7 @@ mod tests {
                     (Some(w), Some(b)) => group_norm(&f32(x.as_tensor()), groups, Some(&f32(w)), Some(&f32(b)), 1e-5).unwrap(),
                     _ => group_norm(&f32(x.as_tensor()), groups, None, None, 1e-5).unwrap(),
                 };
-                assert!(max_diff(&y32, &ours) < 1e-4, "{dims:?}");
+                assert!(max_abs_diff(&y32, &ours).unwrap() < 1e-4, "{dims:?}");
             }
         }
     }
@@ -387,11 +384,11 @@ mod tests {
         let full = op.bwd(&x, &w, &b, &y, &dy).unwrap();
         let only_x = crate::grad::with_wanted(&[true, false, false], || op.bwd(&x, &w, &b, &y, &dy)).unwrap();
         assert!(only_x.1.is_none() && only_x.2.is_none());
-        assert!(max_diff(only_x.0.as_ref().unwrap(), full.0.as_ref().unwrap()) == 0.0);
+        assert!(max_abs_diff(only_x.0.as_ref().unwrap(), full.0.as_ref().unwrap()).unwrap() == 0.0);
         let only_w = crate::grad::with_wanted(&[false, true, true], || op.bwd(&x, &w, &b, &y, &dy)).unwrap();
         assert!(only_w.0.is_none());
-        assert!(max_diff(only_w.1.as_ref().unwrap(), full.1.as_ref().unwrap()) == 0.0);
-        assert!(max_diff(only_w.2.as_ref().unwrap(), full.2.as_ref().unwrap()) == 0.0);
+        assert!(max_abs_diff(only_w.1.as_ref().unwrap(), full.1.as_ref().unwrap()).unwrap() == 0.0);
+        assert!(max_abs_diff(only_w.2.as_ref().unwrap(), full.2.as_ref().unwrap()).unwrap() == 0.0);
     }
 
     #[test]
@@ -402,7 +399,7 @@ mod tests {
         let ours = group_norm(&x, 2, None, None, 1e-5).unwrap();
         let centred = (&x - 1e7).unwrap();
         let reference = composed(&centred, 2, None, None, 1e-5).unwrap();
-        assert!(max_diff(&ours, &reference) < 1e-6, "{}", max_diff(&ours, &reference));
+        assert!(max_abs_diff(&ours, &reference).unwrap() < 1e-6, "{}", max_abs_diff(&ours, &reference).unwrap());
     }
 
     #[test]

@@ -172,12 +172,9 @@ impl candle_core::Module for LayerNorm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gradcheck::max_abs_diff;
     use crate::rng::DeqRng;
     use candle_core::{Device, Module};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
-    }
 
     #[test]
     fn forward_matches_the_composed_ops_and_candle_nn() {
@@ -185,17 +182,17 @@ mod tests {
         for d in [1usize, 7, 64] {
             let x = rng.randn((3, 5, d), DType::F64, &Device::Cpu).unwrap().affine(3.0, 1.5).unwrap();
             let fused = layer_norm(&x, None, None, 1e-5).unwrap();
-            assert!(max_diff(&fused, &normalize_composed(&x, 1e-5).unwrap()) < 1e-12, "d {d}");
+            assert!(max_abs_diff(&fused, &normalize_composed(&x, 1e-5).unwrap()).unwrap() < 1e-12, "d {d}");
             let w = rng.randn(d, DType::F64, &Device::Cpu).unwrap();
             let b = rng.randn(d, DType::F64, &Device::Cpu).unwrap();
             let ours = layer_norm(&x, Some(&w), Some(&b), 1e-5).unwrap();
             // candle_nn's fused layer norm (f32 only): the same forward, no backward.
             let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
             let candle = candle_nn::ops::layer_norm(&f32(&x), &f32(&w), &f32(&b), 1e-5).unwrap();
-            assert!(max_diff(&ours, &candle) < 1e-5, "d {d}");
+            assert!(max_abs_diff(&ours, &candle).unwrap() < 1e-5, "d {d}");
             // f32 against f64.
             let x32 = x.to_dtype(DType::F32).unwrap();
-            assert!(max_diff(&layer_norm(&x32, None, None, 1e-5).unwrap(), &fused) < 2e-6, "d {d}");
+            assert!(max_abs_diff(&layer_norm(&x32, None, None, 1e-5).unwrap(), &fused).unwrap() < 2e-6, "d {d}");
         }
     }
 
@@ -252,7 +249,7 @@ mod tests {
         let x = DeqRng::new(6).randn((5, 12), DType::F32, &Device::Cpu).unwrap();
         let h = layer_norm(&x.to_dtype(DType::BF16).unwrap(), None, None, 1e-5).unwrap();
         assert_eq!(h.dtype(), DType::BF16);
-        assert!(max_diff(&h, &layer_norm(&x, None, None, 1e-5).unwrap()) < 3e-2);
+        assert!(max_abs_diff(&h, &layer_norm(&x, None, None, 1e-5).unwrap()).unwrap() < 3e-2);
         let e = layer_norm(&Tensor::zeros((3, 0), DType::F32, &Device::Cpu).unwrap(), None, None, 1e-5).unwrap_err().to_string();
         assert!(e.contains("empty last dimension"), "{e}");
     }
@@ -268,7 +265,7 @@ mod tests {
             let g = (y * m.to_dtype(dtype).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
             g.get(v.as_tensor()).unwrap().clone()
         };
-        assert!(max_diff(&grad(DType::F32), &grad(DType::F64)) < 1e-5);
+        assert!(max_abs_diff(&grad(DType::F32), &grad(DType::F64)).unwrap() < 1e-5);
         assert!(LayerNorm::new(4, false, 1e-5, DType::F32, &Device::Cpu).unwrap().named_vars().is_empty());
         assert_eq!(LayerNorm::new(4, true, 1e-5, DType::F32, &Device::Cpu).unwrap().named_vars().len(), 2);
     }

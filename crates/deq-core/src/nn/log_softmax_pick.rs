@@ -99,16 +99,13 @@ pub fn log_softmax_pick(logits: &Tensor, cols: &[u32]) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gradcheck::max_abs_diff;
     use crate::rng::DeqRng;
     use candle_core::{Device, Var};
 
     fn composed(x: &Tensor, cols: &[u32]) -> Tensor {
         let idx = Tensor::new(cols, x.device()).unwrap().unsqueeze(1).unwrap();
         candle_nn::ops::log_softmax(x, D::Minus1).unwrap().gather(&idx, 1).unwrap().squeeze(1).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
     }
 
     #[test]
@@ -119,10 +116,10 @@ mod tests {
         let up = rng.randn(7, DType::F64, &Device::Cpu).unwrap();
         let ours = log_softmax_pick(x.as_tensor(), &cols).unwrap();
         let theirs = composed(x.as_tensor(), &cols);
-        assert!(max_diff(&ours, &theirs) < 1e-13);
+        assert!(max_abs_diff(&ours, &theirs).unwrap() < 1e-13);
         let g1 = (ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
         let g2 = (theirs.clone() * &up).unwrap().sum_all().unwrap().backward().unwrap();
-        assert!(max_diff(g1.get(x.as_tensor()).unwrap(), g2.get(x.as_tensor()).unwrap()) < 1e-13);
+        assert!(max_abs_diff(g1.get(x.as_tensor()).unwrap(), g2.get(x.as_tensor()).unwrap()).unwrap() < 1e-13);
         // Central differences of the picked log-probabilities' weighted sum.
         let base: Vec<f64> = x.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
         let gv: Vec<f64> = g1.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
@@ -136,10 +133,10 @@ mod tests {
         }
         // f32 against f64, with a large logit range.
         let x32 = x.as_tensor().to_dtype(DType::F32).unwrap();
-        assert!(max_diff(&log_softmax_pick(&x32, &cols).unwrap(), &theirs) < 1e-5);
+        assert!(max_abs_diff(&log_softmax_pick(&x32, &cols).unwrap(), &theirs).unwrap() < 1e-5);
         let x32v = Var::from_tensor(&x32).unwrap();
         let g = (log_softmax_pick(x32v.as_tensor(), &cols).unwrap() * up.to_dtype(DType::F32).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
-        assert!(max_diff(g.get(x32v.as_tensor()).unwrap(), g2.get(x.as_tensor()).unwrap()) < 1e-5);
+        assert!(max_abs_diff(g.get(x32v.as_tensor()).unwrap(), g2.get(x.as_tensor()).unwrap()).unwrap() < 1e-5);
     }
 
     #[test]

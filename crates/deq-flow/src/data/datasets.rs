@@ -13,6 +13,8 @@
 
 use std::path::{Path, PathBuf};
 
+use deq_train::data::list_dir;
+
 use crate::error::{FlowError, Result};
 use crate::flow::Flow;
 use crate::io::frames::Frame;
@@ -32,19 +34,6 @@ pub struct PairSpec {
     pub sparse: bool,
     /// A name for reports (`scene/frame`, `pair/pass`, …).
     pub name: String,
-}
-
-fn list(dir: &Path) -> Result<Vec<PathBuf>> {
-    let rd = std::fs::read_dir(dir).map_err(|e| FlowError::io(dir, e))?;
-    let mut v = Vec::new();
-    for e in rd {
-        let e = e.map_err(|e| FlowError::io(dir, e))?;
-        if !e.file_name().to_string_lossy().starts_with('.') {
-            v.push(e.path());
-        }
-    }
-    v.sort();
-    Ok(v)
 }
 
 fn with_ext(v: &[PathBuf], exts: &[&str]) -> Vec<PathBuf> {
@@ -80,7 +69,7 @@ pub enum Split {
 pub fn flying_chairs(root: &Path, split: Split) -> Result<Vec<PairSpec>> {
     let data = root.join("data");
     need(&data)?;
-    let files = list(&data)?;
+    let files = list_dir(&data)?;
     let images = with_ext(&files, &["ppm"]);
     let flows = with_ext(&files, &["flo"]);
     if images.len() != 2 * flows.len() || flows.is_empty() {
@@ -114,12 +103,12 @@ pub fn flying_things(root: &Path, pass: &str, split: Split) -> Result<Vec<PairSp
     need(&flow_root)?;
     let mut out = Vec::new();
     for direction in ["into_future", "into_past"] {
-        for letter in dirs(&list(&frames_root)?) {
-            for seq in dirs(&list(&letter)?) {
+        for letter in dirs(&list_dir(&frames_root)?) {
+            for seq in dirs(&list_dir(&letter)?) {
                 let rel = seq.strip_prefix(&frames_root).expect("under the root").to_path_buf();
-                let images = with_ext(&list(&seq.join("left"))?, &["png"]);
+                let images = with_ext(&list_dir(&seq.join("left"))?, &["png"]);
                 let fdir = flow_root.join(&rel).join(direction).join("left");
-                let flows = with_ext(&list(&fdir)?, &["pfm"]);
+                let flows = with_ext(&list_dir(&fdir)?, &["pfm"]);
                 if flows.len() != images.len() {
                     return Err(FlowError::format(&fdir, format!("{} flows for {} frames", flows.len(), images.len())));
                 }
@@ -138,9 +127,9 @@ pub fn sintel(root: &Path, split: &str, pass: &str) -> Result<Vec<PairSpec>> {
     let image_root = root.join(split).join(pass);
     need(&image_root)?;
     let mut out = Vec::new();
-    for scene in dirs(&list(&image_root)?) {
+    for scene in dirs(&list_dir(&image_root)?) {
         let name = scene.file_name().expect("a scene").to_string_lossy().into_owned();
-        let frames = with_ext(&list(&scene)?, &["png"]);
+        let frames = with_ext(&list_dir(&scene)?, &["png"]);
         for i in 0..frames.len().saturating_sub(1) {
             let (flow, invalid) = if split == "test" {
                 (None, None)
@@ -159,7 +148,7 @@ pub fn sintel(root: &Path, split: &str, pass: &str) -> Result<Vec<PairSpec>> {
 pub fn kitti(root: &Path, split: &str) -> Result<Vec<PairSpec>> {
     let dir = root.join(split).join("image_2");
     need(&dir)?;
-    let files = with_ext(&list(&dir)?, &["png"]);
+    let files = with_ext(&list_dir(&dir)?, &["png"]);
     let first: Vec<&PathBuf> = files.iter().filter(|p| stem(p).ends_with("_10")).collect();
     let mut out = Vec::new();
     for a in first {
@@ -181,8 +170,8 @@ pub fn hd1k(root: &Path) -> Result<Vec<PairSpec>> {
     let idir = root.join("hd1k_input").join("image_2");
     need(&fdir)?;
     need(&idir)?;
-    let flows = with_ext(&list(&fdir)?, &["png"]);
-    let images = with_ext(&list(&idir)?, &["png"]);
+    let flows = with_ext(&list_dir(&fdir)?, &["png"]);
+    let images = with_ext(&list_dir(&idir)?, &["png"]);
     let seq = |p: &Path| stem(p).split('_').next().unwrap_or("").to_string();
     let mut out = Vec::new();
     let mut seqs: Vec<String> = flows.iter().map(|p| seq(p)).collect();
@@ -208,7 +197,7 @@ pub fn folder(root: &Path) -> Result<Vec<PairSpec>> {
     let mut stack = vec![(root.to_path_buf(), 0usize)];
     let mut cases = Vec::new();
     while let Some((dir, depth)) = stack.pop() {
-        let files = list(&dir)?;
+        let files = list_dir(&dir)?;
         if with_ext(&files, &["png", "jpg", "jpeg", "ppm"]).len() >= 2 && dir.file_name().is_none_or(|n| n != "gt") {
             cases.push(dir.clone());
         }
@@ -223,7 +212,7 @@ pub fn folder(root: &Path) -> Result<Vec<PairSpec>> {
     }
     cases.sort();
     for dir in cases {
-        let files = list(&dir)?;
+        let files = list_dir(&dir)?;
         let frames = with_ext(&files, &["png", "jpg", "jpeg", "ppm"]);
         // Ground truth next to the frames, or in a sibling `gt/` folder (one truth for
         // several render passes, as in Sintel).
@@ -231,7 +220,7 @@ pub fn folder(root: &Path) -> Result<Vec<PairSpec>> {
         let (gt, gt_dir) = if !here.is_empty() {
             (here, None)
         } else if let Some(parent) = dir.parent().map(|p| p.join("gt")).filter(|g| g.is_dir()) {
-            (with_ext(&list(&parent)?, &["flo", "pfm", "png"]), Some(parent))
+            (with_ext(&list_dir(&parent)?, &["flo", "pfm", "png"]), Some(parent))
         } else {
             (Vec::new(), None)
         };

@@ -1,11 +1,29 @@
-//! Video frames as RGB: PNG or JPEG files (grey ones replicated to three channels), decoded
-//! with the size limits of [`super::kitti`].
+//! Video frames as RGB: PNG or JPEG files (grey ones replicated to three channels), and the
+//! size-limited image decoder every image reader of this crate uses.
 
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
 use crate::error::{FlowError, Result};
+
+/// Largest width or height decoded.
+pub const MAX_SIDE: u32 = 16384;
+
+fn limits() -> image::Limits {
+    let mut l = image::Limits::default();
+    l.max_image_width = Some(MAX_SIDE);
+    l.max_image_height = Some(MAX_SIDE);
+    l.max_alloc = Some(1 << 30);
+    l
+}
+
+/// Decodes an image file with the size limits above; errors name `path`.
+pub(crate) fn decode(path: &Path, bytes: &[u8]) -> Result<image::DynamicImage> {
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| FlowError::io(path, e))?;
+    reader.limits(limits());
+    reader.decode().map_err(|e| FlowError::format(path, format!("cannot decode image: {e}")))
+}
 
 /// An 8-bit RGB frame.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,7 +40,7 @@ impl Frame {
     /// Reads a PNG or JPEG file; errors name the file.
     pub fn read(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| FlowError::io(path, e))?;
-        let img = super::kitti::decode(path, &bytes)?.to_rgb8();
+        let img = decode(path, &bytes)?.to_rgb8();
         let (width, height) = (img.width() as usize, img.height() as usize);
         if width == 0 || height == 0 {
             return Err(FlowError::format(path, "image has no pixels"));

@@ -2,37 +2,21 @@
 //! blue 1 where the ground truth is valid and 0 elsewhere.
 //!
 //! PNG payloads are compressed, so their size cannot be checked against the file's; instead the
-//! decoder's limits cap the image at [`MAX_SIDE`] pixels a side and 1 GiB of memory.
+//! image decoder of [`super::frames`] caps the image at [`super::frames::MAX_SIDE`]
+//! pixels a side and 1 GiB of memory.
 
 use std::path::Path;
 
 use crate::error::{FlowError, Result};
 use crate::flow::Flow;
 
-/// Largest width or height decoded.
-pub const MAX_SIDE: u32 = 16384;
 const OFFSET: f32 = 32768.0;
 const SCALE: f32 = 64.0;
-
-fn limits() -> image::Limits {
-    let mut l = image::Limits::default();
-    l.max_image_width = Some(MAX_SIDE);
-    l.max_image_height = Some(MAX_SIDE);
-    l.max_alloc = Some(1 << 30);
-    l
-}
-
-/// Decodes an image file with the size limits above; errors name `path`.
-pub(crate) fn decode(path: &Path, bytes: &[u8]) -> Result<image::DynamicImage> {
-    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| FlowError::io(path, e))?;
-    reader.limits(limits());
-    reader.decode().map_err(|e| FlowError::format(path, format!("cannot decode image: {e}")))
-}
 
 /// Reads a KITTI flow PNG: the flow and its valid mask.
 pub fn read(path: &Path) -> Result<Flow> {
     let bytes = std::fs::read(path).map_err(|e| FlowError::io(path, e))?;
-    let img = decode(path, &bytes)?;
+    let img = super::frames::decode(path, &bytes)?;
     let rgb = match img {
         image::DynamicImage::ImageRgb16(b) => b,
         other => return Err(FlowError::format(path, format!("a KITTI flow PNG is 16-bit RGB, this one is {:?}", other.color()))),

@@ -201,13 +201,9 @@ pub fn lookup_composed(corr: &Tensor, coords: &Tensor, radius: usize, scale: f64
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{assert_fd, central_fd};
+    use deq_core::gradcheck::{assert_gradient, central_differences, max_abs_diff};
     use candle_core::{Device, Var};
     use deq_core::rng::DeqRng;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
-    }
 
     /// Maps and coordinates with points inside, near the border and far outside.
     fn case(rng: &mut DeqRng, b: usize, h: usize, w: usize, hl: usize, wl: usize) -> (Tensor, Tensor) {
@@ -243,12 +239,12 @@ mod tests {
             let (cv, xv) = (Var::from_tensor(&corr).unwrap(), Var::from_tensor(&coords).unwrap());
             let ours = lookup(cv.as_tensor(), xv.as_tensor(), r, scale).unwrap();
             let theirs = lookup_composed(cv.as_tensor(), xv.as_tensor(), r, scale).unwrap();
-            assert!(max_diff(&ours, &theirs) < 1e-12, "forward {:?}", (b, h, w, hl, wl, r));
+            assert!(max_abs_diff(&ours, &theirs).unwrap() < 1e-12, "forward {:?}", (b, h, w, hl, wl, r));
             let up = rng.randn(ours.dims(), DType::F64, &Device::Cpu).unwrap();
             let g1 = (ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
             let g2 = (theirs * &up).unwrap().sum_all().unwrap().backward().unwrap();
-            assert!(max_diff(g1.get(&cv).unwrap(), g2.get(&cv).unwrap()) < 1e-12, "corr gradient");
-            assert!(max_diff(g1.get(&xv).unwrap(), g2.get(&xv).unwrap()) < 1e-10, "coords gradient");
+            assert!(max_abs_diff(g1.get(&cv).unwrap(), g2.get(&cv).unwrap()).unwrap() < 1e-12, "corr gradient");
+            assert!(max_abs_diff(g1.get(&xv).unwrap(), g2.get(&xv).unwrap()).unwrap() < 1e-10, "coords gradient");
         }
     }
 
@@ -262,8 +258,8 @@ mod tests {
         let loss = |c: &Tensor, x: &Tensor| lookup(c, x, 1, 1.5).unwrap().mul(&up).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
         let (cv, xv) = (Var::from_tensor(&corr).unwrap(), Var::from_tensor(&coords).unwrap());
         let g = lookup(cv.as_tensor(), xv.as_tensor(), 1, 1.5).unwrap().mul(&up).unwrap().sum_all().unwrap().backward().unwrap();
-        assert_fd("corr", g.get(&cv).unwrap(), &central_fd(&corr, 1e-6, 7, &|c| loss(c, &coords)), 1e-6);
-        assert_fd("coords", g.get(&xv).unwrap(), &central_fd(&coords, 1e-6, 1, &|x| loss(&corr, x)), 1e-6);
+        assert_gradient("corr", g.get(&cv).unwrap(), &central_differences(&corr, 1e-6, 7, &|c| loss(c, &coords)).unwrap(), 1e-6);
+        assert_gradient("coords", g.get(&xv).unwrap(), &central_differences(&coords, 1e-6, 1, &|x| loss(&corr, x)).unwrap(), 1e-6);
     }
 
     #[test]
@@ -273,7 +269,7 @@ mod tests {
         let a = lookup(&corr, &coords, 2, 1.0).unwrap();
         let b = lookup(&corr.to_dtype(DType::F32).unwrap(), &coords.to_dtype(DType::F32).unwrap(), 2, 1.0).unwrap();
         assert_eq!(b.dtype(), DType::F32);
-        assert!(max_diff(&a, &b) < 1e-4);
+        assert!(max_abs_diff(&a, &b).unwrap() < 1e-4);
         let mut v = coords.flatten_all().unwrap().to_vec1::<f64>().unwrap();
         v[0] = f64::NAN;
         v[1] = f64::INFINITY;

@@ -288,13 +288,9 @@ pub fn lookup_features(fmap1: &Tensor, fmap2: &Tensor, coords: &Tensor, radius: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{assert_fd, central_fd};
+    use deq_core::gradcheck::{assert_gradient, central_differences, max_abs_diff};
     use candle_core::{Device, Var};
     use deq_core::rng::DeqRng;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
-    }
 
     /// The volume of `f1` against `f2` (NCHW), as the stored-volume path builds it.
     fn volume(f1: &Tensor, f2: &Tensor) -> Tensor {
@@ -316,12 +312,12 @@ mod tests {
             let cv = Var::from_tensor(&coords).unwrap();
             let ours = lookup_features(f1.as_tensor(), f2.as_tensor(), cv.as_tensor(), r, scale).unwrap();
             let theirs = super::super::lookup(&volume(f1.as_tensor(), f2.as_tensor()), cv.as_tensor(), r, scale).unwrap();
-            assert!(max_diff(&ours, &theirs) < 1e-12);
+            assert!(max_abs_diff(&ours, &theirs).unwrap() < 1e-12);
             let up = rng.randn(ours.dims(), DType::F64, &dev).unwrap();
             let g1 = (ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
             let g2 = (theirs * &up).unwrap().sum_all().unwrap().backward().unwrap();
             for (name, v) in [("f1", &f1), ("f2", &f2), ("coords", &cv)] {
-                assert!(max_diff(g1.get(v).unwrap(), g2.get(v).unwrap()) < 1e-10, "{name}");
+                assert!(max_abs_diff(g1.get(v).unwrap(), g2.get(v).unwrap()).unwrap() < 1e-10, "{name}");
             }
         }
     }
@@ -337,9 +333,9 @@ mod tests {
         let loss = |a: &Tensor, b: &Tensor, c: &Tensor| lookup_features(a, b, c, 1, 1.0).unwrap().mul(&up).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
         let vars = [&f1, &f2, &coords].map(|t| Var::from_tensor(t).unwrap());
         let g = lookup_features(vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor(), 1, 1.0).unwrap().mul(&up).unwrap().sum_all().unwrap().backward().unwrap();
-        assert_fd("f1", g.get(&vars[0]).unwrap(), &central_fd(&f1, 1e-6, 1, &|x| loss(x, &f2, &coords)), 1e-6);
-        assert_fd("f2", g.get(&vars[1]).unwrap(), &central_fd(&f2, 1e-6, 1, &|x| loss(&f1, x, &coords)), 1e-6);
-        assert_fd("coords", g.get(&vars[2]).unwrap(), &central_fd(&coords, 1e-6, 1, &|x| loss(&f1, &f2, x)), 1e-6);
+        assert_gradient("f1", g.get(&vars[0]).unwrap(), &central_differences(&f1, 1e-6, 1, &|x| loss(x, &f2, &coords)).unwrap(), 1e-6);
+        assert_gradient("f2", g.get(&vars[1]).unwrap(), &central_differences(&f2, 1e-6, 1, &|x| loss(&f1, x, &coords)).unwrap(), 1e-6);
+        assert_gradient("coords", g.get(&vars[2]).unwrap(), &central_differences(&coords, 1e-6, 1, &|x| loss(&f1, &f2, x)).unwrap(), 1e-6);
     }
 
     #[test]
@@ -352,6 +348,6 @@ mod tests {
         let a = lookup_features(&f1, &f2, &coords, 2, 1.0).unwrap();
         let t = |x: &Tensor| x.to_dtype(DType::F32).unwrap();
         let b = lookup_features(&t(&f1), &t(&f2), &t(&coords), 2, 1.0).unwrap();
-        assert!(max_diff(&a, &b) < 1e-4);
+        assert!(max_abs_diff(&a, &b).unwrap() < 1e-4);
     }
 }

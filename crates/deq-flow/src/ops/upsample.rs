@@ -71,7 +71,7 @@ pub fn bilinear_align_corners(x: &Tensor, oh: usize, ow: usize) -> Result<Tensor
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{assert_fd, central_fd};
+    use deq_core::gradcheck::{assert_gradient, central_differences};
     use candle_core::{DType, Device, Var};
     use deq_core::rng::DeqRng;
 
@@ -121,8 +121,8 @@ mod tests {
         let u = rng.randn((n, c, 8 * h, 8 * w), DType::F64, &dev).unwrap();
         let loss = |f: &Tensor, m: &Tensor| convex_upsample(f, m).unwrap().mul(&u).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
         let g = convex_upsample(fv.as_tensor(), mv.as_tensor()).unwrap().mul(&u).unwrap().sum_all().unwrap().backward().unwrap();
-        assert_fd("flow", g.get(&fv).unwrap(), &central_fd(&flow, 1e-6, 1, &|f| loss(f, &mask)), 1e-6);
-        assert_fd("mask", g.get(&mv).unwrap(), &central_fd(&mask, 1e-6, 97, &|m| loss(&flow, m)), 1e-6);
+        assert_gradient("flow", g.get(&fv).unwrap(), &central_differences(&flow, 1e-6, 1, &|f| loss(f, &mask)).unwrap(), 1e-6);
+        assert_gradient("mask", g.get(&mv).unwrap(), &central_differences(&mask, 1e-6, 97, &|m| loss(&flow, m)).unwrap(), 1e-6);
         assert!(convex_upsample(&flow, &mask.narrow(1, 0, 575).unwrap()).is_err());
     }
 

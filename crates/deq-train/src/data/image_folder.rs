@@ -12,19 +12,24 @@ use crate::error::{Result, TrainError};
 /// File extensions (lower case) recognised as images.
 pub const IMAGE_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
-fn is_image(path: &Path) -> bool {
+/// Whether `path` has an image extension of [`IMAGE_EXTENSIONS`] (any case).
+pub fn is_image(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .map(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
         .unwrap_or(false)
 }
 
-fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+/// The entries of `dir`, sorted by path, without hidden ones (names starting with `.`);
+/// errors name `dir`.
+pub fn list_dir(dir: &Path) -> Result<Vec<PathBuf>> {
     let rd = std::fs::read_dir(dir).map_err(|e| TrainError::io(dir, e))?;
     let mut out = Vec::new();
     for entry in rd {
         let entry = entry.map_err(|e| TrainError::io(dir, e))?;
-        out.push(entry.path());
+        if !entry.file_name().to_string_lossy().starts_with('.') {
+            out.push(entry.path());
+        }
     }
     out.sort();
     Ok(out)
@@ -37,13 +42,12 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
 pub fn scan_image_folder(root: impl AsRef<Path>) -> Result<(Vec<(PathBuf, u32)>, Vec<String>)> {
     let root = root.as_ref();
     let mut classes = Vec::new();
-    for p in sorted_entries(root)? {
+    for p in list_dir(root)? {
         let name = p.file_name().and_then(|n| n.to_str()).map(str::to_owned);
         if !p.is_dir() {
             continue;
         }
         match name {
-            Some(n) if n.starts_with('.') => {}
             Some(n) => classes.push((n, p)),
             None => return Err(TrainError::format(&p, "class folder name is not valid UTF-8")),
         }
@@ -53,9 +57,8 @@ pub fn scan_image_folder(root: impl AsRef<Path>) -> Result<(Vec<(PathBuf, u32)>,
     }
     let mut samples = Vec::new();
     for (k, (_, dir)) in classes.iter().enumerate() {
-        for p in sorted_entries(dir)? {
-            let hidden = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
-            if !hidden && p.is_file() && is_image(&p) {
+        for p in list_dir(dir)? {
+            if p.is_file() && is_image(&p) {
                 samples.push((p, k as u32));
             }
         }

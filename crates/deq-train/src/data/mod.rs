@@ -30,7 +30,7 @@ use std::path::PathBuf;
 pub use cifar::{load_cifar10, read_cifar10_file, write_cifar10_file};
 pub use dataset::ImageDataset;
 pub use idx::{load_mnist, read_idx_images, read_idx_labels};
-pub use image_folder::{load_image, load_image_folder, scan_image_folder};
+pub use image_folder::{is_image, list_dir, load_image, load_image_folder, scan_image_folder};
 pub use npy::{read_npy, write_npy_f32, NpyArray};
 pub use loader::{epoch_permutation, sample_rng, AugmentFn, Batch, EpochIter, Loader, LoaderConfig, Shard};
 

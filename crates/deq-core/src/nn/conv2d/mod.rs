@@ -771,13 +771,9 @@ pub fn conv2d_backward(x: &Tensor, kernel: &Tensor, dy: &Tensor, spec: &Conv2dSp
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gradcheck::max_abs_diff;
     use crate::rng::DeqRng;
     use candle_core::{Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        let f64 = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
-        (f64(a) - f64(b)).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
-    }
 
     /// Direct loops in f64: `y`, and for an output gradient `dy` the gradients `(dx, dk)`.
     fn reference(x: &Tensor, k: &Tensor, dy: Option<&Tensor>, spec: Conv2dSpec) -> (Tensor, Option<(Tensor, Tensor)>) {
@@ -854,22 +850,22 @@ mod tests {
             let ours = conv2d(x.as_tensor(), k.as_tensor(), pad, stride, dil, groups).unwrap();
             let theirs = x.as_tensor().conv2d(k.as_tensor(), pad, stride, dil, groups).unwrap();
             assert_eq!(ours.dims(), theirs.dims(), "{xd:?} {kd:?}");
-            assert!(max_diff(&ours, &theirs) < 1e-12, "forward against candle {xd:?} {kd:?}");
+            assert!(max_abs_diff(&ours, &theirs).unwrap() < 1e-12, "forward against candle {xd:?} {kd:?}");
             let up = rng.randn(ours.dims().to_vec(), DType::F64, &Device::Cpu).unwrap();
             let (direct, grads) = reference(x.as_tensor(), k.as_tensor(), Some(&up), spec);
             let (dx_ref, dk_ref) = grads.unwrap();
-            assert!(max_diff(&ours, &direct) < 1e-12, "forward against loops {xd:?} {kd:?}");
+            assert!(max_abs_diff(&ours, &direct).unwrap() < 1e-12, "forward against loops {xd:?} {kd:?}");
             let ga = (&ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
             for (v, want, what) in [(&x, &dx_ref, "input"), (&k, &dk_ref, "kernel")] {
-                let d = max_diff(ga.get(v.as_tensor()).unwrap(), want);
+                let d = max_abs_diff(ga.get(v.as_tensor()).unwrap(), want).unwrap();
                 assert!(d < 1e-11, "{what} gradient {xd:?} {kd:?}: {d}");
             }
             // The f32 path against the f64 one.
             let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
             let y32 = conv2d(&f32(x.as_tensor()), &f32(k.as_tensor()), pad, stride, dil, groups).unwrap();
-            assert!(max_diff(&y32, &ours) < 1e-4, "f32 forward {xd:?} {kd:?}");
+            assert!(max_abs_diff(&y32, &ours).unwrap() < 1e-4, "f32 forward {xd:?} {kd:?}");
             let (dx32, dk32) = conv2d_backward(&f32(x.as_tensor()), &f32(k.as_tensor()), &f32(&up), &spec).unwrap();
-            assert!(max_diff(&dx32, &dx_ref) < 1e-4 && max_diff(&dk32, &dk_ref) < 1e-3, "f32 gradients {xd:?} {kd:?}");
+            assert!(max_abs_diff(&dx32, &dx_ref).unwrap() < 1e-4 && max_abs_diff(&dk32, &dk_ref).unwrap() < 1e-3, "f32 gradients {xd:?} {kd:?}");
         }
     }
 
@@ -932,14 +928,14 @@ mod tests {
             };
             let single = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(run);
             let threaded = pool.install(run);
-            assert!(max_diff(&single.0, &threaded.0) < 1e-12);
-            assert!(max_diff(&single.1, &threaded.1) < 1e-12);
-            assert!(max_diff(&single.2, &threaded.2) < 1e-12);
+            assert!(max_abs_diff(&single.0, &threaded.0).unwrap() < 1e-12);
+            assert!(max_abs_diff(&single.1, &threaded.1).unwrap() < 1e-12);
+            assert!(max_abs_diff(&single.2, &threaded.2).unwrap() < 1e-12);
             let (direct, grads) = reference(&x, &k, Some(&dy), spec);
             let (dx, dk) = grads.unwrap();
-            assert!(max_diff(&threaded.0, &direct) < 1e-11);
-            assert!(max_diff(&threaded.1, &dx) < 1e-11);
-            assert!(max_diff(&threaded.2, &dk) < 1e-11);
+            assert!(max_abs_diff(&threaded.0, &direct).unwrap() < 1e-11);
+            assert!(max_abs_diff(&threaded.1, &dx).unwrap() < 1e-11);
+            assert!(max_abs_diff(&threaded.2, &dk).unwrap() < 1e-11);
         }
     }
 
@@ -965,9 +961,9 @@ mod tests {
                     let (dx, dk) = conv2d_backward(&x, &k, &dy, &spec).unwrap();
                     (conv2d_with(&x, &k, &spec).unwrap(), dx, dk)
                 });
-                assert!(max_diff(&y, &direct) < 1e-12, "{threads} threads {kd:?}");
-                assert!(max_diff(&dx, &dx_ref) < 1e-11, "{threads} threads {kd:?}");
-                assert!(max_diff(&dk, &dk_ref) < 1e-11, "{threads} threads {kd:?}");
+                assert!(max_abs_diff(&y, &direct).unwrap() < 1e-12, "{threads} threads {kd:?}");
+                assert!(max_abs_diff(&dx, &dx_ref).unwrap() < 1e-11, "{threads} threads {kd:?}");
+                assert!(max_abs_diff(&dk, &dk_ref).unwrap() < 1e-11, "{threads} threads {kd:?}");
             }
         }
     }
@@ -1009,9 +1005,9 @@ mod tests {
                     return;
                 };
                 let y = Tensor::from_vec(y, geo.y_dims().to_vec(), &Device::Cpu).unwrap();
-                assert!(max_diff(&y, &want) < 1e-4, "{kd:?} on {threads} threads: {}", max_diff(&y, &want));
+                assert!(max_abs_diff(&y, &want).unwrap() < 1e-4, "{kd:?} on {threads} threads: {}", max_abs_diff(&y, &want).unwrap());
                 let through_op = pool.install(|| conv2d_with(&x32, &k32, &spec).unwrap());
-                assert_eq!(max_diff(&through_op, &y), 0.0, "conv2d_with takes the direct path");
+                assert_eq!(max_abs_diff(&through_op, &y).unwrap(), 0.0, "conv2d_with takes the direct path");
                 // The direct weight gradient (stride 1) against the loops' and through the op.
                 let dy = rng.randn(geo.y_dims().to_vec(), DType::F64, &Device::Cpu).unwrap();
                 let (_, grads) = reference(&x, &k, Some(&dy), spec);
@@ -1023,9 +1019,9 @@ mod tests {
                         assert_eq!(stride, 1, "the direct weight gradient is for stride 1 only");
                         let dk = Tensor::from_vec(dk, geo.k_dims().to_vec(), &Device::Cpu).unwrap();
                         let scale = dk_want.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
-                        assert!(max_diff(&dk, &dk_want) < 1e-5 * (1.0 + scale), "weight gradient {kd:?} on {threads} threads: {}", max_diff(&dk, &dk_want));
+                        assert!(max_abs_diff(&dk, &dk_want).unwrap() < 1e-5 * (1.0 + scale), "weight gradient {kd:?} on {threads} threads: {}", max_abs_diff(&dk, &dk_want).unwrap());
                         let (_, dk_op) = pool.install(|| conv2d_backward(&x32, &k32, &dy32, &spec).unwrap());
-                        assert_eq!(max_diff(&dk_op, &dk), 0.0, "conv2d_backward takes the direct weight gradient");
+                        assert_eq!(max_abs_diff(&dk_op, &dk).unwrap(), 0.0, "conv2d_backward takes the direct weight gradient");
                     }
                     None => assert!(stride != 1, "the direct weight gradient applies to {kd:?}"),
                 }
@@ -1074,16 +1070,16 @@ mod tests {
             let ours = conv2d_with(x.as_tensor(), k.as_tensor(), &spec).unwrap();
             let padded = x.as_tensor().pad_with_zeros(2, pad.0, pad.0).unwrap().pad_with_zeros(3, pad.1, pad.1).unwrap();
             let theirs = padded.conv2d(k.as_tensor(), 0, 1, 1, 1).unwrap();
-            assert!(max_diff(&ours, &theirs) < 1e-12, "{kd:?}");
+            assert!(max_abs_diff(&ours, &theirs).unwrap() < 1e-12, "{kd:?}");
             let dy = rng.randn(ours.dims().to_vec(), DType::F64, &Device::Cpu).unwrap();
             let (dx, dk) = conv2d_backward(x.as_tensor(), k.as_tensor(), &dy, &spec).unwrap();
             let g = (&theirs * &dy).unwrap().sum_all().unwrap().backward().unwrap();
-            assert!(max_diff(&dx, g.get(x.as_tensor()).unwrap()) < 1e-12, "{kd:?}");
-            assert!(max_diff(&dk, g.get(k.as_tensor()).unwrap()) < 1e-12, "{kd:?}");
+            assert!(max_abs_diff(&dx, g.get(x.as_tensor()).unwrap()).unwrap() < 1e-12, "{kd:?}");
+            assert!(max_abs_diff(&dk, g.get(k.as_tensor()).unwrap()).unwrap() < 1e-12, "{kd:?}");
             // The f32 kernels against the f64 ones.
             let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
             let (dx32, dk32) = conv2d_backward(&f32(x.as_tensor()), &f32(k.as_tensor()), &f32(&dy), &spec).unwrap();
-            assert!(max_diff(&dx32, &dx) < 1e-4 && max_diff(&dk32, &dk) < 1e-4, "{kd:?}");
+            assert!(max_abs_diff(&dx32, &dx).unwrap() < 1e-4 && max_abs_diff(&dk32, &dk).unwrap() < 1e-4, "{kd:?}");
         }
         let bad = Tensor::zeros((2, 4, 6, 6), DType::F64, &Device::Cpu).unwrap();
         let k = Tensor::zeros((4, 3, 1, 5), DType::F64, &Device::Cpu).unwrap();
