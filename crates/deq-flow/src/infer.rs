@@ -108,7 +108,8 @@ pub fn forward_interpolate(low: &Tensor) -> Result<Tensor> {
             let i = y * w + x;
             let (x1, y1) = (x as f32 + du[i], y as f32 + dv[i]);
             if x1 > 0.0 && x1 < w as f32 && y1 > 0.0 && y1 < h as f32 {
-                let cell = (y1 as usize).min(h - 1) * w + (x1 as usize).min(w - 1);
+                // 0 < x1 < w, so the truncation is a column index (likewise rows).
+                let cell = y1 as usize * w + x1 as usize;
                 buckets[cell].push(points.len() as u32);
                 points.push((x1, y1, du[i], dv[i]));
             }
@@ -127,7 +128,8 @@ pub fn forward_interpolate(low: &Tensor) -> Result<Tensor> {
                             continue;
                         }
                         let edge = cy == y as isize - r || cy == y as isize + r;
-                        let step = if edge || r == 0 { 1 } else { 2 * r as usize };
+                        // Whole top and bottom rows (r = 0 is one), two cells on the others.
+                        let step = if edge { 1 } else { 2 * r as usize };
                         let mut cx = x as isize - r;
                         while cx <= x as isize + r {
                             if cx >= 0 && cx < w as isize {
@@ -142,8 +144,8 @@ pub fn forward_interpolate(low: &Tensor) -> Result<Tensor> {
                             cx += step as isize;
                         }
                     }
-                    // Points in ring r + 1 are at least r away.
-                    if best != u32::MAX && best_d2 <= (r * r) as f32 {
+                    // Points in ring r + 1 are more than r away (none found yet: infinity).
+                    if best_d2 <= (r * r) as f32 {
                         break;
                     }
                 }
@@ -216,6 +218,15 @@ mod tests {
             let got = forward_interpolate(&low).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             assert_eq!(got, want, "{h}x{w} scale {scale}");
         }
+        // Whole-pixel motions: moved points on the grid lines (the open bounds decide) and
+        // equidistant points (the earliest cell wins, as in the exhaustive search).
+        for (h, w, reach) in [(6, 7, 3i32), (9, 4, 2), (5, 11, 6)] {
+            let v: Vec<f32> = (0..2 * h * w).map(|_| (rng.next_u64() % (2 * reach as u64 + 1)) as f32 - reach as f32).collect();
+            let low = Tensor::from_vec(v.clone(), (1, 2, h, w), &Device::Cpu).unwrap();
+            let want = brute_force(&v[..h * w], &v[h * w..], h, w);
+            let got = forward_interpolate(&low).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(got, want, "{h}x{w} integer motions up to {reach}");
+        }
     }
 
     #[test]
@@ -228,6 +239,13 @@ mod tests {
         // Everything leaves the grid: no information, zeros.
         let away = Tensor::from_vec([vec![50f32; 24], vec![0f32; 24]].concat(), (1, 2, 4, 6), &dev).unwrap();
         assert!(forward_interpolate(&away).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|&v| v == 0.0));
+        // The grid is open: a point landing exactly on its right or bottom border is dropped.
+        for (i, (du, dv)) in [(5usize, (1f32, 0f32)), (4, (0.0, 1.0))] {
+            let mut v = [vec![50f32; 6], vec![0f32; 6]].concat();
+            (v[i], v[6 + i]) = (du, dv);
+            let t = Tensor::from_vec(v, (1, 2, 2, 3), &dev).unwrap();
+            assert!(forward_interpolate(&t).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|&v| v == 0.0), "point {i}");
+        }
         assert!(forward_interpolate(&Tensor::zeros((1, 3, 4, 6), DType::F32, &dev).unwrap()).is_err());
     }
 
