@@ -270,6 +270,20 @@ mod tests {
         let b = lookup(&corr.to_dtype(DType::F32).unwrap(), &coords.to_dtype(DType::F32).unwrap(), 2, 1.0).unwrap();
         assert_eq!(b.dtype(), DType::F32);
         assert!(max_abs_diff(&a, &b).unwrap() < 1e-4);
+        // The f32 backward kernels against the f64 ones.
+        let up = rng.randn(a.dims(), DType::F64, &Device::Cpu).unwrap();
+        let grads = |dt: DType| {
+            let (cv, xv) = (Var::from_tensor(&corr.to_dtype(dt).unwrap()).unwrap(), Var::from_tensor(&coords.to_dtype(dt).unwrap()).unwrap());
+            let g = lookup(cv.as_tensor(), xv.as_tensor(), 2, 1.0).unwrap().mul(&up.to_dtype(dt).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+            (g.get(&cv).unwrap().clone(), g.get(&xv).unwrap().clone())
+        };
+        let ((c64, x64), (c32, x32)) = (grads(DType::F64), grads(DType::F32));
+        assert_eq!((c32.dtype(), x32.dtype()), (DType::F32, DType::F32));
+        assert!(max_abs_diff(&c64, &c32).unwrap() < 1e-4 && max_abs_diff(&x64, &x32).unwrap() < 1e-3);
+        // Half precision has no kernel: the composed ops serve it.
+        let h = lookup(&corr.to_dtype(DType::F16).unwrap(), &coords.to_dtype(DType::F16).unwrap(), 2, 1.0).unwrap();
+        assert_eq!(h.dtype(), DType::F16);
+        assert!(max_abs_diff(&a, &h).unwrap() < 0.1);
         let mut v = coords.flatten_all().unwrap().to_vec1::<f64>().unwrap();
         v[0] = f64::NAN;
         v[1] = f64::INFINITY;
@@ -293,6 +307,10 @@ mod tests {
         assert!(lookup(&corr, &Tensor::zeros((1, 3, 2, 3), DType::F32, &dev).unwrap(), 1, 1.0).is_err());
         assert!(lookup(&corr, &Tensor::zeros((1, 2, 2, 3), DType::F64, &dev).unwrap(), 1, 1.0).is_err());
         assert!(lookup(&corr, &Tensor::zeros((1, 2, 2, 3), DType::F32, &dev).unwrap(), 1, 0.0).is_err());
+        // Empty maps, with the point count right.
+        for empty in [(6, 0, 3), (6, 3, 0)] {
+            assert!(lookup(&Tensor::zeros(empty, DType::F32, &dev).unwrap(), &Tensor::zeros((1, 2, 2, 3), DType::F32, &dev).unwrap(), 1, 1.0).is_err());
+        }
         assert!(lookup(&corr, &Tensor::zeros((1, 2, 2, 3), DType::F32, &dev).unwrap(), 1, 1.0).is_ok());
     }
 }
