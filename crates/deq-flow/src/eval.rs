@@ -110,6 +110,9 @@ pub fn expand(names: &[String]) -> Vec<String> {
 pub fn evaluate(model: &DeqFlow, deq: &Deq, name: &str, specs: &[PairSpec], pad: PadMode, sparse: bool, device: &Device, progress: bool, pictures: Option<&Path>) -> Result<DatasetReport> {
     let mut total = FlowErrors::default();
     let mut pairs = Vec::new();
+    if let Some(dir) = pictures {
+        std::fs::create_dir_all(dir).map_err(|e| FlowError::io(dir, e))?;
+    }
     let mut bar = deq_train::Progress::new(format!("eval {name}"), specs.len(), progress);
     for spec in specs {
         let pair = load_pair(spec)?;
@@ -134,7 +137,6 @@ pub fn evaluate(model: &DeqFlow, deq: &Deq, name: &str, specs: &[PairSpec], pad:
         };
         total.add(&e);
         if let Some(dir) = pictures {
-            std::fs::create_dir_all(dir).map_err(|e| FlowError::io(dir, e))?;
             let (w, h, rgb) = picture(&pair.img1, gt, &pred.flow);
             write_rgb_png(&dir.join(format!("{}.png", spec.name.replace(['/', '\\'], "_"))), w, h, &rgb)?;
         }
