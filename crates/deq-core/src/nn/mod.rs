@@ -6,7 +6,7 @@
 //! differentiates. [`linear_map`] applies a shared weight to inputs of any rank as one
 //! matrix product (candle's `broadcast_matmul` runs one small product per batch entry);
 //! [`log_softmax_pick`] is the log-likelihood of one column per row (cross-entropy) without
-//! the log-softmax matrix; [`relu`] has a one-pass backward; [`bmm`] runs batches of small
+//! the log-softmax matrix; [`relu`] and [`silu`] have one-pass backward kernels; [`bmm`] runs batches of small
 //! products with the batch over the threads; [`conv2d`] is a convolution with batched
 //! unfold-and-multiply kernels for the forward pass and both gradients; [`group_norm`] is
 //! fused (two passes forward, two backward), and so is [`batch_norm_train`] (batch statistics,
@@ -21,6 +21,7 @@ mod layer_norm;
 mod linear;
 mod log_softmax_pick;
 mod relu;
+mod silu;
 mod softmax;
 
 pub use batch_norm::batch_norm_train;
@@ -32,4 +33,5 @@ pub use layer_norm::{layer_norm, LayerNorm};
 pub use linear::linear_map;
 pub use log_softmax_pick::log_softmax_pick;
 pub use relu::relu;
+pub use silu::silu;
 pub use softmax::softmax_last_dim;

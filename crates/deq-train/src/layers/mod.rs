@@ -4,10 +4,13 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`conv`] | plain convolutions with their initialisations (N(0, s^2), PyTorch's default, Kaiming fan-out) |
+//! | [`linear`] | fully connected layers with PyTorch's default initialisation |
 //! | [`norm`] | group norm and batch norm (running statistics, SyncBatchNorm in data-parallel jobs) |
 
 pub mod conv;
+pub mod linear;
 pub mod norm;
 
 pub use conv::{norm_conv_vars, Conv, ConvInit};
+pub use linear::Linear;
 pub use norm::{BatchNorm2d, GroupNorm};

@@ -1,0 +1,22 @@
+//! # deq-ddim
+//!
+//! DEQ-DDIM (Pokle, Geng & Kolter, NeurIPS 2022): the whole DDIM sampling chain
+//! `x_T -> ... -> x_0` as one fixed point over the stacked trajectory, solved with deq-core's
+//! solvers; model inversion (find the `x_T` that generates an image) with a phantom gradient
+//! through that fixed point; and everything around it: the DDPM UNet with the public
+//! checkpoints' parameter names, beta schedules, sequential DDIM and DDPM samplers, DDPM
+//! training.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`schedule`] | beta schedules, `alpha_bar`, timestep sub-sequences |
+//! | [`unet`] | the noise model |
+//!
+//! See `REFERENCE.md` in this crate for the reference code's semantics this crate follows.
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod schedule;
+pub mod unet;
+
+pub use error::{DdimError, Result};
