@@ -11,12 +11,14 @@
 //! |---|---|
 //! | [`schedule`] | beta schedules, `alpha_bar`, timestep sub-sequences |
 //! | [`unet`] | the noise model |
+//! | [`sampler`] | sequential DDIM and DDPM, DEQ sampling of the whole trajectory |
 //!
 //! See `REFERENCE.md` in this crate for the reference code's semantics this crate follows.
 #![warn(missing_docs)]
 
 pub mod error;
 pub mod schedule;
+pub mod sampler;
 pub mod unet;
 
 pub use error::{DdimError, Result};

@@ -1,0 +1,137 @@
+use super::sequential::{ddim, ddim_encode, ddim_trajectory, ddpm};
+use super::trajectory::{deq, DeqSampleConfig, TrajectoryMap};
+use super::*;
+use crate::schedule::{timesteps, DiffusionConfig, SkipType};
+use crate::unet::{UNet, UNetConfig};
+use candle_core::{DType, Device, Tensor, Var};
+use deq_core::gradcheck::{assert_gradient, central_differences, max_abs_diff};
+use deq_core::solver::StopMode;
+
+pub(crate) fn small_unet(dtype: DType) -> UNet {
+    let cfg = UNetConfig { in_channels: 1, out_ch: 1, ch: 32, ch_mult: vec![1, 2], num_res_blocks: 1, attn_resolutions: vec![4], dropout: 0.0, resolution: 8, resamp_with_conv: true };
+    UNet::new(&cfg, &mut DeqRng::new(11), dtype, &Device::Cpu).unwrap()
+}
+
+fn setup(steps: usize, skip: SkipType) -> Steps {
+    let sch = DiffusionConfig::default().schedule().unwrap();
+    Steps::new(&sch, &timesteps(1000, steps, skip).unwrap())
+}
+
+#[test]
+fn steps_run_from_the_largest_timestep_to_minus_one() {
+    let s = setup(10, SkipType::Uniform);
+    let sch = DiffusionConfig::default().schedule().unwrap();
+    assert_eq!(s.t, [900, 800, 700, 600, 500, 400, 300, 200, 100, 0]);
+    assert_eq!(s.a_t[0], sch.alpha_bar(900));
+    assert_eq!(s.a_next[0], sch.alpha_bar(800));
+    assert_eq!(s.a_next[9], 1.0);
+    assert_eq!(s.sigma(9, 1.0), 0.0);
+    let (at, an) = (sch.alpha_bar(900), sch.alpha_bar(800));
+    assert!((s.sigma(0, 0.5) - 0.5 * ((1.0 - at / an) * (1.0 - an) / (1.0 - at)).sqrt()).abs() < 1e-15);
+}
+
+#[test]
+fn the_sequential_trajectory_is_the_fixed_point_of_the_map() {
+    let m = small_unet(DType::F64);
+    let steps = setup(6, SkipType::Quad);
+    let mut rng = DeqRng::new(2);
+    let x_t = rng.randn((2, 1, 8, 8), DType::F64, &Device::Cpu).unwrap();
+    for eta in [0.0, 0.7] {
+        let noise = StepNoise::draw(&mut rng, steps.len(), (2, 1, 8, 8), DType::F64, &Device::Cpu).unwrap();
+        let (traj, _) = ddim_trajectory(&m, &steps, &x_t, eta, Some(&noise)).unwrap();
+        let (x0, _) = ddim(&m, &steps, &x_t, eta, Some(&noise)).unwrap();
+        let map = TrajectoryMap::new(&m, &steps, &x_t, eta, Some(&noise)).unwrap();
+        let z = map.state_of(&traj).unwrap();
+        let fz = map.apply(&z).unwrap();
+        assert!(max_abs_diff(&fz, &z).unwrap() < 1e-10, "eta {eta}");
+        assert!(max_abs_diff(&map.images(&z).unwrap(), &x0).unwrap() < 1e-12);
+        // Away from the fixed point the map is not the identity.
+        let off = map.apply(&map.initial_state().unwrap()).unwrap();
+        assert!(max_abs_diff(&off, &z).unwrap() > 1e-2);
+        // T plain iterations from any start reach it exactly (the map is lower triangular).
+        let cfg = DeqSampleConfig { solver: "simple_fixed_point_iter".into(), max_iter: steps.len(), tol: 1e-300, stop_mode: StopMode::Abs, ..Default::default() };
+        let s = deq(&m, &steps, &x_t, eta, Some(&noise), &cfg, None).unwrap();
+        assert!(max_abs_diff(&s.images, &x0).unwrap() < 1e-10, "eta {eta}");
+    }
+}
+
+#[test]
+fn anderson_reaches_the_sequential_images_in_fewer_rounds() {
+    let m = small_unet(DType::F32);
+    let steps = setup(20, SkipType::Uniform);
+    let mut rng = DeqRng::new(3);
+    let x_t = rng.randn((3, 1, 8, 8), DType::F32, &Device::Cpu).unwrap();
+    let (x0, seq) = ddim(&m, &steps, &x_t, 0.0, None).unwrap();
+    let cfg = DeqSampleConfig { tol: 1e-5, max_iter: 19, max_batch: 16, ..Default::default() };
+    let s = deq(&m, &steps, &x_t, 0.0, None, &cfg, None).unwrap();
+    let d = max_abs_diff(&s.images, &x0).unwrap();
+    assert!(d < 1e-3, "max |DEQ - DDIM| = {d}");
+    assert!(s.stats.rounds < seq.rounds, "{} rounds", s.stats.rounds);
+    assert_eq!(s.stats.model_evals, s.stats.rounds * 3 * 20);
+    assert_eq!(s.stats.residual_trace.len(), s.stats.rounds);
+    // A warm start at the answer converges at once.
+    let w = deq(&m, &steps, &x_t, 0.0, None, &cfg, Some(&s.trajectory)).unwrap();
+    assert!(w.stats.rounds <= 2, "{}", w.stats.rounds);
+}
+
+#[test]
+fn chunked_model_calls_equal_one_call() {
+    let m = small_unet(DType::F64);
+    let mut rng = DeqRng::new(4);
+    let x = rng.randn((7, 1, 8, 8), DType::F64, &Device::Cpu).unwrap();
+    let t = Tensor::new(&[1f64, 50., 100., 200., 300., 400., 999.], &Device::Cpu).unwrap();
+    let a = m.predict(&x, &t).unwrap();
+    let b = Chunked { model: &m, max_batch: 3 }.predict(&x, &t).unwrap();
+    assert!(max_abs_diff(&a, &b).unwrap() < 1e-12);
+}
+
+#[test]
+fn phantom_output_gradient_matches_finite_differences() {
+    let m = small_unet(DType::F64);
+    let steps = setup(4, SkipType::Uniform);
+    let mut rng = DeqRng::new(5);
+    let x_t = rng.randn((2, 1, 8, 8), DType::F64, &Device::Cpu).unwrap();
+    let noise = StepNoise::draw(&mut rng, 4, (2, 1, 8, 8), DType::F64, &Device::Cpu).unwrap();
+    let map = TrajectoryMap::new(&m, &steps, &x_t, 0.3, Some(&noise)).unwrap();
+    let z = map.initial_state().unwrap().affine(0.9, 0.0).unwrap();
+    let up = rng.randn((2, 1, 8, 8), DType::F64, &Device::Cpu).unwrap();
+    // The last row of f(z) equals last_output.
+    let full = map.images(&map.apply(&z).unwrap()).unwrap();
+    assert!(max_abs_diff(&full, &map.last_output(&z, &x_t).unwrap()).unwrap() < 1e-12);
+    let xv = Var::from_tensor(&x_t).unwrap();
+    let g = map.last_output(&z, xv.as_tensor()).unwrap().mul(&up).unwrap().sum_all().unwrap().backward().unwrap();
+    let fd = central_differences(&x_t, 1e-5, 7, &|x| map.last_output(&z, x).unwrap().mul(&up).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()).unwrap();
+    assert_gradient("x_T", g.get(&xv).unwrap(), &fd, 1e-6);
+}
+
+#[test]
+fn ddpm_and_encoding_follow_their_formulas() {
+    // With a model that predicts zero noise, DDPM is the posterior mean of x0 = clip(x/sqrt(a))
+    // plus scaled noise, and the encoding scales by sqrt(a_j / a_i).
+    struct Zero;
+    impl NoiseModel for Zero {
+        fn predict(&self, x: &Tensor, _t: &Tensor) -> candle_core::Result<Tensor> {
+            x.zeros_like()
+        }
+    }
+    let steps = setup(2, SkipType::Uniform);
+    let sch = DiffusionConfig::default().schedule().unwrap();
+    let x = Tensor::new(&[[[[0.2f64, -3.0]]]], &Device::Cpu).unwrap();
+    let noise = StepNoise(Tensor::new(&[1.0f64, 2.0, 5.0, 5.0], &Device::Cpu).unwrap().reshape((2, 1, 1, 1, 2)).unwrap());
+    let (y, _) = ddpm(&Zero, &steps, &x, &noise).unwrap();
+    let mut want = [0.2f64, -3.0];
+    for (k, z) in [(0, [1.0, 2.0]), (1, [5.0, 5.0])] {
+        let (at, an) = (steps.a_t[k], steps.a_next[k]);
+        let beta = 1.0 - at / an;
+        for (v, zi) in want.iter_mut().zip(z) {
+            let x0 = (*v / at.sqrt()).clamp(-1.0, 1.0);
+            let mean = (an.sqrt() * beta * x0 + (1.0 - beta).sqrt() * (1.0 - an) * *v) / (1.0 - at);
+            *v = if steps.t[k] == 0 { mean } else { mean + beta.sqrt() * zi };
+        }
+    }
+    let got = y.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    assert!((got[0] - want[0]).abs() < 1e-12 && (got[1] - want[1]).abs() < 1e-12, "{got:?} {want:?}");
+    let e = ddim_encode(&Zero, &sch, &[0, 500], &x).unwrap();
+    let r = (sch.alpha_bar(500) / sch.alpha_bar(0)).sqrt();
+    assert!(max_abs_diff(&e, &x.affine(r, 0.0).unwrap()).unwrap() < 1e-12);
+}

@@ -1,0 +1,240 @@
+//! DEQ sampling: the whole DDIM trajectory as one fixed point (DEQ-DDIM, Pokle et al. 2022).
+//!
+//! Dividing DDIM's update by `sqrt(a_n)` makes it additive:
+//! `x_n / sqrt(a_n) = x_t / sqrt(a_t) + c eps(x_t, t) + s z` with
+//! `c = sqrt(1 - a_n - sigma^2) / sqrt(a_n) - sqrt((1 - a_t) / a_t)` and `s = sigma / sqrt(a_n)`,
+//! so the output of step `k` is
+//! `x^(k) = sqrt(a_{n_k} / a_{t_0}) x_T + sqrt(a_{n_k}) sum_{j <= k} (c_j eps_j + s_j z_j)`
+//! where `eps_j` is the model at step `j`'s input (`x_T` for `j = 0`, else `x^(j-1)`). The
+//! state holds the outputs of all `T` steps; the map evaluates the model on all of them in one
+//! batched call and takes the cumulative sum. Its fixed point is exactly the sequential
+//! trajectory (the map is lower triangular: `T` plain iterations reach it), and Anderson gets
+//! there in far fewer sequential rounds.
+//!
+//! The state is laid out as `(B * T, C * H * W)` rows, one per image and step, so Anderson
+//! mixes every step of every image with its own weights (as the DEQ-DDIM code does) and the
+//! stopping test and the best-iterate choice are per row; `x_T` stays outside the state.
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use deq_core::solver::{get_solver, SolverOptions, StopMode};
+use serde::{Deserialize, Serialize};
+
+use super::{NoiseModel, SampleStats, StepNoise, Steps};
+use crate::error::{DdimError, Result};
+
+/// The `[deq]`-style options of DEQ sampling (the paper's: Anderson, m 5, lam 1e-3, at most
+/// 15 iterations, relative tolerance 1e-3; 50 iterations for `eta > 0`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeqSampleConfig {
+    /// A deq-core solver name (`anderson`, `broyden`, `fixed_point_iter`, ...).
+    pub solver: String,
+    /// Most function evaluations (sequential rounds).
+    pub max_iter: usize,
+    /// Stop when every row's residual is below this.
+    pub tol: f64,
+    /// `rel` (`||f(z) - z|| / ||f(z)||`) or `abs`.
+    pub stop_mode: StopMode,
+    /// Anderson's history size.
+    pub m: usize,
+    /// Anderson's regularisation.
+    pub lam: f64,
+    /// Largest number of images per model call (0: all `B * T` at once).
+    pub max_batch: usize,
+}
+
+impl Default for DeqSampleConfig {
+    fn default() -> Self {
+        Self { solver: "anderson".into(), max_iter: 15, tol: 1e-3, stop_mode: StopMode::Rel, m: 5, lam: 1e-3, max_batch: 0 }
+    }
+}
+
+impl DeqSampleConfig {
+    /// Checks the values; the message names the key (`prefix.key`).
+    pub fn validate(&self, prefix: &str) -> std::result::Result<(), String> {
+        get_solver(&self.solver).map_err(|e| format!("{prefix}.solver: {e}"))?;
+        if self.max_iter == 0 || self.m == 0 {
+            return Err(format!("{prefix}.max_iter and {prefix}.m must be positive"));
+        }
+        if !(self.tol > 0.0 && self.lam >= 0.0) {
+            return Err(format!("{prefix}.tol must be positive and {prefix}.lam >= 0"));
+        }
+        Ok(())
+    }
+
+    /// deq-core's solver options.
+    pub fn solver_options(&self) -> SolverOptions {
+        SolverOptions { max_iter: self.max_iter, tol: self.tol, stop_mode: self.stop_mode, m: self.m, lam: self.lam, ..SolverOptions::default() }
+    }
+}
+
+/// The trajectory map of one batch: `x_T`, the steps and the (optional) pre-drawn noise.
+pub struct TrajectoryMap<'a> {
+    model: &'a dyn NoiseModel,
+    x_t: Tensor,
+    shape: (usize, usize, usize, usize),
+    steps: usize,
+    /// `(1, T, 1)` coefficients of `eps`, of the cumulative sum, and of `x_T`.
+    c: Tensor,
+    p: Tensor,
+    a: Tensor,
+    /// `(B, T, CHW)`: `s_k z_k`, or none.
+    noise_term: Option<Tensor>,
+    /// `(B * T,)` float timesteps of the model inputs.
+    t: Tensor,
+}
+
+impl<'a> TrajectoryMap<'a> {
+    /// The map for images `x_t` `(B, C, H, W)` at the first step; `noise` is required when
+    /// `eta > 0`.
+    pub fn new(model: &'a dyn NoiseModel, steps: &Steps, x_t: &Tensor, eta: f64, noise: Option<&StepNoise>) -> Result<Self> {
+        let shape = x_t.dims4()?;
+        let (b, c, h, w) = shape;
+        let n = steps.len();
+        if n == 0 {
+            return Err(DdimError::config("sample.steps", "no steps"));
+        }
+        let (dtype, dev) = (x_t.dtype(), x_t.device());
+        let vec = |v: Vec<f64>| -> candle_core::Result<Tensor> { Tensor::from_vec(v, (1, n, 1), &Device::Cpu)?.to_dtype(dtype)?.to_device(dev) };
+        let sig: Vec<f64> = (0..n).map(|k| steps.sigma(k, eta)).collect();
+        let coef: Vec<f64> = (0..n).map(|k| {
+            let (at, an) = (steps.a_t[k], steps.a_next[k]);
+            (1.0 - an - sig[k] * sig[k]).max(0.0).sqrt() / an.sqrt() - ((1.0 - at) / at).sqrt()
+        }).collect();
+        let p: Vec<f64> = steps.a_next.iter().map(|a| a.sqrt()).collect();
+        let a0 = steps.a_t[0];
+        let a: Vec<f64> = steps.a_next.iter().map(|an| (an / a0).sqrt()).collect();
+        let noise_term = if sig.iter().any(|&s| s > 0.0) {
+            let z = noise.ok_or_else(|| DdimError::config("sample.eta", format!("eta = {eta} needs pre-drawn noise")))?;
+            if z.0.dims() != [n, b, c, h, w] {
+                return Err(DdimError::config("sample.eta", format!("noise of shape {:?}, expected {:?}", z.0.dims(), [n, b, c, h, w])));
+            }
+            let s: Vec<f64> = (0..n).map(|k| sig[k] / steps.a_next[k].sqrt()).collect();
+            Some(z.0.reshape((n, b, c * h * w))?.transpose(0, 1)?.broadcast_mul(&vec(s)?)?.contiguous()?)
+        } else {
+            None
+        };
+        let t: Vec<f32> = (0..b).flat_map(|_| steps.t.iter().map(|&t| t as f32)).collect();
+        let t = Tensor::from_vec(t, b * n, dev)?.to_dtype(dtype)?;
+        Ok(Self { model, x_t: x_t.clone(), shape, steps: n, c: vec(coef)?, p: vec(p)?, a: vec(a)?, noise_term, t })
+    }
+
+    /// The state of a trajectory with every step at `x_T` (the reference's initial guess):
+    /// `(B * T, C * H * W)`.
+    pub fn initial_state(&self) -> candle_core::Result<Tensor> {
+        let (b, c, h, w) = self.shape;
+        self.x_t.reshape((b, 1, c * h * w))?.repeat((1, self.steps, 1))?.reshape((b * self.steps, c * h * w))
+    }
+
+    /// The state of a given trajectory `(B, T, C, H, W)` (a warm start).
+    pub fn state_of(&self, trajectory: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, c, h, w) = self.shape;
+        trajectory.reshape((b * self.steps, c * h * w))
+    }
+
+    /// The model's noise predictions at the inputs of every step, `(B, T, CHW)`, for state `z`
+    /// and first input `x_t`.
+    fn eps(&self, z: &Tensor, x_t: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, c, h, w) = self.shape;
+        let n = self.steps;
+        let z3 = z.reshape((b, n, c * h * w))?;
+        let first = x_t.reshape((b, 1, c * h * w))?;
+        let inputs = if n > 1 { Tensor::cat(&[&first, &z3.narrow(1, 0, n - 1)?], 1)? } else { first };
+        let e = self.model.predict(&inputs.reshape((b * n, c, h, w))?, &self.t)?;
+        e.reshape((b, n, c * h * w))
+    }
+
+    /// The per-step increments `c_k eps_k + s_k z_k`, `(B, T, CHW)`.
+    fn increments(&self, eps: &Tensor) -> candle_core::Result<Tensor> {
+        let inc = eps.broadcast_mul(&self.c)?;
+        match &self.noise_term {
+            Some(nt) => inc + nt,
+            None => Ok(inc),
+        }
+    }
+
+    /// `f(z)`: `(B * T, CHW) -> (B * T, CHW)`.
+    pub fn apply(&self, z: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, c, h, w) = self.shape;
+        let n = self.steps;
+        let inc = self.increments(&self.eps(z, &self.x_t)?)?;
+        let mut sums = Vec::with_capacity(n);
+        let mut acc = inc.narrow(1, 0, 1)?;
+        sums.push(acc.clone());
+        for k in 1..n {
+            acc = (acc + inc.narrow(1, k, 1)?)?;
+            sums.push(acc.clone());
+        }
+        let cum = Tensor::cat(&sums, 1)?;
+        let xt = self.x_t.reshape((b, 1, c * h * w))?;
+        let out = (cum.broadcast_mul(&self.p)? + xt.broadcast_mul(&self.a)?)?;
+        out.reshape((b * n, c * h * w))
+    }
+
+    /// The last step's output of `f` (the clean images, `(B, C, H, W)`) for state `z` and
+    /// first input `x_t`, differentiable in `x_t` (through the `x_T` term and the first
+    /// step's model call) and in `z`: the phantom step of inversion.
+    pub fn last_output(&self, z: &Tensor, x_t: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, c, h, w) = self.shape;
+        let n = self.steps;
+        let total = self.increments(&self.eps(z, x_t)?)?.sum(1)?;
+        let p = self.p.narrow(1, n - 1, 1)?.reshape(1)?;
+        let a = self.a.narrow(1, n - 1, 1)?.reshape(1)?;
+        (total.broadcast_mul(&p)? + x_t.reshape((b, c * h * w))?.broadcast_mul(&a)?)?.reshape((b, c, h, w))
+    }
+
+    /// The images of the last step in state `z`: `(B, C, H, W)`.
+    pub fn images(&self, z: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, c, h, w) = self.shape;
+        z.reshape((b, self.steps, c * h * w))?.narrow(1, self.steps - 1, 1)?.reshape((b, c, h, w))
+    }
+
+    /// The trajectory `(B, T, C, H, W)` of state `z`.
+    pub fn trajectory(&self, z: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, c, h, w) = self.shape;
+        z.reshape((b, self.steps, c, h, w))
+    }
+
+    /// Number of steps `T`.
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+}
+
+/// The result of a DEQ solve: the images, the whole trajectory (for warm starts) and the costs.
+#[derive(Debug, Clone)]
+pub struct DeqSample {
+    /// `(B, C, H, W)`.
+    pub images: Tensor,
+    /// `(B, T, C, H, W)`.
+    pub trajectory: Tensor,
+    /// Rounds, model evaluations, residuals, seconds.
+    pub stats: SampleStats,
+}
+
+/// DEQ sampling from `x_t` (`(B, C, H, W)`) with the options `cfg`; `init` a warm-start
+/// trajectory `(B, T, C, H, W)` (default: every step at `x_T`).
+pub fn deq(model: &dyn NoiseModel, steps: &Steps, x_t: &Tensor, eta: f64, noise: Option<&StepNoise>, cfg: &DeqSampleConfig, init: Option<&Tensor>) -> Result<DeqSample> {
+    cfg.validate("sample.deq").map_err(|e| DdimError::config("sample.deq", e))?;
+    let start = Instant::now();
+    let chunked = super::Chunked { model, max_batch: cfg.max_batch };
+    let map = TrajectoryMap::new(&chunked, steps, x_t, eta, noise)?;
+    let z0 = match init {
+        Some(t) => map.state_of(t)?,
+        None => map.initial_state()?,
+    };
+    let solver = get_solver(&cfg.solver)?;
+    let mut f = |z: &Tensor| map.apply(z);
+    let sol = solver.solve(&mut f, &z0, &cfg.solver_options())?;
+    let rows_max = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
+    let stats = SampleStats {
+        rounds: sol.stats.nfe,
+        model_evals: sol.stats.nfe * x_t.dim(0)? * steps.len(),
+        residual_trace: sol.stats.rel_trace.iter().map(|r| rows_max(r)).collect(),
+        residual: rows_max(&sol.stats.rel_lowest),
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    Ok(DeqSample { images: map.images(&sol.z)?, trajectory: map.trajectory(&sol.z)?, stats })
+}
