@@ -46,7 +46,8 @@ def load_checkpoint(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 -- retry with the full unpickler
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+        first = (text.splitlines()[0] if text else type(exc).__name__)[:160]
         note(f"weights_only load of {path} failed ({first}); retrying with weights_only=False "
              "(only do this for files you trust)")
     try:

@@ -40,8 +40,11 @@ Command line
 
 import argparse
 import json
+import shutil
+import tempfile
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -55,11 +58,11 @@ import torch.nn.functional as F
 # UNet
 # ---------------------------------------------------------------------------
 
-MNIST_CONFIG = dict(in_channels=1, out_ch=1, ch=32, ch_mult=[1, 2, 2], num_res_blocks=2,
+MNIST_CONFIG = dict(in_channels=1, out_ch=1, ch=32, ch_mult=[1, 2, 2], num_res_blocks=1,
                     attn_resolutions=[7], dropout=0.1, resolution=28, resamp_with_conv=True)
 CIFAR10_CONFIG = dict(in_channels=3, out_ch=3, ch=128, ch_mult=[1, 2, 2, 2], num_res_blocks=2,
                       attn_resolutions=[16], dropout=0.1, resolution=32, resamp_with_conv=True)
-FIXTURE_CONFIG = dict(in_channels=2, out_ch=2, ch=32, ch_mult=[1, 2], num_res_blocks=1,
+FIXTURE_CONFIG = dict(in_channels=2, out_ch=2, ch=32, ch_mult=[1, 1], num_res_blocks=1,
                       attn_resolutions=[4], dropout=0.0, resolution=8, resamp_with_conv=True)
 
 
@@ -396,7 +399,9 @@ def make_fixture(out_dir):
 
     # DDIM training-runner layout: [model_sd ("module." keys), optim_sd, epoch, step, ema_sd].
     # model_sd and ema_sd share storages, so torch.save writes the weights once.
-    ckpt_path = os.path.join(out_dir, "model.ckpt")
+    # The .ckpt only exercises the converter; it is not part of the committed fixture.
+    tmp_dir = tempfile.mkdtemp(prefix="ddpm-fixture-")
+    ckpt_path = os.path.join(tmp_dir, "model.ckpt")
     torch.save([{"module." + k: v for k, v in sd.items()}, {}, 0, 0, dict(sd)], ckpt_path)
 
     st_path = os.path.join(out_dir, "model.safetensors")
@@ -406,6 +411,7 @@ def make_fixture(out_dir):
     sys.stderr.write(proc.stderr)
     if proc.returncode != 0:
         sys.exit(f"converter failed ({proc.returncode})")
+    shutil.rmtree(tmp_dir)
     inferred = json.loads(proc.stdout)
     print("converter inferred config:", json.dumps(inferred), file=sys.stderr)
     for key in ("in_channels", "out_ch", "ch", "ch_mult", "num_res_blocks", "attn_resolutions",
@@ -473,9 +479,13 @@ def make_fixture(out_dir):
         "num_params": int(sum(v.numel() for v in sd.values())),
         "num_tensors": len(sd),
     }
+    text = json.dumps(config, indent=2)
+    # keep lists of numbers on one line
+    text = re.sub(r"\[[-0-9.e,\s]*\]", lambda m: json.dumps(json.loads(m.group(0))), text)
     with open(os.path.join(out_dir, "config.json"), "w") as fh:
-        json.dump(config, fh, indent=2)
-        fh.write("\n")
+        fh.write(text + "\n")
+    for name in os.listdir(out_dir):
+        os.chmod(os.path.join(out_dir, name), 0o644)
     for name in sorted(os.listdir(out_dir)):
         print(f"{name}\t{os.path.getsize(os.path.join(out_dir, name))} bytes")
     print("eps max |f64 - f32|:", float((eps64 - eps32.double()).abs().max()))

@@ -12,13 +12,23 @@
 //! | [`schedule`] | beta schedules, `alpha_bar`, timestep sub-sequences |
 //! | [`unet`] | the noise model |
 //! | [`sampler`] | sequential DDIM and DDPM, DEQ sampling of the whole trajectory |
+//! | [`sample`] | one entry point for all samplers, with seeded noise |
+//! | [`invert`] | inversion: DEQ with a phantom gradient, or backpropagation through the chain |
+//! | [`train`] | DDPM training (epsilon loss, Adam, EMA, checkpoints, grids) |
+//! | [`config`] | the run configuration (TOML) |
+//! | [`grid`] | sample grids and images in and out |
 //!
 //! See `REFERENCE.md` in this crate for the reference code's semantics this crate follows.
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod error;
-pub mod schedule;
+pub mod grid;
+pub mod invert;
+pub mod sample;
 pub mod sampler;
+pub mod schedule;
+pub mod train;
 pub mod unet;
 
 pub use error::{DdimError, Result};

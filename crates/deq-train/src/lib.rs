@@ -12,6 +12,7 @@
 //! | [`schedule`] | cosine with warm-up, step, one-cycle |
 //! | [`solver_metrics`] | solver statistics per evaluation (NFE, residuals, spectral radius, probe traces) |
 //! | [`plot`] | the `plot` subcommand: training curves and convergence diagnostics as PNG |
+//! | [`ema`] | exponential moving average of the weights (diffusion models) |
 //! | [`clip`] | gradient clipping by global norm and by value |
 //! | [`checkpoint`] | safetensors + JSON sidecar, atomic, resumable |
 //! | [`cli`] | the flags every binary shares (`--config`, `--set`, `--out`, ...), config loading, logging |
@@ -74,6 +75,7 @@ pub mod cli;
 pub mod clip;
 pub mod data;
 pub mod dist;
+pub mod ema;
 pub mod error;
 #[cfg(feature = "cuda")]
 pub mod gpu_memory;
@@ -90,6 +92,7 @@ pub mod solver_metrics;
 pub mod plot;
 
 pub use checkpoint::{load_vars, write_atomic, Checkpoint, Checkpointer};
+pub use ema::Ema;
 pub use clip::{clip_grad_norm, clip_grad_value, grad_norm};
 pub use dist::{collective_for, Collective, DistContext, SingleProcess, TcpGroup, ThreadGroup};
 pub use error::{Result, TrainError};

@@ -74,7 +74,5 @@ impl Frame {
 
 /// Writes `height * width * 3` RGB bytes as a PNG, atomically.
 pub fn write_rgb_png(path: &Path, width: usize, height: usize, rgb: &[u8]) -> Result<()> {
-    let buf = image::RgbImage::from_raw(width as u32, height as u32, rgb.to_vec()).ok_or_else(|| FlowError::format(path, "image size does not match its bytes"))?;
-    deq_train::write_atomic(path, |tmp| buf.save_with_format(tmp, image::ImageFormat::Png).map_err(|e| deq_train::TrainError::format(tmp, format!("writing PNG: {e}"))))?;
-    Ok(())
+    Ok(deq_train::data::write_png(path, width, height, 3, rgb)?)
 }

@@ -7,6 +7,7 @@
 //! | [`cifar`] | CIFAR-10 binary reader and writer |
 //! | [`image_folder`] | ImageNet-style `root/<class>/*.png|jpg` reader |
 //! | [`npy`] | NumPy `.npy` reader and writer |
+//! | [`png_out`] | atomic PNG writing (grey or RGB) |
 //! | [`augment`] | seeded augmentations on CHW `f32` samples |
 //! | [`loader`] | shuffling, sharded, prefetching [`Loader`] producing candle batches |
 //!
@@ -24,6 +25,7 @@ pub mod idx;
 pub mod image_folder;
 pub mod loader;
 pub mod npy;
+pub mod png_out;
 
 use std::path::PathBuf;
 
@@ -31,6 +33,7 @@ pub use cifar::{load_cifar10, read_cifar10_file, write_cifar10_file};
 pub use dataset::ImageDataset;
 pub use idx::{load_mnist, read_idx_images, read_idx_labels};
 pub use image_folder::{is_image, list_dir, load_image, load_image_folder, scan_image_folder};
+pub use png_out::write_png;
 pub use npy::{read_npy, write_npy_f32, NpyArray};
 pub use loader::{epoch_permutation, sample_rng, AugmentFn, Batch, EpochIter, Loader, LoaderConfig, Shard};
 
