@@ -495,7 +495,7 @@ def make_fixture(out_dir):
 # bench
 # ---------------------------------------------------------------------------
 
-def bench(config, batch, iters, threads, warmup=2):
+def bench(config, batch, iters, threads, warmup=2, forward_only=False):
     torch.set_num_threads(threads)
     cfg = {"mnist": MNIST_CONFIG, "cifar10": CIFAR10_CONFIG}[config]
     torch.manual_seed(0)
@@ -505,6 +505,10 @@ def bench(config, batch, iters, threads, warmup=2):
     x0 = torch.rand(batch, C, R, R) * 2 - 1
 
     def step():
+        if forward_only:
+            with torch.no_grad():
+                model(x0, torch.full((batch,), 500.0)).sum().item()
+            return
         model.zero_grad(set_to_none=True)
         t = torch.randint(0, 1000, (batch,))
         a = abar[t].view(-1, 1, 1, 1)
@@ -516,11 +520,15 @@ def bench(config, batch, iters, threads, warmup=2):
 
     for _ in range(warmup):
         step()
-    t0 = time.perf_counter()
+    times = []
     for _ in range(iters):
+        t0 = time.perf_counter()
         step()
-    ms = (time.perf_counter() - t0) * 1000.0 / iters
-    print(json.dumps({"config": config, "batch": batch, "ms_per_step": round(ms, 3)}))
+        times.append((time.perf_counter() - t0) * 1000.0)
+    times.sort()
+    params = sum(p.numel() for p in model.parameters())
+    print(json.dumps({"config": config, "batch": batch, "forward_only": forward_only, "params": params,
+                      "ms_per_step": round(times[len(times) // 2], 3)}))
 
 
 def main():
@@ -539,11 +547,12 @@ def main():
     bp.add_argument("--batch", type=int, default=32)
     bp.add_argument("--iters", type=int, default=5)
     bp.add_argument("--threads", type=int, default=1)
+    bp.add_argument("--forward-only", action="store_true", help="time the forward pass alone (no gradient), as in sampling")
     args = ap.parse_args()
     if args.cmd == "fixture":
         make_fixture(args.out_dir)
     else:
-        bench(args.config, args.batch, args.iters, args.threads)
+        bench(args.config, args.batch, args.iters, args.threads, forward_only=args.forward_only)
 
 
 if __name__ == "__main__":

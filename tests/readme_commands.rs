@@ -8,7 +8,7 @@
 //!
 //! * `train` / `fit`: with `--dry-run`, which validates the configuration (unknown keys are
 //!   errors) and the data paths and prints the run folder;
-//! * `eval` / `predict` / `render` / `plot`: they need a finished run, so the last documented
+//! * `eval` / `predict` / `render` / `plot` / `sample` / `invert` / `compare`: they need a finished run, so the last documented
 //!   command that writes that run folder first runs for real with a smoke setting, then the
 //!   command runs with `--dry-run` (`plot` runs for real);
 //! * anything else (the benchmark binaries): with `--help`.
@@ -141,6 +141,10 @@ fn smoke_settings(package: &str) -> Vec<String> {
             "--set", "model.mask_dim=8", "--set", "deq.f_max_iter=2", "--set", "deq.n_states=1", "--set", "data.synthetic.height=40", "--set", "data.synthetic.width=56",
             "--set", "data.augment.crop=[32, 48]", "--set", "data.pairs_per_epoch=4", "--set", "train.batch_size=2",
         ],
+        "deq-ddim" => &[
+            "--max-steps", "2", "--set", "model.ch_mult=[1]", "--set", "model.attn_resolutions=[]", "--set", "train.batch_size=2", "--set", "train.sample_count=2",
+            "--set", "sample.steps=2",
+        ],
         _ => &[],
     };
     s.iter().map(|s| s.to_string()).collect()
@@ -223,7 +227,7 @@ fn check_docs(docs: &[(&str, &str)], sb: &Sandbox) -> Vec<String> {
                     ran.insert(i, o.ok);
                 }
             }
-            Some(sub @ ("eval" | "predict" | "render" | "plot")) => {
+            Some(sub @ ("eval" | "predict" | "render" | "plot" | "sample" | "invert" | "compare")) => {
                 let Some(folder) = flag_value(&run.args, "--out") else {
                     failures.push(fail(c, "commands that use a run must name it with --out".into(), None));
                     continue;

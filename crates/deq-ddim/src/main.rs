@@ -114,6 +114,24 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         trace: Option<PathBuf>,
     },
+    /// DEQ against sequential DDIM on the same latents: largest pixel difference, sequential
+    /// rounds, model evaluations and wall-clock, per number of steps.
+    Compare {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Numbers of steps T to compare (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "20,50,100")]
+        steps: Vec<usize>,
+        /// Latents (seeds) per T.
+        #[arg(long, default_value_t = 64)]
+        count: usize,
+        /// DDIM's eta (the DEQ sampler uses the same pre-drawn noise).
+        #[arg(long, default_value_t = 0.0)]
+        eta: f64,
+        /// Also write one JSON line per T here.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
     /// Draw training curves of a run folder as PNG files.
     Plot(PlotArgs),
 }
@@ -262,6 +280,50 @@ fn main() -> Result<()> {
                 }
                 let best = res.trace.iter().map(|r| r.mse).fold(f64::INFINITY, f64::min);
                 println!("{}", serde_json::json!({"method": cfg.invert.method, "images": target.dim(0)?, "iters": last.iter, "seconds": started.elapsed().as_secs_f64(), "final_mse": last.mse, "best_mse": best, "mse_per_image": res.mse_per_image, "peak_heap_mb": peak as f64 / 1e6, "grid": grid.display().to_string()}));
+                Ok(())
+            })
+        }
+        Cmd::Compare { model, steps, count, eta, json } => {
+            let (cfg, unet, device, _, _) = open_model(&model)?;
+            anyhow::ensure!(count > 0 && !steps.is_empty(), "--count and --steps must be positive");
+            let seed = model.seed;
+            deq_train::run_on_pool(move || -> Result<()> {
+                let schedule = cfg.diffusion.schedule()?;
+                let m = &cfg.model;
+                let bs = cfg.sample.batch_size;
+                let mut lines = Vec::new();
+                for &t in &steps {
+                    let mut check = cfg.clone();
+                    check.sample.steps = t;
+                    check.validate().map_err(anyhow::Error::msg)?;
+                    let (mut diff, mut rounds, mut evals, mut s_seq, mut s_deq, mut worst) = (0f64, Vec::new(), 0usize, 0f64, 0f64, 0f64);
+                    let mut trace = Vec::new();
+                    for (b, start) in (0..count).step_by(bs).enumerate() {
+                        let n = bs.min(count - start);
+                        let x_t = DeqRng::new(seed.wrapping_mul(0x9E37_79B9).wrapping_add(b as u64)).randn((n, m.in_channels, m.resolution, m.resolution), dtype_of(&cfg), &device)?;
+                        let mut req = SampleRequest::from_config(&cfg, SamplerKind::Ddim);
+                        (req.steps, req.eta) = (t, eta);
+                        let a = sample_batch(&unet, &schedule, &req, &x_t, seed.wrapping_add(b as u64))?;
+                        req.sampler = SamplerKind::Deq;
+                        let d = sample_batch(&unet, &schedule, &req, &x_t, seed.wrapping_add(b as u64))?;
+                        diff = diff.max((&a.images - &d.images)?.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?);
+                        rounds.push(d.stats.rounds);
+                        evals += d.stats.model_evals;
+                        s_seq += a.stats.seconds;
+                        s_deq += d.stats.seconds;
+                        worst = worst.max(d.stats.residual);
+                        if trace.is_empty() {
+                            trace = d.stats.residual_trace.clone();
+                        }
+                    }
+                    let line = serde_json::json!({"steps": t, "count": count, "eta": eta, "max_abs_diff": diff, "deq_rounds": rounds, "deq_model_evals": evals, "ddim_rounds": t, "ddim_model_evals": t * count,
+                        "ddim_seconds": s_seq, "deq_seconds": s_deq, "max_residual": worst, "residual_trace_first_batch": trace, "solver": cfg.sample.deq.solver, "tol": cfg.sample.deq.tol, "max_iter": cfg.sample.deq.max_iter});
+                    println!("{line}");
+                    lines.push(line.to_string());
+                }
+                if let Some(p) = &json {
+                    std::fs::write(p, lines.join("\n") + "\n").with_context(|| format!("writing {}", p.display()))?;
+                }
                 Ok(())
             })
         }
