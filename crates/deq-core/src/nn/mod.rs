@@ -6,7 +6,8 @@
 //! differentiates. [`linear_map`] applies a shared weight to inputs of any rank as one
 //! matrix product (candle's `broadcast_matmul` runs one small product per batch entry);
 //! [`log_softmax_pick`] is the log-likelihood of one column per row (cross-entropy) without
-//! the log-softmax matrix; [`relu`] and [`silu`] have one-pass backward kernels; [`bmm`] runs batches of small
+//! the log-softmax matrix; [`relu`] and [`silu`] have one-pass backward kernels; [`plane_bias_add`] adds a per-channel
+//! (or per-sample, per-channel) bias with a one-pass bias gradient; [`bmm`] runs batches of small
 //! products with the batch over the threads; [`conv2d`] is a convolution with batched
 //! unfold-and-multiply kernels for the forward pass and both gradients; [`group_norm`] is
 //! fused (two passes forward, two backward), and so is [`batch_norm_train`] (batch statistics,
@@ -20,6 +21,7 @@ mod group_norm;
 mod layer_norm;
 mod linear;
 mod log_softmax_pick;
+mod plane_bias;
 mod relu;
 mod silu;
 mod softmax;
@@ -32,6 +34,7 @@ pub use group_norm::{group_norm, GroupNorm};
 pub use layer_norm::{layer_norm, LayerNorm};
 pub use linear::linear_map;
 pub use log_softmax_pick::log_softmax_pick;
+pub use plane_bias::plane_bias_add;
 pub use relu::relu;
 pub use silu::silu;
 pub use softmax::softmax_last_dim;

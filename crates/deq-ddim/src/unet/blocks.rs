@@ -87,7 +87,7 @@ impl ResnetBlock {
     pub fn forward(&self, x: &Tensor, silu_temb: &Tensor, rng: Option<&mut DeqRng>) -> Result<Tensor> {
         let h = self.conv1.forward(&silu(&self.norm1.forward(x)?)?)?;
         let t = self.temb_proj.forward(silu_temb)?;
-        let h = h.broadcast_add(&t.unsqueeze(2)?.unsqueeze(3)?)?;
+        let h = deq_core::nn::plane_bias_add(&h, &t)?;
         let h = dropout(&silu(&self.norm2.forward(&h)?)?, self.dropout, rng)?;
         let h = self.conv2.forward(&h)?;
         match &self.nin_shortcut {

@@ -62,7 +62,7 @@ impl Conv {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = deq_core::nn::conv2d_with(x, self.weight.as_tensor(), &self.spec)?;
         match &self.bias {
-            Some(b) => y.broadcast_add(&b.as_tensor().reshape((1, (), 1, 1))?),
+            Some(b) => deq_core::nn::plane_bias_add(&y, b.as_tensor()),
             None => Ok(y),
         }
     }
