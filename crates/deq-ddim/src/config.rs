@@ -15,6 +15,8 @@ use crate::unet::UNetConfig;
 
 /// The MNIST configuration for the CPU (`configs/deq-ddim/mnist.toml`).
 pub const MNIST: &str = include_str!("../../../configs/deq-ddim/mnist.toml");
+/// The DDIM code's CIFAR-10 configuration (`configs/deq-ddim/cifar10.toml`).
+pub const CIFAR10: &str = include_str!("../../../configs/deq-ddim/cifar10.toml");
 
 /// The `[train]` table (the DDIM code's `training` and `optim` sections).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -268,6 +270,8 @@ mod tests {
     fn the_committed_configuration_parses_and_bad_keys_are_named() {
         let c = RunConfig::from_toml(MNIST, "mnist.toml").unwrap();
         assert_eq!(c.model.resolution, 28);
+        let cifar = RunConfig::from_toml(CIFAR10, "cifar10.toml").unwrap();
+        assert_eq!(cifar.model, crate::unet::UNetConfig::default());
         assert!(RunConfig::from_toml(&MNIST.replace("[train]", "[train]\nlearning_rate = 1"), "x").unwrap_err().contains("learning_rate"));
         let mut bad = c.clone();
         bad.model.in_channels = 3;

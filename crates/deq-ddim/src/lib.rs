@@ -19,6 +19,31 @@
 //! | [`grid`] | sample grids and images in and out |
 //!
 //! See `REFERENCE.md` in this crate for the reference code's semantics this crate follows.
+//!
+//! ## Example: DEQ sampling reaches the sequential DDIM images in fewer rounds
+//!
+//! ```
+//! use candle_core::{DType, Device};
+//! use deq_core::rng::DeqRng;
+//! use deq_ddim::sampler::{sequential, trajectory, Steps};
+//! use deq_ddim::schedule::{timesteps, DiffusionConfig, SkipType};
+//! use deq_ddim::unet::{UNet, UNetConfig};
+//!
+//! # fn main() -> anyhow::Result<()> {
+//! let cfg = UNetConfig { in_channels: 1, out_ch: 1, ch: 32, ch_mult: vec![1, 2], num_res_blocks: 1, attn_resolutions: vec![4], dropout: 0.0, resolution: 8, resamp_with_conv: true };
+//! let model = UNet::new(&cfg, &mut DeqRng::new(0), DType::F32, &Device::Cpu)?;
+//! let schedule = DiffusionConfig::default().schedule()?;
+//! let steps = Steps::new(&schedule, &timesteps(1000, 10, SkipType::Uniform)?);
+//! let x_t = DeqRng::new(1).randn((2, 1, 8, 8), DType::F32, &Device::Cpu)?;
+//! let (x0, seq) = sequential::ddim(&model, &steps, &x_t, 0.0, None)?;
+//! let opts = trajectory::DeqSampleConfig { tol: 1e-5, ..Default::default() };
+//! let deq = trajectory::deq(&model, &steps, &x_t, 0.0, None, &opts, None)?;
+//! let diff = (&deq.images - &x0)?.abs()?.max_all()?.to_scalar::<f32>()?;
+//! assert!(diff < 1e-3, "{diff}");
+//! println!("{} sequential rounds against {}", deq.stats.rounds, seq.rounds);
+//! # Ok(())
+//! # }
+//! ```
 #![warn(missing_docs)]
 
 pub mod config;

@@ -2,10 +2,10 @@
 //! timestep projection, single-head self-attention, down- and up-sampling, the sinusoidal
 //! timestep embedding. Group norms have 32 groups and eps 1e-6; the nonlinearity is SiLU.
 
-use candle_core::{DType, Device, Module, Result, Tensor, Var};
-use deq_core::nn::{bmm, silu, softmax_last_dim, Conv2dSpec, GroupNorm};
+use candle_core::{DType, Device, Result, Tensor, Var};
+use deq_core::nn::{bmm, silu, softmax_last_dim, Conv2dSpec};
 use deq_core::rng::DeqRng;
-use deq_train::layers::{Conv, ConvInit, Linear};
+use deq_train::layers::{Conv, ConvInit, GroupNorm, Linear};
 
 /// Groups of every group norm of the UNet.
 pub const GROUPS: usize = 32;
@@ -32,11 +32,7 @@ pub fn timestep_embedding(t: &Tensor, dim: usize) -> Result<Tensor> {
 }
 
 fn norm(channels: usize, dtype: DType, dev: &Device) -> Result<GroupNorm> {
-    GroupNorm::new(GROUPS, channels, true, NORM_EPS, dtype, dev)
-}
-
-fn norm_vars(n: &GroupNorm, prefix: &str, out: &mut Vec<(String, Var)>) {
-    out.extend(n.named_vars().into_iter().map(|(k, v)| (format!("{prefix}.{k}"), v)));
+    GroupNorm::with_eps(GROUPS, channels, true, NORM_EPS, dtype, dev)
 }
 
 fn conv(cin: usize, cout: usize, k: usize, rng: &mut DeqRng, dtype: DType, dev: &Device) -> Result<Conv> {
@@ -98,10 +94,10 @@ impl ResnetBlock {
 
     /// Trainable variables under the checkpoint names (`norm1.weight`, `conv1.weight`, ...).
     pub fn vars(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
-        norm_vars(&self.norm1, &format!("{prefix}.norm1"), out);
+        self.norm1.vars(&format!("{prefix}.norm1"), out);
         self.conv1.vars(&format!("{prefix}.conv1"), out);
         self.temb_proj.vars(&format!("{prefix}.temb_proj"), out);
-        norm_vars(&self.norm2, &format!("{prefix}.norm2"), out);
+        self.norm2.vars(&format!("{prefix}.norm2"), out);
         self.conv2.vars(&format!("{prefix}.conv2"), out);
         if let Some(s) = &self.nin_shortcut {
             s.vars(&format!("{prefix}.nin_shortcut"), out);
@@ -148,7 +144,7 @@ impl AttnBlock {
 
     /// Trainable variables (`norm`, `q`, `k`, `v`, `proj_out`).
     pub fn vars(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
-        norm_vars(&self.norm, &format!("{prefix}.norm"), out);
+        self.norm.vars(&format!("{prefix}.norm"), out);
         for (name, c) in [("q", &self.q), ("k", &self.k), ("v", &self.v), ("proj_out", &self.proj_out)] {
             c.vars(&format!("{prefix}.{name}"), out);
         }
@@ -226,14 +222,6 @@ pub(crate) fn output_norm(channels: usize, dtype: DType, dev: &Device) -> Result
     norm(channels, dtype, dev)
 }
 
-pub(crate) fn named_norm_vars(n: &GroupNorm, prefix: &str, out: &mut Vec<(String, Var)>) {
-    norm_vars(n, prefix, out)
-}
-
 pub(crate) fn conv3x3(cin: usize, cout: usize, rng: &mut DeqRng, dtype: DType, dev: &Device) -> Result<Conv> {
     conv(cin, cout, 3, rng, dtype, dev)
-}
-
-pub(crate) fn apply_norm(n: &GroupNorm, x: &Tensor) -> Result<Tensor> {
-    n.forward(x)
 }

@@ -128,7 +128,7 @@ pub struct UNet {
     mid_block_2: ResnetBlock,
     /// Indexed by level (`up[0]` is the full resolution), as in the state dict.
     up: Vec<UpLevel>,
-    norm_out: deq_core::nn::GroupNorm,
+    norm_out: deq_train::layers::GroupNorm,
     conv_out: Conv,
 }
 
@@ -242,7 +242,7 @@ impl UNet {
             }
         }
         debug_assert!(hs.is_empty());
-        self.conv_out.forward(&silu(&blocks::apply_norm(&self.norm_out, &h)?)?)
+        self.conv_out.forward(&silu(&self.norm_out.forward(&h)?)?)
     }
 
     /// Trainable variables under the PyTorch state-dict names, in its order.
@@ -276,7 +276,7 @@ impl UNet {
                 u.vars(&format!("up.{i}.upsample"), &mut out);
             }
         }
-        blocks::named_norm_vars(&self.norm_out, "norm_out", &mut out);
+        self.norm_out.vars("norm_out", &mut out);
         self.conv_out.vars("conv_out", &mut out);
         out
     }

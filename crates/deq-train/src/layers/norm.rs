@@ -31,40 +31,31 @@ impl ChannelAffine {
 }
 
 /// Group normalisation over `(B, C, H, W)` with a per-channel affine transform
-/// (`torch.nn.GroupNorm`), through deq-core's fused `nn::group_norm` (candle_nn's layer-norm
-/// family has no gradient on contiguous inputs).
+/// (`torch.nn.GroupNorm`, eps 1e-5): deq-core's [`deq_core::nn::GroupNorm`] (fused kernels;
+/// candle_nn's layer-norm family has no gradient on contiguous inputs) with the trainers'
+/// `forward` / `vars(prefix, out)` interface.
 #[derive(Debug)]
-pub struct GroupNorm {
-    groups: usize,
-    channels: usize,
-    eps: f64,
-    affine: ChannelAffine,
-}
+pub struct GroupNorm(deq_core::nn::GroupNorm);
 
 impl GroupNorm {
     /// `groups` must divide `channels`; `affine` adds the learnable scale and shift.
     pub fn new(groups: usize, channels: usize, affine: bool, dtype: DType, dev: &Device) -> Result<Self> {
-        if groups == 0 || channels % groups != 0 {
-            candle_core::bail!("group norm: {groups} groups do not divide {channels} channels");
-        }
-        Ok(Self { groups, channels, eps: 1e-5, affine: ChannelAffine::new(affine, channels, dtype, dev)? })
+        Self::with_eps(groups, channels, affine, 1e-5, dtype, dev)
+    }
+
+    /// [`GroupNorm::new`] with another epsilon (the DDPM UNet's 1e-6).
+    pub fn with_eps(groups: usize, channels: usize, affine: bool, eps: f64, dtype: DType, dev: &Device) -> Result<Self> {
+        Ok(Self(deq_core::nn::GroupNorm::new(groups, channels, affine, eps, dtype, dev)?))
     }
 
     /// Normalises `x` (`(B, C, H, W)`).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (_, c, _, _) = x.dims4()?;
-        if c != self.channels {
-            candle_core::bail!("group norm: expected {} channels, got {c}", self.channels);
-        }
-        match &self.affine.0 {
-            Some((w, b)) => deq_core::nn::group_norm(x, self.groups, Some(w.as_tensor()), Some(b.as_tensor()), self.eps),
-            None => deq_core::nn::group_norm(x, self.groups, None, None, self.eps),
-        }
+        candle_core::Module::forward(&self.0, x)
     }
 
     /// Trainable variables (`weight`, `bias` when affine).
     pub fn vars(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
-        self.affine.vars(prefix, out);
+        out.extend(self.0.named_vars().into_iter().map(|(k, v)| (format!("{prefix}.{k}"), v)));
     }
 }
 
