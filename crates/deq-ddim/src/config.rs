@@ -227,28 +227,39 @@ impl RunConfig {
         Ok(())
     }
 
-    /// Moves TorchDEQ's forward-solver flags, when set away from their defaults, into
-    /// `[sample.deq]` and `[invert.deq]`, and `tau` into `[invert]`.
-    pub fn apply_deq_flags(&mut self) {
+    /// Moves TorchDEQ's forward-solver options into `[sample.deq]` and `[invert.deq]`, and
+    /// `tau` into `[invert]`: those given as flags (`given`, even at their default values), else
+    /// those that `[deq]` sets away from deq-core's defaults (`--set deq.f_tol=...`). `[deq]` is
+    /// reset afterwards, so the saved configuration holds each value once and applying again
+    /// (when `sample` reads a run) changes nothing.
+    pub fn apply_deq_flags(&mut self, given: &deq_core::DeqArgs) {
         let d = DeqConfig::default();
-        let q = self.deq.clone();
+        let q = std::mem::take(&mut self.deq);
+        let pick = |flag: Option<String>, v: &String, dv: &String| flag.or_else(|| (v != dv).then(|| v.clone()));
+        let solver = pick(given.f_solver.clone(), &q.f_solver, &d.f_solver);
+        let max_iter = given.f_max_iter.or((q.f_max_iter != d.f_max_iter).then_some(q.f_max_iter));
+        let tol = given.f_tol.or((q.f_tol != d.f_tol).then_some(q.f_tol));
+        let stop = given.f_stop_mode.or((q.f_stop_mode != d.f_stop_mode).then_some(q.f_stop_mode));
+        let tau = given.tau.or((q.tau != d.tau).then_some(q.tau));
         for s in [&mut self.sample.deq, &mut self.invert.deq] {
-            if q.f_solver != d.f_solver {
-                s.solver = q.f_solver.clone();
+            if let Some(v) = &solver {
+                s.solver.clone_from(v);
             }
-            if q.f_max_iter != d.f_max_iter {
-                s.max_iter = q.f_max_iter;
+            if let Some(v) = max_iter {
+                s.max_iter = v;
             }
-            if q.f_tol != d.f_tol {
-                s.tol = q.f_tol;
+            if let Some(v) = tol {
+                s.tol = v;
             }
-            if q.f_stop_mode != d.f_stop_mode {
-                s.stop_mode = q.f_stop_mode;
+            if let Some(v) = stop {
+                s.stop_mode = v;
             }
         }
-        if q.tau != d.tau {
-            self.invert.tau = q.tau;
+        if let Some(t) = tau {
+            self.invert.tau = t;
         }
+        // Options that have no meaning here stay, so that validation refuses them.
+        self.deq = DeqConfig { f_solver: d.f_solver, f_max_iter: d.f_max_iter, f_tol: d.f_tol, f_stop_mode: d.f_stop_mode, tau: d.tau, ..q };
     }
 }
 
@@ -289,12 +300,19 @@ mod tests {
     #[test]
     fn torchdeq_flags_reach_the_solvers() {
         let mut c = RunConfig::from_toml(MNIST, "mnist.toml").unwrap();
-        c.deq.f_max_iter = 40;
+        c.deq.f_max_iter = 30;
         c.deq.f_solver = "broyden".into();
         c.deq.tau = 0.3;
-        c.apply_deq_flags();
-        assert_eq!((c.sample.deq.max_iter, c.sample.deq.solver.as_str()), (40, "broyden"));
-        assert_eq!(c.invert.deq.max_iter, 40);
+        // A flag at deq-core's default value still counts.
+        let given = deq_core::DeqArgs { f_stop_mode: Some(deq_core::solver::StopMode::Abs), ..Default::default() };
+        c.apply_deq_flags(&given);
+        assert_eq!((c.sample.deq.max_iter, c.sample.deq.solver.as_str(), c.sample.deq.stop_mode), (30, "broyden", deq_core::solver::StopMode::Abs));
+        assert_eq!(c.invert.deq.max_iter, 30);
         assert_eq!(c.invert.tau, 0.3);
+        assert_eq!(c.deq, DeqConfig::default());
+        // Applying again (a run's saved configuration) changes nothing.
+        c.sample.deq.max_iter = 60;
+        c.apply_deq_flags(&deq_core::DeqArgs::default());
+        assert_eq!(c.sample.deq.max_iter, 60);
     }
 }

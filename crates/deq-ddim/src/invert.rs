@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{DdimError, Result};
 use crate::sampler::sequential::{ddim, ddim_encode};
 use crate::sampler::trajectory::{DeqSampleConfig, TrajectoryMap};
-use crate::sampler::{NoiseModel, Steps};
+use crate::sampler::{Chunked, NoiseModel, Steps};
 use crate::schedule::{timesteps, NoiseSchedule, SkipType};
 
 /// How the gradient reaches `x_T`.
@@ -114,11 +114,11 @@ pub struct InvertRecord {
 pub struct Inversion {
     /// The best latent found per the loss, `(B, C, H, W)`.
     pub latent: Tensor,
-    /// Its images.
+    /// Its images (sequential DDIM of the latent).
     pub images: Tensor,
     /// Per-iteration records.
     pub trace: Vec<InvertRecord>,
-    /// Per image, the squared error per pixel of the best images.
+    /// Per image, the squared error per pixel of those images.
     pub mse_per_image: Vec<f64>,
 }
 
@@ -143,14 +143,16 @@ pub fn invert(model: &dyn NoiseModel, schedule: &NoiseSchedule, cfg: &InvertConf
     let x_t = Var::from_tensor(&init)?;
     let mut opt = Adam::new(vec![("x_T".into(), x_t.clone())], cfg.lr, (0.9, 0.999), 1e-8, 0.0, false)?;
     let solver = get_solver(&cfg.deq.solver)?;
+    let chunked = Chunked { model, max_batch: cfg.deq.max_batch };
     let mut trajectory: Option<Tensor> = None;
     let mut trace = Vec::new();
     let mut best: Option<(f64, Tensor, Tensor, Vec<f64>)> = None;
     for iter in 0..=cfg.iters {
-        let latent = x_t.as_tensor().detach();
+        // A copy: Adam updates the variable's storage in place.
+        let latent = x_t.as_tensor().detach().copy()?;
         let (x0, loss_t, rounds) = match cfg.method {
             InvertMethod::Deq => {
-                let map = TrajectoryMap::new(model, &steps, &latent, 0.0, None)?;
+                let map = TrajectoryMap::new(&chunked, &steps, &latent, 0.0, None)?;
                 let z0 = match &trajectory {
                     Some(z) => z.clone(),
                     None => map.initial_state()?,
@@ -185,6 +187,10 @@ pub fn invert(model: &dyn NoiseModel, schedule: &NoiseSchedule, cfg: &InvertConf
         let grads = loss_t.backward()?;
         opt.step(&grads)?;
     }
-    let (_, latent, images, mse_per_image) = best.expect("at least one iteration");
+    let (_, latent, _, _) = best.expect("at least one iteration");
+    // The reported images are the sequential DDIM samples of the best latent (the DEQ's
+    // iterate may stop short of the fixed point).
+    let (images, _) = ddim(model, &steps, &latent, 0.0, None)?;
+    let (_, _, mse_per_image) = errors(&images, target)?;
     Ok(Inversion { latent, images, trace, mse_per_image })
 }

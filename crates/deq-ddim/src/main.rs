@@ -98,7 +98,7 @@ enum Cmd {
         /// Target images (resized to the model's resolution).
         #[arg(long = "image", value_name = "FILE")]
         images: Vec<PathBuf>,
-        /// Or the first N digits of the MNIST test set (the dataset of the run's [data]).
+        /// Or the first N images of the test split of the run's [data] (MNIST, CIFAR-10).
         #[arg(long, default_value_t = 0)]
         test_digits: usize,
         /// deq or chain (default: invert.method).
@@ -154,7 +154,8 @@ fn open_model(m: &ModelArgs) -> Result<(RunConfig, UNet, Device, PathBuf, String
         m.run.config.load_saved::<RunConfig>(&dir)?
     };
     let (source, mut cfg) = (loaded.source(), loaded.config);
-    cfg.apply_deq_flags();
+    cfg.apply_deq_flags(&m.run.config.deq);
+    cfg.validate().map_err(anyhow::Error::msg)?;
     let device = m.run.runtime.device.open()?;
     if m.run.dry_run {
         if m.weights.is_none() {
@@ -179,7 +180,8 @@ fn main() -> Result<()> {
             let loaded = args.config.load::<RunConfig>(Some(DEFAULT_CONFIG), Some(MNIST), args.seed)?;
             let (source, out) = (loaded.source(), args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("deq-ddim-{}", loaded.name))));
             let mut cfg = loaded.config;
-            cfg.apply_deq_flags();
+            cfg.apply_deq_flags(&args.config.deq);
+            cfg.validate().map_err(anyhow::Error::msg)?;
             let device = args.runtime.device.open()?;
             if args.dry_run {
                 load_dataset(&cfg, true)?;
@@ -253,6 +255,7 @@ fn main() -> Result<()> {
                 Tensor::cat(&t, 0)?
             } else {
                 anyhow::ensure!(test_digits > 0, "give --image FILE (repeatable) or --test-digits N");
+                anyhow::ensure!(cfg.data.dataset != deq_ddim::config::Dataset::Folder, "--test-digits: a folder dataset has no test split; give --image FILE");
                 let ds = load_dataset(&cfg, false)?;
                 anyhow::ensure!(test_digits <= ds.len(), "--test-digits {test_digits}: the test set has {}", ds.len());
                 let px: Vec<f32> = (0..test_digits).flat_map(|i| ds.image(i).iter().map(|&v| v as f32 / 127.5 - 1.0).collect::<Vec<_>>()).collect();
@@ -294,9 +297,10 @@ fn main() -> Result<()> {
                 let mut lines = Vec::new();
                 for &t in &steps {
                     let mut check = cfg.clone();
-                    check.sample.steps = t;
+                    (check.sample.steps, check.sample.eta) = (t, eta);
                     check.validate().map_err(anyhow::Error::msg)?;
                     let (mut diff, mut rounds, mut evals, mut s_seq, mut s_deq, mut worst) = (0f64, Vec::new(), 0usize, 0f64, 0f64, 0f64);
+                    let (mut seq_rounds, mut seq_evals) = (0usize, 0usize);
                     let mut trace = Vec::new();
                     for (b, start) in (0..count).step_by(bs).enumerate() {
                         let n = bs.min(count - start);
@@ -308,6 +312,7 @@ fn main() -> Result<()> {
                         let d = sample_batch(&unet, &schedule, &req, &x_t, seed.wrapping_add(b as u64))?;
                         diff = diff.max((&a.images - &d.images)?.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?);
                         rounds.push(d.stats.rounds);
+                        (seq_rounds, seq_evals) = (a.stats.rounds, seq_evals + a.stats.model_evals);
                         evals += d.stats.model_evals;
                         s_seq += a.stats.seconds;
                         s_deq += d.stats.seconds;
@@ -316,7 +321,7 @@ fn main() -> Result<()> {
                             trace = d.stats.residual_trace.clone();
                         }
                     }
-                    let line = serde_json::json!({"steps": t, "count": count, "eta": eta, "max_abs_diff": diff, "deq_rounds": rounds, "deq_model_evals": evals, "ddim_rounds": t, "ddim_model_evals": t * count,
+                    let line = serde_json::json!({"steps": t, "count": count, "eta": eta, "max_abs_diff": diff, "deq_rounds": rounds, "deq_model_evals": evals, "ddim_rounds": seq_rounds, "ddim_model_evals": seq_evals,
                         "ddim_seconds": s_seq, "deq_seconds": s_deq, "max_residual": worst, "residual_trace_first_batch": trace, "solver": cfg.sample.deq.solver, "tol": cfg.sample.deq.tol, "max_iter": cfg.sample.deq.max_iter});
                     println!("{line}");
                     lines.push(line.to_string());

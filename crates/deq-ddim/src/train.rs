@@ -60,7 +60,7 @@ pub fn load_dataset(cfg: &RunConfig, train: bool) -> Result<ImageDataset> {
         }
     };
     if ds.height != cfg.model.resolution || ds.width != cfg.model.resolution || ds.channels != cfg.model.in_channels {
-        return Err(DdimError::config("model.resolution", format!("{:?} images are {}x{}x{}, the model takes {}x{r}x{r}", d.dataset, ds.channels, ds.height, ds.width, cfg.model.in_channels, r = cfg.model.resolution)));
+        return Err(DdimError::config("model.resolution / model.in_channels", format!("{:?} images are {}x{}x{}, the model takes {}x{r}x{r}", d.dataset, ds.channels, ds.height, ds.width, cfg.model.in_channels, r = cfg.model.resolution)));
     }
     Ok(ds)
 }
@@ -269,11 +269,17 @@ fn train_rank(cfg: &RunConfig, opts: &RunOptions, collective: &dyn Collective) -
             }
             let started = Instant::now();
             let req = SampleRequest::from_config(cfg, cfg.sample.sampler);
-            let out = sample_batch(m, &schedule, &req, &latents, t.seed)?;
+            let (mut images, mut rounds) = (Vec::new(), 0);
+            for (i, start) in (0..t.sample_count).step_by(cfg.sample.batch_size).enumerate() {
+                let n = cfg.sample.batch_size.min(t.sample_count - start);
+                let out = sample_batch(m, &schedule, &req, &latents.narrow(0, start, n)?, t.seed.wrapping_add(i as u64))?;
+                rounds += out.stats.rounds;
+                images.push(out.images);
+            }
             std::fs::create_dir_all(&samples_dir).map_err(|e| DdimError::io(&samples_dir, e))?;
             let path = samples_dir.join(format!("step-{step:07}.png"));
-            write_grid(&path, &out.images, 0)?;
-            let rec = json!({"step": step, "grid": path.display().to_string(), "sample_seconds": started.elapsed().as_secs_f64(), "sample_rounds": out.stats.rounds});
+            write_grid(&path, &Tensor::cat(&images, 0)?, 0)?;
+            let rec = json!({"step": step, "grid": path.display().to_string(), "sample_seconds": started.elapsed().as_secs_f64(), "sample_rounds": rounds});
             if let Some(mw) = metrics.as_mut() {
                 mw.write(&rec)?;
             }

@@ -53,6 +53,15 @@ impl<M: NoiseModel + ?Sized> NoiseModel for Chunked<'_, M> {
     }
 }
 
+/// DDIM's eta must be in `[0, 1]` (outside, the noise scale is negative or the update's
+/// coefficients imaginary).
+pub(crate) fn check_eta(eta: f64) -> Result<()> {
+    if !(0.0..=1.0).contains(&eta) {
+        return Err(crate::error::DdimError::config("sample.eta", format!("{eta} must be in [0, 1]")));
+    }
+    Ok(())
+}
+
 /// The steps of one sampling run with their `alpha_bar` values.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Steps {

@@ -39,6 +39,7 @@ pub fn ddim_trajectory(model: &dyn NoiseModel, steps: &Steps, x_t: &Tensor, eta:
 }
 
 fn ddim_walk(model: &dyn NoiseModel, steps: &Steps, x_t: &Tensor, eta: f64, noise: Option<&StepNoise>, mut visit: impl FnMut(usize, &Tensor) -> Result<()>) -> Result<(Tensor, SampleStats)> {
+    super::check_eta(eta)?;
     if eta > 0.0 && noise.is_none() {
         return Err(DdimError::config("sample.eta", format!("eta = {eta} needs pre-drawn noise")));
     }

@@ -24,8 +24,10 @@ use serde::{Deserialize, Serialize};
 use super::{NoiseModel, SampleStats, StepNoise, Steps};
 use crate::error::{DdimError, Result};
 
-/// The `[deq]`-style options of DEQ sampling (the paper's: Anderson, m 5, lam 1e-3, at most
-/// 15 iterations, relative tolerance 1e-3; 50 iterations for `eta > 0`).
+/// The `[deq]`-style options of DEQ sampling (the paper's: Anderson, m 5, at most 15 iterations,
+/// relative tolerance 1e-3; 50 iterations for `eta > 0`; `lam` here is deq-core's, relative to
+/// the Gram matrix's diagonal, where the paper's 1e-3 is absolute). Every row (image and step)
+/// must meet the tolerance, stricter than the reference's one residual over the whole tensor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeqSampleConfig {
@@ -90,6 +92,7 @@ impl<'a> TrajectoryMap<'a> {
     /// The map for images `x_t` `(B, C, H, W)` at the first step; `noise` is required when
     /// `eta > 0`.
     pub fn new(model: &'a dyn NoiseModel, steps: &Steps, x_t: &Tensor, eta: f64, noise: Option<&StepNoise>) -> Result<Self> {
+        super::check_eta(eta)?;
         let shape = x_t.dims4()?;
         let (b, c, h, w) = shape;
         let n = steps.len();

@@ -58,7 +58,8 @@ impl UNetConfig {
         let mut r = vec![self.resolution];
         for _ in 1..self.ch_mult.len() {
             let n = *r.last().expect("one level");
-            r.push(if self.resamp_with_conv { (n - 2) / 2 + 1 } else { n / 2 });
+            // A side below 2 cannot be halved: 0 makes validation refuse the configuration.
+            r.push(if n < 2 { 0 } else if self.resamp_with_conv { (n - 2) / 2 + 1 } else { n / 2 });
         }
         r
     }

@@ -37,6 +37,10 @@ fn configurations_that_cannot_round_trip_are_refused() {
     c.attn_resolutions = vec![7];
     assert!(c.validate().unwrap_err().contains("attn_resolutions"));
     assert!(UNetConfig { ch: 48, ..Default::default() }.validate().unwrap_err().contains("model.ch"));
+    // More levels than the side allows: an error, not an arithmetic panic.
+    for r in [4, 5] {
+        assert!(UNetConfig { resolution: r, attn_resolutions: vec![], ..Default::default() }.validate().unwrap_err().contains("model.resolution"));
+    }
 }
 
 #[test]
