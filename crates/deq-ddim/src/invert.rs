@@ -19,7 +19,7 @@ use deq_train::{Adam, Optimizer};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DdimError, Result};
-use crate::sampler::sequential::{ddim, ddim_encode};
+use crate::sampler::sequential::{ddim, ddim_differentiable, ddim_encode};
 use crate::sampler::trajectory::{DeqSampleConfig, TrajectoryMap};
 use crate::sampler::{Chunked, NoiseModel, Steps};
 use crate::schedule::{timesteps, NoiseSchedule, SkipType};
@@ -167,7 +167,7 @@ pub fn invert(model: &dyn NoiseModel, schedule: &NoiseSchedule, cfg: &InvertConf
                 (x0, loss, sol.stats.nfe + 1)
             }
             InvertMethod::Chain => {
-                let (x0, _) = ddim(model, &steps, x_t.as_tensor(), 0.0, None)?;
+                let (x0, _) = ddim_differentiable(&chunked, &steps, x_t.as_tensor(), 0.0, None)?;
                 let loss = (&x0 - target)?.sqr()?.sum_all()?.affine(1.0 / target.dim(0)? as f64, 0.0)?;
                 (x0.detach(), loss, steps.len())
             }

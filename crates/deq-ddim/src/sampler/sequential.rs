@@ -23,22 +23,32 @@ fn check_noise(noise: Option<&StepNoise>, steps: &Steps, x_t: &Tensor, what: &st
 /// `x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)` (not clipped) and
 /// `sigma = eta sqrt((1 - a_t/a_n)(1 - a_n)/(1 - a_t))`. `noise` is required when `eta > 0`.
 /// Returns the final images and the statistics.
+///
+/// No autograd graph survives a step (each step's output is detached), so memory stays at one
+/// model call however many steps run; [`ddim_differentiable`] keeps the whole chain.
 pub fn ddim(model: &dyn NoiseModel, steps: &Steps, x_t: &Tensor, eta: f64, noise: Option<&StepNoise>) -> Result<(Tensor, SampleStats)> {
-    ddim_walk(model, steps, x_t, eta, noise, |_, _| Ok(()))
+    ddim_walk(model, steps, x_t, eta, noise, true, |_, _| Ok(()))
+}
+
+/// [`ddim`] with the autograd graph of every step kept: the output is differentiable in `x_t`
+/// (and the model's weights) through all `T` model calls, whose activations stay in memory
+/// (inversion by backpropagation through the chain).
+pub fn ddim_differentiable(model: &dyn NoiseModel, steps: &Steps, x_t: &Tensor, eta: f64, noise: Option<&StepNoise>) -> Result<(Tensor, SampleStats)> {
+    ddim_walk(model, steps, x_t, eta, noise, false, |_, _| Ok(()))
 }
 
 /// [`ddim`] keeping every step's output: the trajectory `(B, T, C, H, W)` (the DEQ sampler's
 /// fixed point; a warm start for it).
 pub fn ddim_trajectory(model: &dyn NoiseModel, steps: &Steps, x_t: &Tensor, eta: f64, noise: Option<&StepNoise>) -> Result<(Tensor, SampleStats)> {
     let mut outs = Vec::with_capacity(steps.len());
-    let (_, stats) = ddim_walk(model, steps, x_t, eta, noise, |_, x| {
+    let (_, stats) = ddim_walk(model, steps, x_t, eta, noise, true, |_, x| {
         outs.push(x.clone());
         Ok(())
     })?;
     Ok((Tensor::stack(&outs, 1)?, stats))
 }
 
-fn ddim_walk(model: &dyn NoiseModel, steps: &Steps, x_t: &Tensor, eta: f64, noise: Option<&StepNoise>, mut visit: impl FnMut(usize, &Tensor) -> Result<()>) -> Result<(Tensor, SampleStats)> {
+fn ddim_walk(model: &dyn NoiseModel, steps: &Steps, x_t: &Tensor, eta: f64, noise: Option<&StepNoise>, detach: bool, mut visit: impl FnMut(usize, &Tensor) -> Result<()>) -> Result<(Tensor, SampleStats)> {
     super::check_eta(eta)?;
     if eta > 0.0 && noise.is_none() {
         return Err(DdimError::config("sample.eta", format!("eta = {eta} needs pre-drawn noise")));
@@ -58,7 +68,7 @@ fn ddim_walk(model: &dyn NoiseModel, steps: &Steps, x_t: &Tensor, eta: f64, nois
             let z = noise.expect("checked").step(k)?;
             next = (next + z.affine(sigma, 0.0)?)?;
         }
-        x = next;
+        x = if detach { next.detach() } else { next };
         visit(k, &x)?;
     }
     let stats = SampleStats { rounds: steps.len(), model_evals: steps.len() * b, seconds: start.elapsed().as_secs_f64(), ..Default::default() };
@@ -80,7 +90,7 @@ pub fn ddpm(model: &dyn NoiseModel, steps: &Steps, x_t: &Tensor, noise: &StepNoi
         let beta = 1.0 - at / an;
         let x0 = (x.affine((1.0 / at).sqrt(), 0.0)? - e.affine((1.0 / at - 1.0).sqrt(), 0.0)?)?.clamp(-1.0, 1.0)?;
         let mean = (x0.affine(an.sqrt() * beta / (1.0 - at), 0.0)? + x.affine((1.0 - beta).sqrt() * (1.0 - an) / (1.0 - at), 0.0)?)?;
-        x = if steps.t[k] == 0 { mean } else { (mean + noise.step(k)?.affine(beta.sqrt(), 0.0)?)? };
+        x = if steps.t[k] == 0 { mean } else { (mean + noise.step(k)?.affine(beta.sqrt(), 0.0)?)? }.detach();
     }
     let stats = SampleStats { rounds: steps.len(), model_evals: steps.len() * b, seconds: start.elapsed().as_secs_f64(), ..Default::default() };
     Ok((x, stats))
@@ -98,7 +108,7 @@ pub fn ddim_encode(model: &dyn NoiseModel, schedule: &crate::schedule::NoiseSche
         let t = Tensor::full(w[0] as f32, b, x.device())?.to_dtype(x.dtype())?;
         let e = model.predict(&x, &t)?;
         let coef = (1.0 / aj - 1.0).sqrt() - (1.0 / ai - 1.0).sqrt();
-        x = (x.affine((aj / ai).sqrt(), 0.0)? + e.affine(aj.sqrt() * coef, 0.0)?)?;
+        x = (x.affine((aj / ai).sqrt(), 0.0)? + e.affine(aj.sqrt() * coef, 0.0)?)?.detach();
     }
     Ok(x)
 }

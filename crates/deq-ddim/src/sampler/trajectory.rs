@@ -158,7 +158,8 @@ impl<'a> TrajectoryMap<'a> {
         }
     }
 
-    /// `f(z)`: `(B * T, CHW) -> (B * T, CHW)`.
+    /// `f(z)`: `(B * T, CHW) -> (B * T, CHW)`, detached (no autograd graph: a solver keeps
+    /// several iterates, and each would otherwise hold a model call's activations).
     pub fn apply(&self, z: &Tensor) -> candle_core::Result<Tensor> {
         let (b, c, h, w) = self.shape;
         let n = self.steps;
@@ -173,7 +174,7 @@ impl<'a> TrajectoryMap<'a> {
         let cum = Tensor::cat(&sums, 1)?;
         let xt = self.x_t.reshape((b, 1, c * h * w))?;
         let out = (cum.broadcast_mul(&self.p)? + xt.broadcast_mul(&self.a)?)?;
-        out.reshape((b * n, c * h * w))
+        Ok(out.reshape((b * n, c * h * w))?.detach())
     }
 
     /// The last step's output of `f` (the clean images, `(B, C, H, W)`) for state `z` and
