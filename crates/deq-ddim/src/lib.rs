@@ -30,7 +30,7 @@
 //! use deq_ddim::unet::{UNet, UNetConfig};
 //!
 //! # fn main() -> anyhow::Result<()> {
-//! let cfg = UNetConfig { in_channels: 1, out_ch: 1, ch: 32, ch_mult: vec![1, 2], num_res_blocks: 1, attn_resolutions: vec![4], dropout: 0.0, resolution: 8, resamp_with_conv: true };
+//! let cfg = UNetConfig { in_channels: 1, out_ch: 1, ch: 32, ch_mult: vec![1, 2], num_res_blocks: 1, attn_resolutions: vec![4], dropout: 0.0, resolution: 8, resamp_with_conv: true, norm_groups: 32 };
 //! let model = UNet::new(&cfg, &mut DeqRng::new(0), DType::F32, &Device::Cpu)?;
 //! let schedule = DiffusionConfig::default().schedule()?;
 //! let steps = Steps::new(&schedule, &timesteps(1000, 10, SkipType::Uniform)?);

@@ -8,7 +8,7 @@ use deq_core::gradcheck::{assert_gradient, central_differences, max_abs_diff};
 use deq_core::solver::StopMode;
 
 pub(crate) fn small_unet(dtype: DType) -> UNet {
-    let cfg = UNetConfig { in_channels: 1, out_ch: 1, ch: 32, ch_mult: vec![1, 2], num_res_blocks: 1, attn_resolutions: vec![4], dropout: 0.0, resolution: 8, resamp_with_conv: true };
+    let cfg = UNetConfig { in_channels: 1, out_ch: 1, ch: 32, ch_mult: vec![1, 2], num_res_blocks: 1, attn_resolutions: vec![4], dropout: 0.0, resolution: 8, resamp_with_conv: true, norm_groups: 32 };
     UNet::new(&cfg, &mut DeqRng::new(11), dtype, &Device::Cpu).unwrap()
 }
 

@@ -7,7 +7,8 @@ use deq_core::nn::{bmm, silu, softmax_last_dim, Conv2dSpec};
 use deq_core::rng::DeqRng;
 use deq_train::layers::{Conv, ConvInit, GroupNorm, Linear};
 
-/// Groups of every group norm of the UNet.
+/// Groups of every group norm of the DDPM UNet (the public checkpoints' value; configurable
+/// with `model.norm_groups`).
 pub const GROUPS: usize = 32;
 /// Epsilon of every group norm of the UNet.
 pub const NORM_EPS: f64 = 1e-6;
@@ -31,8 +32,8 @@ pub fn timestep_embedding(t: &Tensor, dim: usize) -> Result<Tensor> {
     Ok(emb)
 }
 
-fn norm(channels: usize, dtype: DType, dev: &Device) -> Result<GroupNorm> {
-    GroupNorm::with_eps(GROUPS, channels, true, NORM_EPS, dtype, dev)
+fn norm(groups: usize, channels: usize, dtype: DType, dev: &Device) -> Result<GroupNorm> {
+    GroupNorm::with_eps(groups, channels, true, NORM_EPS, dtype, dev)
 }
 
 fn conv(cin: usize, cout: usize, k: usize, rng: &mut DeqRng, dtype: DType, dev: &Device) -> Result<Conv> {
@@ -64,14 +65,14 @@ pub struct ResnetBlock {
 }
 
 impl ResnetBlock {
-    /// A block `cin -> cout` taking a `temb_ch`-wide time embedding.
+    /// A block `cin -> cout` taking a `temb_ch`-wide time embedding, with `groups`-group norms.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(cin: usize, cout: usize, temb_ch: usize, dropout: f64, rng: &mut DeqRng, dtype: DType, dev: &Device) -> Result<Self> {
+    pub fn new(cin: usize, cout: usize, temb_ch: usize, dropout: f64, groups: usize, rng: &mut DeqRng, dtype: DType, dev: &Device) -> Result<Self> {
         Ok(Self {
-            norm1: norm(cin, dtype, dev)?,
+            norm1: norm(groups, cin, dtype, dev)?,
             conv1: conv(cin, cout, 3, rng, dtype, dev)?,
             temb_proj: Linear::new(temb_ch, cout, true, rng, dtype, dev)?,
-            norm2: norm(cout, dtype, dev)?,
+            norm2: norm(groups, cout, dtype, dev)?,
             conv2: conv(cout, cout, 3, rng, dtype, dev)?,
             nin_shortcut: if cin != cout { Some(conv(cin, cout, 1, rng, dtype, dev)?) } else { None },
             dropout,
@@ -117,10 +118,10 @@ pub struct AttnBlock {
 }
 
 impl AttnBlock {
-    /// A block over `channels` channels.
-    pub fn new(channels: usize, rng: &mut DeqRng, dtype: DType, dev: &Device) -> Result<Self> {
+    /// A block over `channels` channels with a `groups`-group norm.
+    pub fn new(channels: usize, groups: usize, rng: &mut DeqRng, dtype: DType, dev: &Device) -> Result<Self> {
         Ok(Self {
-            norm: norm(channels, dtype, dev)?,
+            norm: norm(groups, channels, dtype, dev)?,
             q: conv(channels, channels, 1, rng, dtype, dev)?,
             k: conv(channels, channels, 1, rng, dtype, dev)?,
             v: conv(channels, channels, 1, rng, dtype, dev)?,
@@ -218,8 +219,8 @@ impl Upsample {
 }
 
 /// The output head's norm (kept with the blocks so all norms share one definition).
-pub(crate) fn output_norm(channels: usize, dtype: DType, dev: &Device) -> Result<GroupNorm> {
-    norm(channels, dtype, dev)
+pub(crate) fn output_norm(groups: usize, channels: usize, dtype: DType, dev: &Device) -> Result<GroupNorm> {
+    norm(groups, channels, dtype, dev)
 }
 
 pub(crate) fn conv3x3(cin: usize, cout: usize, rng: &mut DeqRng, dtype: DType, dev: &Device) -> Result<Conv> {

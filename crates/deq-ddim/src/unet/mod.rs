@@ -42,12 +42,15 @@ pub struct UNetConfig {
     pub resolution: usize,
     /// Strided / upsampling convolutions (else average pooling and plain upsampling).
     pub resamp_with_conv: bool,
+    /// Groups of every group norm (the DDPM code's 32; with `ch = 32` that normalises every
+    /// channel on its own, which strips each feature map's mean inside the residual branches).
+    pub norm_groups: usize,
 }
 
 impl Default for UNetConfig {
     /// The DDIM code's CIFAR-10 model (35.7 M parameters).
     fn default() -> Self {
-        Self { in_channels: 3, out_ch: 3, ch: 128, ch_mult: vec![1, 2, 2, 2], num_res_blocks: 2, attn_resolutions: vec![16], dropout: 0.1, resolution: 32, resamp_with_conv: true }
+        Self { in_channels: 3, out_ch: 3, ch: 128, ch_mult: vec![1, 2, 2, 2], num_res_blocks: 2, attn_resolutions: vec![16], dropout: 0.1, resolution: 32, resamp_with_conv: true, norm_groups: GROUPS }
     }
 }
 
@@ -69,8 +72,8 @@ impl UNetConfig {
         if self.in_channels == 0 || self.out_ch == 0 {
             return Err("model.in_channels and model.out_ch must be positive".into());
         }
-        if self.ch == 0 || self.ch % GROUPS != 0 {
-            return Err(format!("model.ch = {}: a positive multiple of {GROUPS} (every group norm has {GROUPS} groups)", self.ch));
+        if self.norm_groups == 0 || self.ch == 0 || self.ch % self.norm_groups != 0 {
+            return Err(format!("model.ch = {} must be a positive multiple of model.norm_groups = {}", self.ch, self.norm_groups));
         }
         if self.ch_mult.is_empty() || self.ch_mult.contains(&0) {
             return Err(format!("model.ch_mult = {:?}: at least one level, all positive", self.ch_mult));
@@ -137,7 +140,7 @@ impl UNet {
     /// A new model with PyTorch's default initialisation drawn from `rng`.
     pub fn new(cfg: &UNetConfig, rng: &mut DeqRng, dtype: DType, dev: &Device) -> Result<Self> {
         cfg.validate().map_err(candle_core::Error::msg)?;
-        let ch = cfg.ch;
+        let (ch, g) = (cfg.ch, cfg.norm_groups);
         let temb_ch = 4 * ch;
         let levels = cfg.ch_mult.len();
         let in_mult: Vec<usize> = std::iter::once(1).chain(cfg.ch_mult.iter().copied()).collect();
@@ -152,18 +155,18 @@ impl UNet {
             block_in = ch * in_mult[i];
             let (mut bl, mut at) = (Vec::new(), Vec::new());
             for _ in 0..cfg.num_res_blocks {
-                bl.push(ResnetBlock::new(block_in, block_out, temb_ch, cfg.dropout, rng, dtype, dev)?);
+                bl.push(ResnetBlock::new(block_in, block_out, temb_ch, cfg.dropout, g, rng, dtype, dev)?);
                 block_in = block_out;
                 if cfg.attn_resolutions.contains(&res[i]) {
-                    at.push(AttnBlock::new(block_in, rng, dtype, dev)?);
+                    at.push(AttnBlock::new(block_in, g, rng, dtype, dev)?);
                 }
             }
             let downsample = if i + 1 != levels { Some(Downsample::new(block_in, cfg.resamp_with_conv, rng, dtype, dev)?) } else { None };
             down.push(DownLevel { blocks: bl, attn: at, downsample });
         }
-        let mid_block_1 = ResnetBlock::new(block_in, block_in, temb_ch, cfg.dropout, rng, dtype, dev)?;
-        let mid_attn_1 = AttnBlock::new(block_in, rng, dtype, dev)?;
-        let mid_block_2 = ResnetBlock::new(block_in, block_in, temb_ch, cfg.dropout, rng, dtype, dev)?;
+        let mid_block_1 = ResnetBlock::new(block_in, block_in, temb_ch, cfg.dropout, g, rng, dtype, dev)?;
+        let mid_attn_1 = AttnBlock::new(block_in, g, rng, dtype, dev)?;
+        let mid_block_2 = ResnetBlock::new(block_in, block_in, temb_ch, cfg.dropout, g, rng, dtype, dev)?;
         let mut up_rev = Vec::with_capacity(levels);
         for i in (0..levels).rev() {
             let block_out = ch * cfg.ch_mult[i];
@@ -173,17 +176,17 @@ impl UNet {
                 if j == cfg.num_res_blocks {
                     skip_in = ch * in_mult[i];
                 }
-                bl.push(ResnetBlock::new(block_in + skip_in, block_out, temb_ch, cfg.dropout, rng, dtype, dev)?);
+                bl.push(ResnetBlock::new(block_in + skip_in, block_out, temb_ch, cfg.dropout, g, rng, dtype, dev)?);
                 block_in = block_out;
                 if cfg.attn_resolutions.contains(&res[i]) {
-                    at.push(AttnBlock::new(block_in, rng, dtype, dev)?);
+                    at.push(AttnBlock::new(block_in, g, rng, dtype, dev)?);
                 }
             }
             let upsample = if i != 0 { Some(Upsample::new(block_in, cfg.resamp_with_conv, rng, dtype, dev)?) } else { None };
             up_rev.push(UpLevel { blocks: bl, attn: at, upsample });
         }
         up_rev.reverse();
-        let norm_out = blocks::output_norm(block_in, dtype, dev)?;
+        let norm_out = blocks::output_norm(g, block_in, dtype, dev)?;
         let conv_out = blocks::conv3x3(block_in, cfg.out_ch, rng, dtype, dev)?;
         Ok(Self { cfg: cfg.clone(), dense0, dense1, conv_in, down, mid_block_1, mid_attn_1, mid_block_2, up: up_rev, norm_out, conv_out })
     }

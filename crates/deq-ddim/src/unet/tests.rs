@@ -2,7 +2,7 @@ use super::*;
 use deq_core::gradcheck::{assert_gradient, central_differences, max_abs_diff, var_central_differences};
 
 fn small(dtype: DType) -> (UNet, UNetConfig) {
-    let cfg = UNetConfig { in_channels: 2, out_ch: 2, ch: 32, ch_mult: vec![1, 2], num_res_blocks: 1, attn_resolutions: vec![4], dropout: 0.1, resolution: 8, resamp_with_conv: true };
+    let cfg = UNetConfig { in_channels: 2, out_ch: 2, ch: 32, ch_mult: vec![1, 2], num_res_blocks: 1, attn_resolutions: vec![4], dropout: 0.1, resolution: 8, resamp_with_conv: true, norm_groups: 32 };
     (UNet::new(&cfg, &mut DeqRng::new(7), dtype, &Device::Cpu).unwrap(), cfg)
 }
 
@@ -37,6 +37,9 @@ fn configurations_that_cannot_round_trip_are_refused() {
     c.attn_resolutions = vec![7];
     assert!(c.validate().unwrap_err().contains("attn_resolutions"));
     assert!(UNetConfig { ch: 48, ..Default::default() }.validate().unwrap_err().contains("model.ch"));
+    assert!(UNetConfig { ch: 48, norm_groups: 8, ..Default::default() }.validate().is_ok());
+    let g8 = UNet::new(&UNetConfig { ch: 32, ch_mult: vec![1], attn_resolutions: vec![], resolution: 8, norm_groups: 8, ..Default::default() }, &mut DeqRng::new(0), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(g8.config().norm_groups, 8);
     // More levels than the side allows: an error, not an arithmetic panic.
     for r in [4, 5] {
         assert!(UNetConfig { resolution: r, attn_resolutions: vec![], ..Default::default() }.validate().unwrap_err().contains("model.resolution"));
