@@ -152,7 +152,7 @@ pub fn invert(model: &dyn NoiseModel, schedule: &NoiseSchedule, cfg: &InvertConf
         let latent = x_t.as_tensor().detach().copy()?;
         let (x0, loss_t, rounds) = match cfg.method {
             InvertMethod::Deq => {
-                let map = TrajectoryMap::new(&chunked, &steps, &latent, 0.0, None)?;
+                let map = TrajectoryMap::new(&chunked, &steps, &latent, 0.0, None)?.with_per_step_rows(cfg.deq.per_step_rows);
                 let z0 = match &trajectory {
                     Some(z) => z.clone(),
                     None => map.initial_state()?,

@@ -11,9 +11,10 @@
 //! trajectory (the map is lower triangular: `T` plain iterations reach it), and Anderson gets
 //! there in far fewer sequential rounds.
 //!
-//! The state is laid out as `(B * T, C * H * W)` rows, one per image and step, so Anderson
-//! mixes every step of every image with its own weights (as the DEQ-DDIM code does) and the
-//! stopping test and the best-iterate choice are per row; `x_T` stays outside the state.
+//! The state has one row per image (its whole trajectory, `(B, T * C * H * W)`): the stopping
+//! test and the lowest-residual iterate are chosen per trajectory, so a returned trajectory
+//! comes from one round. The DEQ-DDIM code mixes every step with its own weights
+//! (`per_step_rows`, `(B * T, C * H * W)`); `x_T` stays outside the state.
 
 use std::time::Instant;
 
@@ -45,11 +46,16 @@ pub struct DeqSampleConfig {
     pub lam: f64,
     /// Largest number of images per model call (0: all `B * T` at once).
     pub max_batch: usize,
+    /// One solver row per image and step (the DEQ-DDIM code's mixing) instead of one per
+    /// image. Per-step rows pick each step's lowest-residual iterate separately, which can
+    /// stitch a trajectory from different rounds; measured on the MNIST model it needed more
+    /// rounds than the sequential sampler, so it is off by default.
+    pub per_step_rows: bool,
 }
 
 impl Default for DeqSampleConfig {
     fn default() -> Self {
-        Self { solver: "anderson".into(), max_iter: 15, tol: 1e-3, stop_mode: StopMode::Rel, m: 5, lam: 1e-3, max_batch: 0 }
+        Self { solver: "anderson".into(), max_iter: 15, tol: 1e-3, stop_mode: StopMode::Rel, m: 5, lam: 1e-3, max_batch: 0, per_step_rows: false }
     }
 }
 
@@ -86,6 +92,7 @@ pub struct TrajectoryMap<'a> {
     noise_term: Option<Tensor>,
     /// `(B * T,)` float timesteps of the model inputs.
     t: Tensor,
+    per_step_rows: bool,
 }
 
 impl<'a> TrajectoryMap<'a> {
@@ -121,20 +128,40 @@ impl<'a> TrajectoryMap<'a> {
         };
         let t: Vec<f32> = (0..b).flat_map(|_| steps.t.iter().map(|&t| t as f32)).collect();
         let t = Tensor::from_vec(t, b * n, dev)?.to_dtype(dtype)?;
-        Ok(Self { model, x_t: x_t.clone(), shape, steps: n, c: vec(coef)?, p: vec(p)?, a: vec(a)?, noise_term, t })
+        Ok(Self { model, x_t: x_t.clone(), shape, steps: n, c: vec(coef)?, p: vec(p)?, a: vec(a)?, noise_term, t, per_step_rows: false })
+    }
+
+    /// Lays the state out with one row per image and step (Anderson mixes every step with its
+    /// own weights, the stopping test and best-iterate choice are per step) instead of one row
+    /// per image.
+    pub fn with_per_step_rows(mut self, on: bool) -> Self {
+        self.per_step_rows = on;
+        self
     }
 
     /// The state of a trajectory with every step at `x_T` (the reference's initial guess):
     /// `(B * T, C * H * W)`.
     pub fn initial_state(&self) -> candle_core::Result<Tensor> {
         let (b, c, h, w) = self.shape;
-        self.x_t.reshape((b, 1, c * h * w))?.repeat((1, self.steps, 1))?.reshape((b * self.steps, c * h * w))
+        self.x_t.reshape((b, 1, c * h * w))?.repeat((1, self.steps, 1))?.reshape(self.rows())
     }
 
     /// The state of a given trajectory `(B, T, C, H, W)` (a warm start).
     pub fn state_of(&self, trajectory: &Tensor) -> candle_core::Result<Tensor> {
         let (b, c, h, w) = self.shape;
-        trajectory.reshape((b * self.steps, c * h * w))
+        let _ = (b, c, h, w);
+        trajectory.reshape(self.rows())
+    }
+
+    /// The solver's `(rows, width)` layout of the state: one row per image (its whole
+    /// trajectory) when `per_step_rows` is off, else one row per image and step.
+    fn rows(&self) -> (usize, usize) {
+        let (b, c, h, w) = self.shape;
+        if self.per_step_rows {
+            (b * self.steps, c * h * w)
+        } else {
+            (b, self.steps * c * h * w)
+        }
     }
 
     /// The model's noise predictions at the inputs of every step, `(B, T, CHW)`, for state `z`
@@ -174,7 +201,8 @@ impl<'a> TrajectoryMap<'a> {
         let cum = Tensor::cat(&sums, 1)?;
         let xt = self.x_t.reshape((b, 1, c * h * w))?;
         let out = (cum.broadcast_mul(&self.p)? + xt.broadcast_mul(&self.a)?)?;
-        Ok(out.reshape((b * n, c * h * w))?.detach())
+        let _ = n;
+        Ok(out.reshape(self.rows())?.detach())
     }
 
     /// The last step's output of `f` (the clean images, `(B, C, H, W)`) for state `z` and
@@ -224,7 +252,7 @@ pub fn deq(model: &dyn NoiseModel, steps: &Steps, x_t: &Tensor, eta: f64, noise:
     cfg.validate("sample.deq").map_err(|e| DdimError::config("sample.deq", e))?;
     let start = Instant::now();
     let chunked = super::Chunked { model, max_batch: cfg.max_batch };
-    let map = TrajectoryMap::new(&chunked, steps, x_t, eta, noise)?;
+    let map = TrajectoryMap::new(&chunked, steps, x_t, eta, noise)?.with_per_step_rows(cfg.per_step_rows);
     let z0 = match init {
         Some(t) => map.state_of(t)?,
         None => map.initial_state()?,
