@@ -144,6 +144,13 @@ fn dry_run(cfg: &RunConfig, source: &str, out: &Path) -> Result<()> {
     Ok(deq_train::cli::print_dry_run(source, out, &data, cfg)?)
 }
 
+/// The standard normal latents of batch `b` (`n` images) of a `sample` or `compare` run with
+/// `seed`: the same seed gives the same latents in both commands.
+fn batch_latents(cfg: &RunConfig, seed: u64, b: usize, n: usize, device: &Device) -> Result<Tensor> {
+    let m = &cfg.model;
+    Ok(DeqRng::new(seed.wrapping_mul(0x9E37_79B9).wrapping_add(b as u64)).randn((n, m.in_channels, m.resolution, m.resolution), dtype_of(cfg), device)?)
+}
+
 /// The configuration, the model and the device of `sample` / `invert`.
 fn open_model(m: &ModelArgs) -> Result<(RunConfig, UNet, Device, PathBuf, String)> {
     let dir = m.run.out.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_RUN));
@@ -215,7 +222,7 @@ fn main() -> Result<()> {
                 let mut bar = deq_train::Progress::new("sample", count, true);
                 for (b, start) in (0..count).step_by(bs).enumerate() {
                     let n = bs.min(count - start);
-                    let x_t = DeqRng::new(seed.wrapping_mul(0x9E37_79B9).wrapping_add(b as u64)).randn((n, m.in_channels, m.resolution, m.resolution), dtype_of(&cfg), &device)?;
+                    let x_t = batch_latents(&cfg, seed, b, n, &device)?;
                     let out = sample_batch(&unet, &schedule, &req, &x_t, seed.wrapping_add(b as u64))?;
                     rounds += out.stats.rounds;
                     evals += out.stats.model_evals;
@@ -292,7 +299,6 @@ fn main() -> Result<()> {
             let seed = model.seed;
             deq_train::run_on_pool(move || -> Result<()> {
                 let schedule = cfg.diffusion.schedule()?;
-                let m = &cfg.model;
                 let bs = cfg.sample.batch_size;
                 let mut lines = Vec::new();
                 for &t in &steps {
@@ -304,7 +310,7 @@ fn main() -> Result<()> {
                     let mut trace = Vec::new();
                     for (b, start) in (0..count).step_by(bs).enumerate() {
                         let n = bs.min(count - start);
-                        let x_t = DeqRng::new(seed.wrapping_mul(0x9E37_79B9).wrapping_add(b as u64)).randn((n, m.in_channels, m.resolution, m.resolution), dtype_of(&cfg), &device)?;
+                        let x_t = batch_latents(&cfg, seed, b, n, &device)?;
                         let mut req = SampleRequest::from_config(&cfg, SamplerKind::Ddim);
                         (req.steps, req.eta) = (t, eta);
                         let a = sample_batch(&unet, &schedule, &req, &x_t, seed.wrapping_add(b as u64))?;

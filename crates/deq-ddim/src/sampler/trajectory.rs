@@ -148,8 +148,6 @@ impl<'a> TrajectoryMap<'a> {
 
     /// The state of a given trajectory `(B, T, C, H, W)` (a warm start).
     pub fn state_of(&self, trajectory: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, c, h, w) = self.shape;
-        let _ = (b, c, h, w);
         trajectory.reshape(self.rows())
     }
 
@@ -201,7 +199,6 @@ impl<'a> TrajectoryMap<'a> {
         let cum = Tensor::cat(&sums, 1)?;
         let xt = self.x_t.reshape((b, 1, c * h * w))?;
         let out = (cum.broadcast_mul(&self.p)? + xt.broadcast_mul(&self.a)?)?;
-        let _ = n;
         Ok(out.reshape(self.rows())?.detach())
     }
 
