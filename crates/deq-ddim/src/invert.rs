@@ -14,7 +14,7 @@
 use std::time::Instant;
 
 use candle_core::{DType, Tensor, Var};
-use deq_core::solver::{get_solver, StopMode};
+use deq_core::solver::StopMode;
 use deq_train::{Adam, Optimizer};
 use serde::{Deserialize, Serialize};
 
@@ -142,7 +142,6 @@ pub fn invert(model: &dyn NoiseModel, schedule: &NoiseSchedule, cfg: &InvertConf
     };
     let x_t = Var::from_tensor(&init)?;
     let mut opt = Adam::new(vec![("x_T".into(), x_t.clone())], cfg.lr, (0.9, 0.999), 1e-8, 0.0, false)?;
-    let solver = get_solver(&cfg.deq.solver)?;
     let chunked = Chunked { model, max_batch: cfg.deq.max_batch };
     let mut trajectory: Option<Tensor> = None;
     let mut trace = Vec::new();
@@ -157,8 +156,7 @@ pub fn invert(model: &dyn NoiseModel, schedule: &NoiseSchedule, cfg: &InvertConf
                     Some(z) => z.clone(),
                     None => map.initial_state()?,
                 };
-                let mut f = |z: &Tensor| map.apply(z);
-                let sol = solver.solve(&mut f, &z0, &cfg.deq.solver_options())?;
+                let sol = cfg.deq.solve(&map, &z0, &mut |_| Ok(()))?;
                 let z = sol.z.detach();
                 let x0 = map.images(&z)?;
                 let pg = (x0.affine(1.0 - cfg.tau, 0.0)? + map.last_output(&z, x_t.as_tensor())?.affine(cfg.tau, 0.0)?)?;

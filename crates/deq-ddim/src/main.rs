@@ -17,7 +17,7 @@ use deq_core::rng::DeqRng;
 use deq_ddim::config::{RunConfig, MNIST};
 use deq_ddim::grid::{read_image, to_bytes, write_grid};
 use deq_ddim::invert::{invert, InvertMethod};
-use deq_ddim::sample::{sample_batch, SampleRequest};
+use deq_ddim::sample::{sample_batch, sample_batch_observed, SampleRequest};
 use deq_ddim::sampler::SamplerKind;
 use deq_ddim::schedule::SkipType;
 use deq_ddim::train::{dtype_of, load_dataset, load_trained, load_weights, train, RunOptions};
@@ -307,7 +307,7 @@ fn main() -> Result<()> {
                     check.validate().map_err(anyhow::Error::msg)?;
                     let (mut diff, mut rounds, mut evals, mut s_seq, mut s_deq, mut worst) = (0f64, Vec::new(), 0usize, 0f64, 0f64, 0f64);
                     let (mut seq_rounds, mut seq_evals) = (0usize, 0usize);
-                    let mut trace = Vec::new();
+                    let (mut trace, mut per_batch) = (Vec::new(), Vec::new());
                     for (b, start) in (0..count).step_by(bs).enumerate() {
                         let n = bs.min(count - start);
                         let x_t = batch_latents(&cfg, seed, b, n, &device)?;
@@ -315,8 +315,15 @@ fn main() -> Result<()> {
                         (req.steps, req.eta) = (t, eta);
                         let a = sample_batch(&unet, &schedule, &req, &x_t, seed.wrapping_add(b as u64))?;
                         req.sampler = SamplerKind::Deq;
-                        let d = sample_batch(&unet, &schedule, &req, &x_t, seed.wrapping_add(b as u64))?;
-                        diff = diff.max((&a.images - &d.images)?.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?);
+                        let mut per_round = Vec::new();
+                        let d = sample_batch_observed(&unet, &schedule, &req, &x_t, seed.wrapping_add(b as u64), &mut |x| {
+                            per_round.push((x - &a.images)?.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?);
+                            Ok(())
+                        })?;
+                        // After its last round, a batch that stopped early counts with its returned images.
+                        let last = (&a.images - &d.images)?.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                        per_batch.push((per_round, last));
+                        diff = diff.max(last);
                         rounds.push(d.stats.rounds);
                         (seq_rounds, seq_evals) = (a.stats.rounds, seq_evals + a.stats.model_evals);
                         evals += d.stats.model_evals;
@@ -327,8 +334,13 @@ fn main() -> Result<()> {
                             trace = d.stats.residual_trace.clone();
                         }
                     }
+                    // The largest difference over every image after each round (a batch that
+                    // stopped early counts with its returned images from then on).
+                    let most = per_batch.iter().map(|(r, _)| r.len()).max().unwrap_or(0);
+                    let round_diff: Vec<f64> = (0..most).map(|r| per_batch.iter().map(|(v, last)| v.get(r).copied().unwrap_or(*last)).fold(0.0, f64::max)).collect();
                     let line = serde_json::json!({"steps": t, "count": count, "eta": eta, "max_abs_diff": diff, "deq_rounds": rounds, "deq_model_evals": evals, "ddim_rounds": seq_rounds, "ddim_model_evals": seq_evals,
-                        "ddim_seconds": s_seq, "deq_seconds": s_deq, "max_residual": worst, "residual_trace_first_batch": trace, "solver": cfg.sample.deq.solver, "tol": cfg.sample.deq.tol, "max_iter": cfg.sample.deq.max_iter});
+                        "ddim_seconds": s_seq, "deq_seconds": s_deq, "max_residual": worst, "residual_trace_first_batch": trace,
+                        "max_abs_diff_per_round": round_diff, "rounds_to_1e-3": round_diff.iter().position(|&d| d <= 1e-3).map(|r| r + 1), "picard_prefix": cfg.sample.deq.picard_prefix, "solver": cfg.sample.deq.solver, "tol": cfg.sample.deq.tol, "max_iter": cfg.sample.deq.max_iter});
                     println!("{line}");
                     lines.push(line.to_string());
                 }

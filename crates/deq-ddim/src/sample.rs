@@ -7,7 +7,7 @@ use deq_core::rng::DeqRng;
 use crate::config::RunConfig;
 use crate::error::Result;
 use crate::sampler::sequential::{ddim, ddpm};
-use crate::sampler::trajectory::{deq, DeqSampleConfig};
+use crate::sampler::trajectory::{deq_observed, DeqSampleConfig, RoundObserver};
 use crate::sampler::{Chunked, NoiseModel, SampleStats, SamplerKind, StepNoise, Steps};
 use crate::schedule::{timesteps, NoiseSchedule, SkipType};
 
@@ -46,6 +46,12 @@ pub struct SampleOutput {
 /// Samples from the latents `x_t` (`(B, C, H, W)`, standard normal); the noise of stochastic
 /// samplers comes from `seed`, so DDIM and DEQ with the same seed and eta draw the same noise.
 pub fn sample_batch(model: &dyn NoiseModel, schedule: &NoiseSchedule, req: &SampleRequest, x_t: &Tensor, seed: u64) -> Result<SampleOutput> {
+    sample_batch_observed(model, schedule, req, x_t, seed, &mut |_| Ok(()))
+}
+
+/// [`sample_batch`], with `on_round` called with the images of every DEQ round (the sequential
+/// samplers do not call it).
+pub fn sample_batch_observed(model: &dyn NoiseModel, schedule: &NoiseSchedule, req: &SampleRequest, x_t: &Tensor, seed: u64, on_round: &mut RoundObserver<'_>) -> Result<SampleOutput> {
     let seq = timesteps(schedule.len(), req.steps, req.skip)?;
     let steps = Steps::new(schedule, &seq);
     let stochastic = req.sampler == SamplerKind::Ddpm || req.eta > 0.0;
@@ -55,7 +61,7 @@ pub fn sample_batch(model: &dyn NoiseModel, schedule: &NoiseSchedule, req: &Samp
         SamplerKind::Ddim => ddim(&chunked, &steps, x_t, req.eta, noise.as_ref())?,
         SamplerKind::Ddpm => ddpm(&chunked, &steps, x_t, noise.as_ref().expect("drawn"))?,
         SamplerKind::Deq => {
-            let s = deq(model, &steps, x_t, req.eta, noise.as_ref(), &req.deq, None)?;
+            let s = deq_observed(model, &steps, x_t, req.eta, noise.as_ref(), &req.deq, None, on_round)?;
             (s.images, s.stats)
         }
     };

@@ -18,8 +18,17 @@ use candle_core::Tensor;
 /// regulariser dominates and the solver degrades to slow damped iteration; scaling by the Gram
 /// matrix keeps the acceleration at every tolerance. Steps 1 and 2 (the bootstrap evaluations)
 /// are recorded like every other step, so `indexing` can sample them.
+///
+/// [`Anderson::solve_corrected`] lets the caller correct every proposed iterate before it is
+/// evaluated (a projection, or a safeguard that knows the map's structure).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Anderson;
+
+/// A correction of Anderson's proposed iterate: called with the proposal and the newest
+/// evaluated pair `(z, f(z))`, it returns the iterate to evaluate next, of the proposal's shape.
+/// The solver stores the pair it actually evaluates, so its history stays exact whatever the
+/// correction returns.
+pub type Correction<'a> = dyn FnMut(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor> + 'a;
 
 /// Solves the regularised Anderson least-squares problem for every sample.
 /// `gram` is `(batch, n, n)` flattened; returns `(batch, n)` weights summing to one.
@@ -118,6 +127,14 @@ impl Solver for Anderson {
     }
 
     fn solve(&self, f: &mut FixedPointFn<'_>, z0: &Tensor, opts: &SolverOptions) -> Result<Solution> {
+        self.solve_corrected(f, z0, opts, &mut |proposal, _, _| Ok(proposal.clone()))
+    }
+}
+
+impl Anderson {
+    /// [`Solver::solve`] with `correct` applied to every proposed iterate before it is
+    /// evaluated (see [`Correction`]); the first evaluation, at `z0`, is not corrected.
+    pub fn solve_corrected(&self, f: &mut FixedPointFn<'_>, z0: &Tensor, opts: &SolverOptions, correct: &mut Correction<'_>) -> Result<Solution> {
         check_input(z0, "anderson")?;
         let b = z0.dims()[0];
         let m = opts.m.max(1);
@@ -132,16 +149,20 @@ impl Solver for Anderson {
         let (abs, rel) = residuals(&z0, &fz)?;
         let mut done = tracker.record(&fz, abs, rel)?;
         hist.store(0, 1, &z0, &fz)?;
+        let (mut last_z, mut last_fz) = (z0, fz);
         let mut count = 1usize;
         while !done && tracker.step < opts.max_iter {
             let n = count.min(m);
             let newest = (count - 1) % m;
-            let z = hist.next(n, newest, opts)?;
+            let proposal = hist.next(n, newest, opts)?;
+            let z = correct(&proposal, &last_z, &last_fz)?.contiguous()?;
+            check_output(&proposal, &z, "anderson correction")?;
             let fz = f(&z)?.detach();
             check_output(&z, &fz, "anderson")?;
             let (abs, rel) = residuals(&z, &fz)?;
             done = tracker.record(&fz, abs, rel)?;
             hist.store(count % m, (count + 1).min(m), &z, &fz)?;
+            (last_z, last_fz) = (z, fz);
             count += 1;
         }
         tracker.finish()

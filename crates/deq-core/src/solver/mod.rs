@@ -25,7 +25,7 @@ mod rows;
 pub mod linalg;
 mod stats;
 
-pub use anderson::Anderson;
+pub use anderson::{Anderson, Correction};
 pub use broyden::Broyden;
 pub use fixed_point::{FixedPointIter, SimpleFixedPointIter};
 pub use stats::{SolverStats, StopMode};

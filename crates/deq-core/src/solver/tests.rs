@@ -162,3 +162,37 @@ fn broyden_line_search_converges() -> Result<()> {
     Ok(())
 }
 
+
+#[test]
+fn an_anderson_correction_replaces_the_proposal_before_evaluation() -> Result<()> {
+    // Returning the newest f(z) instead of the mixed proposal is plain iteration, step for step.
+    let p = linear_tanh_problem(4, 16, 0.7, 5, DType::F64)?;
+    let o = opts(12, 1e-14);
+    let plain = get_solver("fixed_point_iter")?.solve(&mut |z| p.f(z), &p.z0()?, &o)?;
+    let mut evaluated = Vec::new();
+    let mut f = |z: &Tensor| {
+        evaluated.push(z.clone());
+        p.f(z)
+    };
+    let corrected = Anderson.solve_corrected(&mut f, &p.z0()?, &o, &mut |_, _, fz| Ok(fz.clone()))?;
+    assert_eq!(corrected.stats.nfe, plain.stats.nfe);
+    for (a, b) in corrected.stats.abs_trace.iter().zip(&plain.stats.abs_trace) {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-12 * y.max(1e-300), "{a:?} vs {b:?}");
+        }
+    }
+    // The solver evaluated what the correction returned: f applied to the previous input.
+    for k in 1..evaluated.len() {
+        let want = p.f(&evaluated[k - 1])?;
+        let d = (&evaluated[k] - want)?.abs()?.max_keepdim(1)?.max(0)?.squeeze(0)?.to_scalar::<f64>()?;
+        assert!(d < 1e-12, "step {k}: {d}");
+    }
+    // Without the correction Anderson takes other steps.
+    let free = Anderson.solve(&mut |z| p.f(z), &p.z0()?, &o)?;
+    let last = |s: &SolverStats| s.abs_trace[3][0];
+    assert!((last(&free.stats) - last(&plain.stats)).abs() > 1e-6 * last(&plain.stats), "{:?}", free.stats.abs_trace);
+    // A correction that changes the shape is an error.
+    let bad = Anderson.solve_corrected(&mut |z| p.f(z), &p.z0()?, &o, &mut |q, _, _| q.narrow(1, 0, 3));
+    assert!(bad.is_err());
+    Ok(())
+}

@@ -3,7 +3,7 @@ use super::trajectory::{deq, DeqSampleConfig, TrajectoryMap};
 use super::*;
 use crate::schedule::{timesteps, DiffusionConfig, SkipType};
 use crate::unet::{UNet, UNetConfig};
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, IndexOp, Tensor, Var};
 use deq_core::gradcheck::{assert_gradient, central_differences, max_abs_diff};
 use deq_core::solver::StopMode;
 
@@ -72,6 +72,72 @@ fn anderson_reaches_the_sequential_images_in_fewer_rounds() {
     // A warm start at the answer converges at once.
     let w = deq(&m, &steps, &x_t, 0.0, None, &cfg, Some(&s.trajectory)).unwrap();
     assert!(w.stats.rounds <= 2, "{}", w.stats.rounds);
+}
+
+#[test]
+fn keep_prefix_takes_the_plain_update_up_to_the_first_unconverged_step() {
+    let m = small_unet(DType::F64);
+    let steps = setup(10, SkipType::Uniform);
+    let n = steps.len();
+    let mut rng = DeqRng::new(21);
+    let x_t = rng.randn((2, 1, 8, 8), DType::F64, &Device::Cpu).unwrap();
+    let (traj, _) = ddim_trajectory(&m, &steps, &x_t, 0.0, None).unwrap();
+    let map = TrajectoryMap::new(&m, &steps, &x_t, 0.0, None).unwrap();
+    // Image 0: steps 0..3 exact but step 2 off by 1e-4 of itself, steps 3.. random.
+    // Image 1: every step random (only step 0, which depends on x_T alone, can be trusted).
+    let per_step = |f: &dyn Fn(usize, usize) -> f64| {
+        let v: Vec<f64> = (0..2 * n).map(|i| f(i / n, i % n)).collect();
+        Tensor::from_vec(v, (2, n, 1, 1, 1), &Device::Cpu).unwrap()
+    };
+    let keep = per_step(&|b, k| if b == 0 && k < 3 { 1.0 } else { 0.0 });
+    let garbage = rng.randn(traj.shape(), DType::F64, &Device::Cpu).unwrap();
+    let z = (traj.broadcast_mul(&keep).unwrap() + garbage.broadcast_mul(&keep.affine(-1.0, 1.0).unwrap()).unwrap()).unwrap();
+    let z = z.broadcast_mul(&per_step(&|b, k| if b == 0 && k == 2 { 1.0 + 1e-4 } else { 1.0 })).unwrap();
+    let z = map.state_of(&z).unwrap();
+    let fz = map.apply(&z).unwrap();
+    let proposal = map.state_of(&rng.randn(traj.shape(), DType::F64, &Device::Cpu).unwrap()).unwrap();
+    let (fzt, pt) = (map.trajectory(&fz).unwrap(), map.trajectory(&proposal).unwrap());
+    // Step 2's residual is 1e-4 relative and larger in absolute terms: a tolerance between the
+    // two stops the prefix there in abs mode and lets it run on to the random step 3 in rel mode.
+    let norm = |t: &Tensor| t.sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar::<f64>().unwrap();
+    let abs = norm(&(&fzt - map.trajectory(&z).unwrap()).unwrap().i((0, 2)).unwrap());
+    let rel = abs / norm(&fzt.i((0, 2)).unwrap());
+    assert!(abs > 4.0 * rel, "abs {abs}, rel {rel}");
+    for (mode, last_plain) in [(StopMode::Abs, 2), (StopMode::Rel, 3)] {
+        let out = map.trajectory(&map.keep_prefix(&proposal, &z, &fz, 2.0 * rel, mode).unwrap()).unwrap();
+        for b in 0..2 {
+            for k in 0..n {
+                let plain = k == 0 || (b == 0 && k <= last_plain);
+                let want = if plain { &fzt } else { &pt };
+                let d = max_abs_diff(&out.i((b, k)).unwrap(), &want.i((b, k)).unwrap()).unwrap();
+                assert!(d == 0.0, "{mode:?} image {b} step {k}: {d}");
+            }
+        }
+    }
+}
+
+#[test]
+fn anderson_with_the_prefix_kept_never_needs_more_than_plain_iteration() {
+    // A heavily regularised Anderson (lam 1e3: it nearly averages its history) crawls; with
+    // the prefix kept it reaches the sequential images exactly in T + 1 rounds, as plain
+    // iteration does.
+    let m = small_unet(DType::F64);
+    let steps = setup(8, SkipType::Uniform);
+    let x_t = DeqRng::new(22).randn((2, 1, 8, 8), DType::F64, &Device::Cpu).unwrap();
+    let (x0, _) = ddim(&m, &steps, &x_t, 0.0, None).unwrap();
+    for picard_prefix in [true, false] {
+        let cfg = DeqSampleConfig { tol: 1e-12, stop_mode: StopMode::Abs, max_iter: steps.len() + 1, lam: 1e3, picard_prefix, ..Default::default() };
+        let s = deq(&m, &steps, &x_t, 0.0, None, &cfg, None).unwrap();
+        let d = max_abs_diff(&s.images, &x0).unwrap();
+        if picard_prefix {
+            assert!(s.stats.residual < 1e-12 && d < 1e-12, "residual {} difference {d} in {} rounds", s.stats.residual, s.stats.rounds);
+        } else {
+            assert!(d > 1e-6, "without the prefix: difference {d}");
+        }
+    }
+    let broyden = DeqSampleConfig { solver: "broyden".into(), ..Default::default() };
+    assert!(broyden.validate("sample.deq").unwrap_err().contains("picard_prefix"));
+    assert!(DeqSampleConfig { picard_prefix: false, ..broyden }.validate("sample.deq").is_ok());
 }
 
 #[test]

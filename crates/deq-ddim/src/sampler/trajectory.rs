@@ -15,11 +15,16 @@
 //! test and the lowest-residual iterate are chosen per trajectory, so a returned trajectory
 //! comes from one round. The DEQ-DDIM code mixes every step with its own weights
 //! (`per_step_rows`, `(B * T, C * H * W)`); `x_T` stays outside the state.
+//!
+//! Unlike the DEQ-DDIM code, Anderson keeps the converged prefix of every trajectory by default
+//! ([`DeqSampleConfig::picard_prefix`]): the steps whose inputs have converged take the plain
+//! update, which is exact for them, so the solve never needs more than plain iteration's
+//! `T + 1` rounds (on the MNIST model trained here, Anderson alone stalled past them).
 
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
-use deq_core::solver::{get_solver, SolverOptions, StopMode};
+use candle_core::{DType, Device, Tensor};
+use deq_core::solver::{get_solver, Anderson, Solution, SolverOptions, StopMode};
 use serde::{Deserialize, Serialize};
 
 use super::{NoiseModel, SampleStats, StepNoise, Steps};
@@ -51,11 +56,19 @@ pub struct DeqSampleConfig {
     /// stitch a trajectory from different rounds; measured on the MNIST model it needed more
     /// rounds than the sequential sampler, so it is off by default.
     pub per_step_rows: bool,
+    /// Keep the converged prefix of every trajectory (not in the DEQ-DDIM code): before each
+    /// round, the steps whose inputs have converged (every earlier step within `tol`) take the
+    /// plain update `f(z)` instead of Anderson's mixture, which is exact for them. The converged
+    /// prefix then grows by at least one step per round, so Anderson never needs more than the
+    /// `T + 1` rounds of plain iteration; without it, mixing can disturb steps that had
+    /// converged and Anderson stalled past `T` rounds on the trained MNIST model. Anderson only
+    /// (the fixed-point iterations keep the prefix by themselves; Broyden cannot).
+    pub picard_prefix: bool,
 }
 
 impl Default for DeqSampleConfig {
     fn default() -> Self {
-        Self { solver: "anderson".into(), max_iter: 15, tol: 1e-3, stop_mode: StopMode::Rel, m: 5, lam: 1e-3, max_batch: 0, per_step_rows: false }
+        Self { solver: "anderson".into(), max_iter: 15, tol: 1e-3, stop_mode: StopMode::Rel, m: 5, lam: 1e-3, max_batch: 0, per_step_rows: false, picard_prefix: true }
     }
 }
 
@@ -69,7 +82,27 @@ impl DeqSampleConfig {
         if !(self.tol > 0.0 && self.lam >= 0.0) {
             return Err(format!("{prefix}.tol must be positive and {prefix}.lam >= 0"));
         }
+        if self.picard_prefix && !["anderson", "fixed_point_iter", "simple_fixed_point_iter"].contains(&self.solver.as_str()) {
+            return Err(format!("{prefix}.picard_prefix: the {} solver cannot keep the converged prefix (anderson and the fixed-point iterations can); set {prefix}.picard_prefix = false to use it", self.solver));
+        }
         Ok(())
+    }
+
+    /// Solves `map`'s fixed point from `z0` with these options (Anderson with the converged
+    /// prefix kept when `picard_prefix` is on); `on_round` sees every round's `f(z)`.
+    pub fn solve(&self, map: &TrajectoryMap<'_>, z0: &Tensor, on_round: &mut RoundObserver<'_>) -> Result<Solution> {
+        let opts = self.solver_options();
+        let mut f = |z: &Tensor| {
+            let fz = map.apply(z)?;
+            on_round(&fz)?;
+            Ok(fz)
+        };
+        let sol = if self.picard_prefix && self.solver == "anderson" {
+            Anderson.solve_corrected(&mut f, z0, &opts, &mut |proposal, z, fz| map.keep_prefix(proposal, z, fz, self.tol, self.stop_mode))?
+        } else {
+            get_solver(&self.solver)?.solve(&mut f, z0, &opts)?
+        };
+        Ok(sol)
     }
 
     /// deq-core's solver options.
@@ -202,6 +235,35 @@ impl<'a> TrajectoryMap<'a> {
         Ok(out.reshape(self.rows())?.detach())
     }
 
+    /// Anderson's `proposal` with the converged prefix of every trajectory replaced by the
+    /// plain update: with `(z, fz)` the newest evaluated pair, step `k` of image `b` takes
+    /// `fz` when steps `0..k` of that image are within `tol` (in `mode`: `||fz_k - z_k||`,
+    /// relative to `||fz_k||` for `rel`), since `f`'s step `k` depends only on earlier steps and
+    /// is then exact. Step 0, which depends on `x_T` alone, always takes `fz`.
+    pub fn keep_prefix(&self, proposal: &Tensor, z: &Tensor, fz: &Tensor, tol: f64, mode: StopMode) -> candle_core::Result<Tensor> {
+        let (b, c, h, w) = self.shape;
+        let n = self.steps;
+        let f3 = fz.reshape((b, n, c * h * w))?;
+        let res = (&f3 - z.reshape((b, n, c * h * w))?)?.sqr()?.sum(2)?.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        let norms = f3.sqr()?.sum(2)?.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        let mut mask = vec![0u8; b * n];
+        for bi in 0..b {
+            for k in 0..n {
+                mask[bi * n + k] = 1;
+                let r = res[bi * n + k].sqrt();
+                let r = match mode {
+                    StopMode::Abs => r,
+                    StopMode::Rel => r / (norms[bi * n + k].sqrt() + 1e-9),
+                };
+                if !(r <= tol) {
+                    break;
+                }
+            }
+        }
+        let mask = Tensor::from_vec(mask, (b, n, 1), fz.device())?.broadcast_as(f3.shape())?;
+        mask.where_cond(&f3, &proposal.reshape((b, n, c * h * w))?)?.reshape(self.rows())
+    }
+
     /// The last step's output of `f` (the clean images, `(B, C, H, W)`) for state `z` and
     /// first input `x_t`, differentiable in `x_t` (through the `x_T` term and the first
     /// step's model call) and in `z`: the phantom step of inversion.
@@ -243,9 +305,19 @@ pub struct DeqSample {
     pub stats: SampleStats,
 }
 
+/// A callback that sees a tensor of every solver round.
+pub type RoundObserver<'a> = dyn FnMut(&Tensor) -> candle_core::Result<()> + 'a;
+
 /// DEQ sampling from `x_t` (`(B, C, H, W)`) with the options `cfg`; `init` a warm-start
 /// trajectory `(B, T, C, H, W)` (default: every step at `x_T`).
 pub fn deq(model: &dyn NoiseModel, steps: &Steps, x_t: &Tensor, eta: f64, noise: Option<&StepNoise>, cfg: &DeqSampleConfig, init: Option<&Tensor>) -> Result<DeqSample> {
+    deq_observed(model, steps, x_t, eta, noise, cfg, init, &mut |_| Ok(()))
+}
+
+/// [`deq`], with `on_round` called with the images `(B, C, H, W)` of every round's `f(z)`
+/// (to follow the distance to the sequential sampler round by round).
+#[allow(clippy::too_many_arguments)]
+pub fn deq_observed(model: &dyn NoiseModel, steps: &Steps, x_t: &Tensor, eta: f64, noise: Option<&StepNoise>, cfg: &DeqSampleConfig, init: Option<&Tensor>, on_round: &mut RoundObserver<'_>) -> Result<DeqSample> {
     cfg.validate("sample.deq").map_err(|e| DdimError::config("sample.deq", e))?;
     let start = Instant::now();
     let chunked = super::Chunked { model, max_batch: cfg.max_batch };
@@ -254,9 +326,7 @@ pub fn deq(model: &dyn NoiseModel, steps: &Steps, x_t: &Tensor, eta: f64, noise:
         Some(t) => map.state_of(t)?,
         None => map.initial_state()?,
     };
-    let solver = get_solver(&cfg.solver)?;
-    let mut f = |z: &Tensor| map.apply(z);
-    let sol = solver.solve(&mut f, &z0, &cfg.solver_options())?;
+    let sol = cfg.solve(&map, &z0, &mut |fz| on_round(&map.images(fz)?))?;
     let rows_max = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
     let stats = SampleStats {
         rounds: sol.stats.nfe,
