@@ -152,9 +152,9 @@ pub fn invert(model: &dyn NoiseModel, schedule: &NoiseSchedule, cfg: &InvertConf
         let (x0, loss_t, rounds) = match cfg.method {
             InvertMethod::Deq => {
                 let map = TrajectoryMap::new(&chunked, &steps, &latent, 0.0, None)?.with_per_step_rows(cfg.deq.per_step_rows);
-                let z0 = match &trajectory {
-                    Some(z) => z.clone(),
-                    None => map.initial_state()?,
+                let (z0, start_rounds) = match &trajectory {
+                    Some(z) => (z.clone(), 0),
+                    None => cfg.deq.start(&map)?,
                 };
                 let sol = cfg.deq.solve(&map, &z0, &mut |_| Ok(()))?;
                 let z = sol.z.detach();
@@ -162,7 +162,7 @@ pub fn invert(model: &dyn NoiseModel, schedule: &NoiseSchedule, cfg: &InvertConf
                 let pg = (x0.affine(1.0 - cfg.tau, 0.0)? + map.last_output(&z, x_t.as_tensor())?.affine(cfg.tau, 0.0)?)?;
                 let loss = (pg - target)?.sqr()?.sum_all()?.affine(1.0 / target.dim(0)? as f64, 0.0)?;
                 trajectory = Some(z);
-                (x0, loss, sol.stats.nfe + 1)
+                (x0, loss, start_rounds + sol.stats.nfe + 1)
             }
             InvertMethod::Chain => {
                 let (x0, _) = ddim_differentiable(&chunked, &steps, x_t.as_tensor(), 0.0, None)?;

@@ -307,7 +307,7 @@ fn main() -> Result<()> {
                     check.validate().map_err(anyhow::Error::msg)?;
                     let (mut diff, mut rounds, mut evals, mut s_seq, mut s_deq, mut worst) = (0f64, Vec::new(), 0usize, 0f64, 0f64, 0f64);
                     let (mut seq_rounds, mut seq_evals) = (0usize, 0usize);
-                    let (mut trace, mut per_batch) = (Vec::new(), Vec::new());
+                    let (mut trace, mut per_batch, mut start_rounds) = (Vec::new(), Vec::new(), 0);
                     for (b, start) in (0..count).step_by(bs).enumerate() {
                         let n = bs.min(count - start);
                         let x_t = batch_latents(&cfg, seed, b, n, &device)?;
@@ -322,6 +322,8 @@ fn main() -> Result<()> {
                         })?;
                         // After its last round, a batch that stopped early counts with its returned images.
                         let last = (&a.images - &d.images)?.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                        // Rounds before the solver's first (the start's model call).
+                        start_rounds = d.stats.rounds - per_round.len();
                         per_batch.push((per_round, last));
                         diff = diff.max(last);
                         rounds.push(d.stats.rounds);
@@ -340,7 +342,7 @@ fn main() -> Result<()> {
                     let round_diff: Vec<f64> = (0..most).map(|r| per_batch.iter().map(|(v, last)| v.get(r).copied().unwrap_or(*last)).fold(0.0, f64::max)).collect();
                     let line = serde_json::json!({"steps": t, "count": count, "eta": eta, "max_abs_diff": diff, "deq_rounds": rounds, "deq_model_evals": evals, "ddim_rounds": seq_rounds, "ddim_model_evals": seq_evals,
                         "ddim_seconds": s_seq, "deq_seconds": s_deq, "max_residual": worst, "residual_trace_first_batch": trace,
-                        "max_abs_diff_per_round": round_diff, "rounds_to_1e-3": round_diff.iter().position(|&d| d <= 1e-3).map(|r| r + 1), "picard_prefix": cfg.sample.deq.picard_prefix, "solver": cfg.sample.deq.solver, "tol": cfg.sample.deq.tol, "max_iter": cfg.sample.deq.max_iter});
+                        "max_abs_diff_per_round": round_diff, "rounds_to_1e-3": round_diff.iter().position(|&d| d <= 1e-3).map(|r| r + 1 + start_rounds), "init": cfg.sample.deq.init, "picard_prefix": cfg.sample.deq.picard_prefix, "solver": cfg.sample.deq.solver, "tol": cfg.sample.deq.tol, "max_iter": cfg.sample.deq.max_iter});
                     println!("{line}");
                     lines.push(line.to_string());
                 }

@@ -1,5 +1,5 @@
 use super::sequential::{ddim, ddim_encode, ddim_trajectory, ddpm};
-use super::trajectory::{deq, DeqSampleConfig, TrajectoryMap};
+use super::trajectory::{deq, DeqInit, DeqSampleConfig, TrajectoryMap};
 use super::*;
 use crate::schedule::{timesteps, DiffusionConfig, SkipType};
 use crate::unet::{UNet, UNetConfig};
@@ -138,6 +138,33 @@ fn anderson_with_the_prefix_kept_never_needs_more_than_plain_iteration() {
     let broyden = DeqSampleConfig { solver: "broyden".into(), ..Default::default() };
     assert!(broyden.validate("sample.deq").unwrap_err().contains("picard_prefix"));
     assert!(DeqSampleConfig { picard_prefix: false, ..broyden }.validate("sample.deq").is_ok());
+}
+
+#[test]
+fn the_first_prediction_start_is_ddim_with_the_noise_prediction_frozen() {
+    let m = small_unet(DType::F64);
+    let steps = setup(7, SkipType::Quad);
+    let x_t = DeqRng::new(23).randn((2, 1, 8, 8), DType::F64, &Device::Cpu).unwrap();
+    let map = TrajectoryMap::new(&m, &steps, &x_t, 0.0, None).unwrap();
+    let z = map.trajectory(&map.first_prediction_state().unwrap()).unwrap();
+    let eps0 = m.predict(&x_t, &steps.t_tensor(0, 2, DType::F64, &Device::Cpu).unwrap()).unwrap();
+    let a0 = steps.a_t[0];
+    let x0 = ((&x_t - eps0.affine((1.0 - a0).sqrt(), 0.0).unwrap()).unwrap() / a0.sqrt()).unwrap();
+    for k in 0..steps.len() {
+        let a = steps.a_next[k];
+        let want = (x0.affine(a.sqrt(), 0.0).unwrap() + eps0.affine((1.0 - a).sqrt(), 0.0).unwrap()).unwrap();
+        let d = max_abs_diff(&z.i((.., k)).unwrap(), &want).unwrap();
+        assert!(d < 1e-10, "step {k}: {d}");
+    }
+    // Step 0 is exact; a solve from there reaches the sequential images, counting the start as a round.
+    let (seq, _) = ddim(&m, &steps, &x_t, 0.0, None).unwrap();
+    let (traj, _) = ddim_trajectory(&m, &steps, &x_t, 0.0, None).unwrap();
+    assert!(max_abs_diff(&z.i((.., 0)).unwrap(), &traj.i((.., 0)).unwrap()).unwrap() < 1e-12);
+    let cfg = DeqSampleConfig { tol: 1e-12, stop_mode: StopMode::Abs, max_iter: steps.len() + 1, init: DeqInit::FirstPrediction, ..Default::default() };
+    let s = deq(&m, &steps, &x_t, 0.0, None, &cfg, None).unwrap();
+    assert!(max_abs_diff(&s.images, &seq).unwrap() < 1e-10);
+    assert_eq!(s.stats.rounds, s.stats.residual_trace.len() + 1);
+    assert_eq!(s.stats.model_evals, (s.stats.residual_trace.len() * steps.len() + 1) * 2);
 }
 
 #[test]

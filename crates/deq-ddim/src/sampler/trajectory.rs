@@ -64,11 +64,25 @@ pub struct DeqSampleConfig {
     /// converged and Anderson stalled past `T` rounds on the trained MNIST model. Anderson only
     /// (the fixed-point iterations keep the prefix by themselves; Broyden cannot).
     pub picard_prefix: bool,
+    /// The initial trajectory of a solve without a warm start.
+    pub init: DeqInit,
+}
+
+/// Where a DEQ solve starts when it has no warm start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeqInit {
+    /// Every step at `x_T` (the DEQ-DDIM code's start).
+    Latent,
+    /// The DDIM trajectory with every noise prediction frozen at the first one,
+    /// `eps(x_T, t_0)`: one model call on the `B` latents, counted as a round. Every step is
+    /// then at its own noise level, where the repeated `x_T` puts pure noise at every step.
+    FirstPrediction,
 }
 
 impl Default for DeqSampleConfig {
     fn default() -> Self {
-        Self { solver: "anderson".into(), max_iter: 15, tol: 1e-3, stop_mode: StopMode::Rel, m: 5, lam: 1e-3, max_batch: 0, per_step_rows: false, picard_prefix: true }
+        Self { solver: "anderson".into(), max_iter: 15, tol: 1e-3, stop_mode: StopMode::Rel, m: 5, lam: 1e-3, max_batch: 0, per_step_rows: false, picard_prefix: true, init: DeqInit::Latent }
     }
 }
 
@@ -103,6 +117,15 @@ impl DeqSampleConfig {
             get_solver(&self.solver)?.solve(&mut f, z0, &opts)?
         };
         Ok(sol)
+    }
+
+    /// The initial state of a solve without a warm start, and the sequential model calls it
+    /// took (see [`DeqInit`]).
+    pub fn start(&self, map: &TrajectoryMap<'_>) -> candle_core::Result<(Tensor, usize)> {
+        Ok(match self.init {
+            DeqInit::Latent => (map.initial_state()?, 0),
+            DeqInit::FirstPrediction => (map.first_prediction_state()?, 1),
+        })
     }
 
     /// deq-core's solver options.
@@ -219,9 +242,24 @@ impl<'a> TrajectoryMap<'a> {
     /// `f(z)`: `(B * T, CHW) -> (B * T, CHW)`, detached (no autograd graph: a solver keeps
     /// several iterates, and each would otherwise hold a model call's activations).
     pub fn apply(&self, z: &Tensor) -> candle_core::Result<Tensor> {
+        self.outputs(&self.eps(z, &self.x_t)?)
+    }
+
+    /// The state of the DDIM trajectory with every noise prediction frozen at the first one,
+    /// `eps(x_T, t_0)` (one model call on the `B` latents): [`DeqInit::FirstPrediction`].
+    pub fn first_prediction_state(&self) -> candle_core::Result<Tensor> {
+        let (b, c, h, w) = self.shape;
+        let t0 = self.t.reshape((b, self.steps))?.narrow(1, 0, 1)?.flatten_all()?;
+        let eps0 = self.model.predict(&self.x_t, &t0)?.reshape((b, 1, c * h * w))?;
+        self.outputs(&eps0.repeat((1, self.steps, 1))?)
+    }
+
+    /// The state whose step `k` follows from the noise predictions `eps` `(B, T, CHW)` of steps
+    /// `0..=k`: `f` given the model's outputs.
+    fn outputs(&self, eps: &Tensor) -> candle_core::Result<Tensor> {
         let (b, c, h, w) = self.shape;
         let n = self.steps;
-        let inc = self.increments(&self.eps(z, &self.x_t)?)?;
+        let inc = self.increments(eps)?;
         let mut sums = Vec::with_capacity(n);
         let mut acc = inc.narrow(1, 0, 1)?;
         sums.push(acc.clone());
@@ -322,15 +360,15 @@ pub fn deq_observed(model: &dyn NoiseModel, steps: &Steps, x_t: &Tensor, eta: f6
     let start = Instant::now();
     let chunked = super::Chunked { model, max_batch: cfg.max_batch };
     let map = TrajectoryMap::new(&chunked, steps, x_t, eta, noise)?.with_per_step_rows(cfg.per_step_rows);
-    let z0 = match init {
-        Some(t) => map.state_of(t)?,
-        None => map.initial_state()?,
+    let (z0, init_rounds) = match init {
+        Some(t) => (map.state_of(t)?, 0),
+        None => cfg.start(&map)?,
     };
     let sol = cfg.solve(&map, &z0, &mut |fz| on_round(&map.images(fz)?))?;
     let rows_max = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
     let stats = SampleStats {
-        rounds: sol.stats.nfe,
-        model_evals: sol.stats.nfe * x_t.dim(0)? * steps.len(),
+        rounds: sol.stats.nfe + init_rounds,
+        model_evals: (sol.stats.nfe * steps.len() + init_rounds) * x_t.dim(0)?,
         residual_trace: sol.stats.rel_trace.iter().map(|r| rows_max(r)).collect(),
         residual: rows_max(&sol.stats.rel_lowest),
         seconds: start.elapsed().as_secs_f64(),
