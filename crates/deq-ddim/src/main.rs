@@ -308,6 +308,7 @@ fn main() -> Result<()> {
                     let (mut diff, mut rounds, mut evals, mut s_seq, mut s_deq, mut worst) = (0f64, Vec::new(), 0usize, 0f64, 0f64, 0f64);
                     let (mut seq_rounds, mut seq_evals) = (0usize, 0usize);
                     let (mut trace, mut per_batch, mut start_rounds) = (Vec::new(), Vec::new(), 0);
+                    let largest_diff = |x: &Tensor, y: &Tensor| -> candle_core::Result<f64> { (x - y)?.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>() };
                     for (b, start) in (0..count).step_by(bs).enumerate() {
                         let n = bs.min(count - start);
                         let x_t = batch_latents(&cfg, seed, b, n, &device)?;
@@ -317,11 +318,11 @@ fn main() -> Result<()> {
                         req.sampler = SamplerKind::Deq;
                         let mut per_round = Vec::new();
                         let d = sample_batch_observed(&unet, &schedule, &req, &x_t, seed.wrapping_add(b as u64), &mut |x| {
-                            per_round.push((x - &a.images)?.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?);
+                            per_round.push(largest_diff(x, &a.images)?);
                             Ok(())
                         })?;
                         // After its last round, a batch that stopped early counts with its returned images.
-                        let last = (&a.images - &d.images)?.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                        let last = largest_diff(&a.images, &d.images)?;
                         // Rounds before the solver's first (the start's model call).
                         start_rounds = d.stats.rounds - per_round.len();
                         per_batch.push((per_round, last));
