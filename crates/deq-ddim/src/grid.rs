@@ -53,7 +53,8 @@ pub fn write_grid(path: &Path, images: &Tensor, cols: usize) -> Result<()> {
 /// Reads a PNG/JPEG as a `(1, channels, size, size)` tensor in `[-1, 1]`, converted to grey or
 /// RGB and resized (Lanczos) to `size` when it differs.
 pub fn read_image(path: &Path, channels: usize, size: usize, dev: &Device) -> Result<Tensor> {
-    let img = image::open(path).map_err(|e| DdimError::format(path, format!("cannot read the image: {e}")))?;
+    let bytes = std::fs::read(path).map_err(|e| DdimError::format(path, format!("cannot read the image: {e}")))?;
+    let img = deq_train::data::decode_image(&bytes).map_err(|m| DdimError::format(path, m))?;
     let img = if img.width() as usize != size || img.height() as usize != size { img.resize_exact(size as u32, size as u32, image::imageops::FilterType::Lanczos3) } else { img };
     let planar: Vec<f32> = match channels {
         1 => img.to_luma8().into_raw().into_iter().map(|v| v as f32 / 127.5 - 1.0).collect(),

@@ -35,6 +35,10 @@ pub enum InrError {
         /// What was non-finite.
         message: String,
     },
+    /// The run stopped on SIGINT or SIGTERM after writing a checkpoint (deq-train's
+    /// [`deq_train::signals`]).
+    #[error(transparent)]
+    Interrupted(deq_train::TrainError),
     /// An invalid setting.
     #[error("invalid setting `{key}`: {message}")]
     Config {
@@ -65,6 +69,7 @@ impl From<deq_train::TrainError> for InrError {
             deq_train::TrainError::Format { path, message } => InrError::Format { path, message },
             deq_train::TrainError::Config { key, message } => InrError::Config { key, message },
             deq_train::TrainError::Diverged { step, message } => InrError::Diverged { step, message },
+            e @ deq_train::TrainError::Interrupted { .. } => InrError::Interrupted(e),
         }
     }
 }

@@ -22,7 +22,7 @@ impl Image {
     /// dropped); 16-bit files are scaled to `[0, 1]` like 8-bit ones. Errors name the file.
     pub fn read(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| InrError::io(path, e))?;
-        let img = image::load_from_memory(&bytes).map_err(|e| InrError::format(path, format!("not a readable image: {e}")))?;
+        let img = deq_train::data::decode_image(&bytes).map_err(|m| InrError::format(path, format!("not a readable image: {m}")))?;
         let (width, height) = (img.width() as usize, img.height() as usize);
         if width == 0 || height == 0 {
             return Err(InrError::format(path, "image has no pixels"));

@@ -29,7 +29,9 @@ impl Audio {
         Self::parse(&b).map_err(|m| InrError::format(path, m))
     }
 
-    fn parse(b: &[u8]) -> std::result::Result<Self, String> {
+    /// Parses the bytes of a WAV file ([`Audio::read`] without the file: the error is the bare
+    /// message). Never panics; allocates only for the samples present.
+    pub fn parse(b: &[u8]) -> std::result::Result<Self, String> {
         if b.len() < 12 || &b[0..4] != b"RIFF" || &b[8..12] != b"WAVE" {
             return Err("not a RIFF/WAVE file".into());
         }
@@ -56,8 +58,8 @@ impl Audio {
                 fmt = Some((tag, channels, rate, bits));
             } else if id == b"data" {
                 let (tag, channels, rate, bits) = fmt.ok_or("data chunk before fmt chunk")?;
-                if channels == 0 {
-                    return Err("0 channels".into());
+                if channels == 0 || rate == 0 {
+                    return Err(format!("{channels} channels at {rate} Hz"));
                 }
                 let end = body + size;
                 if end > b.len() {
@@ -79,6 +81,9 @@ impl Audio {
                     .chunks_exact(frame)
                     .map(|f| f.chunks_exact(bytes).map(&decode).sum::<f32>() / channels as f32)
                     .collect::<Vec<f32>>();
+                if samples.is_empty() {
+                    return Err("the data chunk holds no complete sample".into());
+                }
                 if samples.iter().any(|v| !v.is_finite()) {
                     return Err("samples contain NaN or infinity".into());
                 }

@@ -39,6 +39,10 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
     write(&tmp)?;
     std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| TrainError::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))?;
+    // Make the rename itself durable (best effort: not every platform can sync a directory).
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
     Ok(())
 }
 
@@ -118,9 +122,17 @@ impl Checkpointer {
             serde_json::from_str(&text).map_err(|e| TrainError::format(json_path, format!("not valid JSON: {e}")))?;
         let step = meta.get("step").and_then(|v| v.as_u64()).ok_or_else(|| TrainError::format(json_path, "no integer `step`"))? as usize;
         let name = meta.get("tensors").and_then(|v| v.as_str()).ok_or_else(|| TrainError::format(json_path, "no `tensors` file name"))?;
+        // A plain file name beside the sidecar: `../x` or an absolute path would read outside
+        // the checkpoint folder.
+        if name.is_empty() || name.contains(['/', '\\']) || name == ".." || name == "." {
+            return Err(TrainError::format(json_path, format!("`tensors` must name a file beside the sidecar, got `{name}`")));
+        }
         let path = json_path.parent().unwrap_or(Path::new(".")).join(name);
         if !path.exists() {
-            return Err(TrainError::io(&path, std::io::Error::new(std::io::ErrorKind::NotFound, "tensor file named by the sidecar is missing")));
+            return Err(TrainError::io(
+                json_path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, format!("names the tensor file {}, which is missing", path.display())),
+            ));
         }
         let tensors = candle_core::safetensors::load(&path, device).map_err(|e| TrainError::format(&path, format!("reading tensors: {e}")))?;
         Ok(Checkpoint { step, meta, tensors, path })

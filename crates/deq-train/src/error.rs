@@ -43,6 +43,17 @@ pub enum TrainError {
         /// What was non-finite.
         message: String,
     },
+    /// The run stopped on SIGINT or SIGTERM after writing the checkpoint of `step`
+    /// (see [`crate::signals`]); `--resume` continues it.
+    #[error("stopped by {signal} after step {step}; checkpoint written to {checkpoint}; continue with --resume")]
+    Interrupted {
+        /// `SIGINT` or `SIGTERM`.
+        signal: &'static str,
+        /// The last optimiser step taken.
+        step: usize,
+        /// The checkpoint written before stopping.
+        checkpoint: PathBuf,
+    },
 }
 
 /// Result alias of `deq-train`.

@@ -25,6 +25,9 @@
 //! | [`data`] | IDX, CIFAR-10, image folders, augmentations, the loader |
 //! | [`dist`] | rank / world size, the all-reduce point, rank-0 side effects |
 //! | [`runtime`] | thread-pool setup, divergence guard |
+//! | [`run_lock`] | one writer per run folder (lock file with pid and host, stale locks replaced) |
+//! | [`signals`] | clean stops on SIGINT/SIGTERM: checkpoint, then exit code 75 |
+//! | [`hostile`] | damaged copies of good files: the no-panic check every reader's tests run |
 //!
 //! ## Example: a training loop with every piece
 //!
@@ -79,6 +82,7 @@ pub mod ema;
 pub mod error;
 #[cfg(feature = "cuda")]
 pub mod gpu_memory;
+pub mod hostile;
 pub mod layers;
 pub mod loss;
 pub mod memory;
@@ -86,8 +90,10 @@ pub mod metrics;
 pub mod objective;
 pub mod optim;
 pub mod progress;
+pub mod run_lock;
 pub mod runtime;
 pub mod schedule;
+pub mod signals;
 pub mod solver_metrics;
 pub mod plot;
 

@@ -21,7 +21,7 @@ use std::path::Path;
 fn node(path: &Path, line: usize, tok: &str, n: usize) -> Result<u32, GraphFileError> {
     let v: usize = tok.trim().parse().map_err(|_| bad(path, line, format!("`{tok}` is not a node id")))?;
     if v >= n {
-        return Err(bad(path, line, format!("node id {v} out of range (nodes = {n})")));
+        return Err(bad(path, line, format!("node id {v} out of range (nodes = {n} in meta.txt)")));
     }
     Ok(v as u32)
 }
@@ -39,6 +39,18 @@ pub fn load_planetoid(dir: &Path) -> Result<NodeTask, GraphFileError> {
     };
     let (n, f, classes) = (num("nodes")?, num("features")?, num("classes")?);
     let directed = meta.get("directed").map(|v| v == "true").unwrap_or(false);
+    // Bounded allocation: the node count must match the label file before anything is sized
+    // by it; the class count cannot exceed the nodes; the dense feature matrix is allocated
+    // fallibly.
+    let lp = dir.join("labels.txt");
+    let label_text = read(&lp)?;
+    let raw: Vec<&str> = label_text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if raw.len() != n {
+        return Err(bad(&lp, 0, format!("{} labels for the {n} nodes of {}", raw.len(), meta_path.display())));
+    }
+    if f == 0 || classes == 0 || classes > n.max(1) {
+        return Err(bad(&meta_path, 0, format!("needs features >= 1 and 1 <= classes <= nodes, got features {f}, classes {classes}, nodes {n}")));
+    }
 
     let ep = dir.join("edges.txt");
     let mut edges = Vec::new();
@@ -65,7 +77,7 @@ pub fn load_planetoid(dir: &Path) -> Result<NodeTask, GraphFileError> {
     let graph = if directed { g } else { without_duplicate_loops(g.symmetrized()) };
 
     let fp = dir.join("features.txt");
-    let mut features = vec![0f32; n * f];
+    let mut features = deq_train::data::try_zeros::<f32>(&[n, f], "features").map_err(|m| bad(&meta_path, 0, m))?;
     for (i, l) in read(&fp)?.lines().enumerate() {
         if l.trim().is_empty() {
             continue;
@@ -81,9 +93,9 @@ pub fn load_planetoid(dir: &Path) -> Result<NodeTask, GraphFileError> {
             let (a, b) = e.split_once(':').ok_or_else(|| bad(&fp, i + 1, format!("`{e}` is not idx:val")))?;
             let j: usize = a.parse().map_err(|_| bad(&fp, i + 1, format!("`{a}` is not a feature index")))?;
             if j >= f {
-                return Err(bad(&fp, i + 1, format!("feature index {j} out of range (features = {f})")));
+                return Err(bad(&fp, i + 1, format!("feature index {j} out of range (features = {f} in meta.txt)")));
             }
-            features[u * f + j] = b.parse().map_err(|_| bad(&fp, i + 1, format!("`{b}` is not a number")))?;
+            features[u * f + j] = b.parse::<f32>().ok().filter(|v| v.is_finite()).ok_or_else(|| bad(&fp, i + 1, format!("`{b}` is not a finite number")))?;
         }
     }
     for row in features.chunks_mut(f) {
@@ -93,18 +105,12 @@ pub fn load_planetoid(dir: &Path) -> Result<NodeTask, GraphFileError> {
         }
     }
 
-    let lp = dir.join("labels.txt");
-    let text = read(&lp)?;
-    let raw: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    if raw.len() != n {
-        return Err(bad(&lp, 0, format!("{} labels for {n} nodes", raw.len())));
-    }
     let mut labels = Vec::with_capacity(n);
     let mut unlabelled = vec![false; n];
     for (i, l) in raw.iter().enumerate() {
         let v: i64 = l.trim().parse().map_err(|_| bad(&lp, i + 1, format!("`{l}` is not a class")))?;
         if v < -1 || v >= classes as i64 {
-            return Err(bad(&lp, i + 1, format!("class {v} out of range (classes = {classes})")));
+            return Err(bad(&lp, i + 1, format!("class {v} out of range (classes = {classes} in meta.txt)")));
         }
         unlabelled[i] = v < 0;
         labels.push(v.max(0) as u32);
@@ -116,7 +122,7 @@ pub fn load_planetoid(dir: &Path) -> Result<NodeTask, GraphFileError> {
         let Some((name, ids)) = l.split_once(' ') else { continue };
         let ids = ids.split(',').filter(|s| !s.trim().is_empty()).map(|s| node(&spp, i + 1, s, n)).collect::<Result<Vec<_>, _>>()?;
         if let Some(&u) = ids.iter().find(|&&u| unlabelled[u as usize]) {
-            return Err(bad(&spp, i + 1, format!("node {u} of `{name}` has no label")));
+            return Err(bad(&spp, i + 1, format!("node {u} of `{name}` has no label in {}", lp.display())));
         }
         parts.insert(name.to_string(), ids);
     }

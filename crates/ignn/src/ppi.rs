@@ -92,10 +92,16 @@ pub fn load_graphsage(dir: &Path, prefix: &str, standardize: bool) -> Result<Nod
         return Err(bad(&fp, 0, format!("features must be a 2-d array, got shape {:?}", feats.shape)));
     }
     let (rows, f) = (feats.shape[0], feats.shape[1]);
-    let mut features = vec![0f32; n * f];
+    if n > 0 && rows == 0 {
+        return Err(bad(&fp, 0, format!("no feature rows for {n} nodes (shape {:?})", feats.shape)));
+    }
+    if let Some(bad_v) = feats.data.iter().find(|v| !v.is_finite()) {
+        return Err(bad(&fp, 0, format!("features hold a non-finite value ({bad_v})")));
+    }
+    let mut features = deq_train::data::try_zeros::<f32>(&[n, f], "features").map_err(|m| bad(&fp, 0, m))?;
     for (i, node) in g.nodes.iter().enumerate() {
         let id = key(&node.id);
-        let r = *id_map.get(&id).ok_or_else(|| bad(&ip, 0, format!("node {id} has no entry")))?;
+        let r = *id_map.get(&id).ok_or_else(|| bad(&ip, 0, format!("node {id} of {} has no entry", gp.display())))?;
         if r < 0 || r as usize >= rows {
             return Err(bad(&ip, 0, format!("node {id} maps to row {r}, {} has {rows} rows", fp.display())));
         }
@@ -106,10 +112,10 @@ pub fn load_graphsage(dir: &Path, prefix: &str, standardize: bool) -> Result<Nod
     let class_map: HashMap<String, serde_json::Value> = parse_json(&cp)?;
     let first = g.nodes.first().map(|nd| key(&nd.id)).and_then(|id| class_map.get(&id));
     let multi = matches!(first, Some(serde_json::Value::Array(_)));
-    let lookup = |id: &str| class_map.get(id).ok_or_else(|| bad(&cp, 0, format!("node {id} has no entry")));
+    let lookup = |id: &str| class_map.get(id).ok_or_else(|| bad(&cp, 0, format!("node {id} of {} has no entry", gp.display())));
     let (labels, classes) = if multi {
         let c = first.and_then(|v| v.as_array()).map(|a| a.len()).unwrap_or(0);
-        let mut t = vec![0f32; n * c];
+        let mut t = deq_train::data::try_zeros::<f32>(&[n, c], "multi-label targets").map_err(|m| bad(&cp, 0, m))?;
         for (i, node) in g.nodes.iter().enumerate() {
             let id = key(&node.id);
             let arr = lookup(&id)?.as_array().filter(|a| a.len() == c).ok_or_else(|| bad(&cp, 0, format!("node {id}: expected a list of {c} labels")))?;
@@ -123,6 +129,11 @@ pub fn load_graphsage(dir: &Path, prefix: &str, standardize: bool) -> Result<Nod
         for node in &g.nodes {
             let id = key(&node.id);
             let v = lookup(&id)?.as_u64().ok_or_else(|| bad(&cp, 0, format!("node {id}: class is not a non-negative integer")))?;
+            // Class ids are dense (0..C with C <= nodes): a larger id would size the output
+            // layer by a number the file does not justify.
+            if v >= n as u64 {
+                return Err(bad(&cp, 0, format!("node {id}: class {v} is not below the node count {n} of {}", gp.display())));
+            }
             l.push(v as u32);
         }
         let c = l.iter().copied().max().map_or(0, |m| m as usize + 1);

@@ -77,7 +77,7 @@ pub fn load_tu(dir: &Path, name: &str) -> Result<GraphDataset, GraphFileError> {
     let ap = file("A");
     let wp = file("edge_weights");
     let weights: Option<Vec<f32>> = if wp.exists() {
-        Some(lines(&wp)?.iter().map(|(ln, l)| l.parse::<f32>().map_err(|_| bad(&wp, *ln, format!("`{l}` is not a number")))).collect::<Result<_, _>>()?)
+        Some(lines(&wp)?.iter().map(|(ln, l)| l.parse::<f32>().ok().filter(|v| v.is_finite()).ok_or_else(|| bad(&wp, *ln, format!("`{l}` is not a finite number")))).collect::<Result<_, _>>()?)
     } else {
         None
     };
@@ -98,7 +98,7 @@ pub fn load_tu(dir: &Path, name: &str) -> Result<GraphDataset, GraphFileError> {
         }
         let (a, b) = (a as usize - 1, b as usize - 1);
         if graph_of[a] != graph_of[b] {
-            return Err(bad(&ap, *ln, format!("edge joins graphs {} and {}", graph_of[a] + 1, graph_of[b] + 1)));
+            return Err(bad(&ap, *ln, format!("edge joins graphs {} and {} (as {} assigns its nodes)", graph_of[a] + 1, graph_of[b] + 1, ip.display())));
         }
         let g = &mut graphs[graph_of[a]];
         g.src.push(local[a]);
@@ -123,7 +123,7 @@ pub fn load_tu(dir: &Path, name: &str) -> Result<GraphDataset, GraphFileError> {
         let mut width = None;
         let ls = lines(&atp)?;
         for (ln, l) in &ls {
-            let row: Vec<f32> = l.split(',').map(|t| t.trim().parse::<f32>().map_err(|_| bad(&atp, *ln, format!("`{}` is not a number", t.trim())))).collect::<Result<_, _>>()?;
+            let row: Vec<f32> = l.split(',').map(|t| t.trim().parse::<f32>().ok().filter(|v| v.is_finite()).ok_or_else(|| bad(&atp, *ln, format!("`{}` is not a finite number", t.trim())))).collect::<Result<_, _>>()?;
             if *width.get_or_insert(row.len()) != row.len() {
                 return Err(bad(&atp, *ln, format!("{} attributes, earlier lines have {}", row.len(), width.unwrap_or(0))));
             }
@@ -162,7 +162,15 @@ pub fn load_tu(dir: &Path, name: &str) -> Result<GraphDataset, GraphFileError> {
     let max_degree = degree.iter().copied().max().unwrap_or(0);
     let attr_w = attrs.as_ref().map_or(0, |a| a.1);
     let feature_dim = if degree.is_empty() { label_set.len() + attr_w } else { max_degree + 1 };
-    let mut feats: Vec<Vec<f32>> = sizes.iter().map(|&s| vec![0f32; s * feature_dim]).collect();
+    // The one-hot widths follow from the data (distinct labels, the largest degree), so the
+    // feature matrices can be far larger than the files: allocated fallibly.
+    let fdp = if degree.is_empty() { if node_labels.is_some() { &np } else { &atp } } else { &ap };
+    let mut feats: Vec<Vec<f32>> = Vec::with_capacity(num_graphs);
+    let total = n.checked_mul(feature_dim).and_then(|v| v.checked_mul(4)).ok_or_else(|| bad(fdp, 0, format!("node features: {n} x {feature_dim} overflows")))?;
+    deq_train::data::alloc::check_fits(total, "node features").map_err(|m| bad(fdp, 0, m))?;
+    for &s in &sizes {
+        feats.push(deq_train::data::try_zeros::<f32>(&[s, feature_dim], "node features").map_err(|m| bad(fdp, 0, m))?);
+    }
     for i in 0..n {
         let row = &mut feats[graph_of[i]][local[i] as usize * feature_dim..(local[i] as usize + 1) * feature_dim];
         if !degree.is_empty() {

@@ -1,5 +1,5 @@
-//! Video frames as RGB: PNG or JPEG files (grey ones replicated to three channels), and the
-//! size-limited image decoder every image reader of this crate uses.
+//! Video frames as RGB: PNG or JPEG files (grey ones replicated to three channels), read
+//! with deq-train's size-limited image decoder.
 
 use std::path::Path;
 
@@ -7,22 +7,12 @@ use candle_core::{Device, Tensor};
 
 use crate::error::{FlowError, Result};
 
-/// Largest width or height decoded.
-pub const MAX_SIDE: u32 = 16384;
+/// Largest width or height decoded (deq-train's shared decoder).
+pub use deq_train::data::image_decode::MAX_SIDE;
 
-fn limits() -> image::Limits {
-    let mut l = image::Limits::default();
-    l.max_image_width = Some(MAX_SIDE);
-    l.max_image_height = Some(MAX_SIDE);
-    l.max_alloc = Some(1 << 30);
-    l
-}
-
-/// Decodes an image file with the size limits above; errors name `path`.
+/// Decodes an image file with deq-train's size-limited decoder; errors name `path`.
 pub(crate) fn decode(path: &Path, bytes: &[u8]) -> Result<image::DynamicImage> {
-    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| FlowError::io(path, e))?;
-    reader.limits(limits());
-    reader.decode().map_err(|e| FlowError::format(path, format!("cannot decode image: {e}")))
+    deq_train::data::decode_image(bytes).map_err(|m| FlowError::format(path, m))
 }
 
 /// An 8-bit RGB frame.

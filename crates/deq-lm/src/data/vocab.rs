@@ -202,8 +202,19 @@ impl Vocab {
     /// Reads a `tokenizer.json` written by [`Vocab::save`] (or any word-level tokenizer with
     /// `<eos>` and `<unk>`, or byte-level BPE with `<eos>`); a missing or malformed file is an
     /// error naming it.
+    ///
+    /// The text is checked to be JSON before the tokenizers crate sees it, and a panic inside
+    /// that crate (tokenizers 0.23 unwraps some parse errors of its decoders) is caught and
+    /// reported as a malformed file.
     pub fn load(path: &Path) -> Result<Self> {
-        let tokenizer = Tokenizer::from_file(path).map_err(|e| tok_err(path, e))?;
+        let bytes = std::fs::read(path).map_err(|e| LmError::data(path, e))?;
+        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| LmError::data(path, format!("not a tokenizer JSON file: {e}")))?;
+        let parsed = std::panic::catch_unwind(|| Tokenizer::from_bytes(&bytes))
+            .map_err(|p| {
+                let what = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                LmError::data(path, format!("malformed tokenizer file (the tokenizers crate failed on it: {what})"))
+            })?;
+        let tokenizer = parsed.map_err(|e| tok_err(path, e))?;
         Self::from_tokenizer(tokenizer, path)
     }
 

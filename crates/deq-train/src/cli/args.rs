@@ -65,7 +65,9 @@ impl ConfigArgs {
     }
 
     fn finish<T: TrainerConfig>(&self, mut config: T, origin: &str) -> Result<T> {
-        self.deq.apply(config.deq_mut()).map_err(|e| TrainError::Config { key: "[deq] flags".into(), message: e.to_string() })?;
+        self.deq
+            .apply(config.deq_mut())
+            .map_err(|e| TrainError::Format { path: origin.into(), message: format!("[deq] (with the command-line flags applied): {e}") })?;
         config
             .validate()
             .map_err(|message| TrainError::Format { path: origin.into(), message: format!("after the command-line overrides: {message}") })?;

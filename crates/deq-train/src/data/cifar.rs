@@ -24,18 +24,22 @@ pub const CIFAR10_TEST_FILE: &str = "test_batch.bin";
 pub fn read_cifar10_file(path: impl AsRef<Path>) -> Result<(Vec<u8>, Vec<u32>)> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    parse_cifar10(&bytes).map_err(|m| TrainError::format(path, m))
+}
+
+/// Parses the bytes of one CIFAR-10 binary file ([`read_cifar10_file`] without the file: the
+/// error is the bare message). The record count comes from the length, so nothing is sized
+/// by the content.
+pub fn parse_cifar10(bytes: &[u8]) -> std::result::Result<(Vec<u8>, Vec<u32>), String> {
     if bytes.is_empty() {
-        return Err(TrainError::format(path, "empty CIFAR-10 file"));
+        return Err("empty CIFAR-10 file".into());
     }
     if bytes.len() % CIFAR_RECORD_BYTES != 0 {
-        return Err(TrainError::format(
-            path,
-            format!(
-                "size {} is not a multiple of the {CIFAR_RECORD_BYTES}-byte CIFAR-10 record ({} whole records + {} bytes): truncated or not a CIFAR-10 binary file",
-                bytes.len(),
-                bytes.len() / CIFAR_RECORD_BYTES,
-                bytes.len() % CIFAR_RECORD_BYTES
-            ),
+        return Err(format!(
+            "size {} is not a multiple of the {CIFAR_RECORD_BYTES}-byte CIFAR-10 record ({} whole records + {} bytes): truncated or not a CIFAR-10 binary file",
+            bytes.len(),
+            bytes.len() / CIFAR_RECORD_BYTES,
+            bytes.len() % CIFAR_RECORD_BYTES
         ));
     }
     let n = bytes.len() / CIFAR_RECORD_BYTES;
@@ -43,7 +47,7 @@ pub fn read_cifar10_file(path: impl AsRef<Path>) -> Result<(Vec<u8>, Vec<u32>)> 
     let mut labels = Vec::with_capacity(n);
     for (i, rec) in bytes.chunks_exact(CIFAR_RECORD_BYTES).enumerate() {
         if rec[0] > 9 {
-            return Err(TrainError::format(path, format!("record {i}: label {} is not a CIFAR-10 class (0..=9)", rec[0])));
+            return Err(format!("record {i}: label {} is not a CIFAR-10 class (0..=9)", rec[0]));
         }
         labels.push(rec[0] as u32);
         images.extend_from_slice(&rec[1..]);

@@ -17,93 +17,95 @@ pub const IDX_IMAGES_MAGIC: u32 = 2051;
 /// Magic number of an IDX file of `u8` labels (1 dimension).
 pub const IDX_LABELS_MAGIC: u32 = 2049;
 
-/// Reads a whole file, gunzipping it if it starts with the gzip magic bytes `1f 8b`.
-/// Errors name `path`: [`TrainError::Io`] if it cannot be read, [`TrainError::Format`] if the
-/// gzip stream is corrupt or truncated.
-pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
-    if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
-        let mut out = Vec::with_capacity(raw.len() * 4);
-        flate2::read::MultiGzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| TrainError::format(path, format!("corrupt or truncated gzip stream: {e}")))?;
-        Ok(out)
-    } else {
-        Ok(raw)
-    }
+/// Whether `bytes` start with the gzip magic `1f 8b` (detection is by content, not name).
+fn is_gzip(bytes: &[u8]) -> bool {
+    bytes.len() >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b
 }
 
-/// Parses the header of an IDX `u8` array with the expected magic and returns its dimensions
-/// and element bytes, checking the declared size against the bytes present.
-fn parse_idx_u8<'a>(path: &Path, bytes: &'a [u8], magic: u32, what: &str) -> Result<(Vec<usize>, &'a [u8])> {
+/// Deflate's largest compression ratio: a gzip file cannot decompress to more than this many
+/// times its size, which bounds what an IDX header inside one may declare.
+const DEFLATE_MAX_RATIO: usize = 1032;
+
+/// Decodes an IDX `u8` array with the expected magic from the bytes of a raw or gzipped file:
+/// its dimensions and elements. The header is read first and its declared size checked
+/// against what the file can hold (the raw length, or [`DEFLATE_MAX_RATIO`] times the gzip
+/// length) before the elements are decompressed, and decompression stops one byte past the
+/// declared size, so a header or stream that lies cannot make it allocate more than the data
+/// present. Errors are bare messages (the path readers add the file).
+pub fn parse_idx(raw: &[u8], magic: u32, what: &str) -> std::result::Result<(Vec<usize>, Vec<u8>), String> {
     let ndims = (magic & 0xff) as usize;
-    let header = 4 + 4 * ndims;
-    if bytes.len() < 4 {
-        return Err(TrainError::format(
-            path,
-            format!("{} bytes is too short for an IDX header (truncated or empty file)", bytes.len()),
-        ));
+    let header_len = 4 + 4 * ndims;
+    let gz = is_gzip(raw);
+    let mut stream: Box<dyn Read + '_> =
+        if gz { Box::new(flate2::read::MultiGzDecoder::new(raw)) } else { Box::new(raw) };
+    let gz_err = |e: std::io::Error| format!("corrupt or truncated gzip stream: {e}");
+    // Up to the header's length, fewer if the stream ends first.
+    let mut header = Vec::with_capacity(header_len);
+    (&mut stream).take(header_len as u64).read_to_end(&mut header).map_err(gz_err)?;
+    if header.len() < 4 {
+        return Err(format!("{} bytes is too short for an IDX header (truncated or empty file)", header.len()));
     }
-    let found = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    let found = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
     if found != magic {
         let hint = match found {
-            IDX_IMAGES_MAGIC => " (this is an IDX image file)".to_string(),
-            IDX_LABELS_MAGIC => " (this is an IDX label file)".to_string(),
-            _ if bytes[0] == 0x1f && bytes[1] == 0x8b => " (gzip data inside gzip?)".to_string(),
-            _ => String::new(),
+            IDX_IMAGES_MAGIC => " (this is an IDX image file)",
+            IDX_LABELS_MAGIC => " (this is an IDX label file)",
+            _ if is_gzip(&header) => " (gzip data inside gzip?)",
+            _ => "",
         };
-        return Err(TrainError::format(
-            path,
-            format!("bad IDX magic {found} (0x{found:08x}), expected {magic} (0x{magic:08x}) for an IDX {what} file{hint}"),
+        return Err(format!(
+            "bad IDX magic {found} (0x{found:08x}), expected {magic} (0x{magic:08x}) for an IDX {what} file{hint}"
         ));
     }
-    if bytes.len() < header {
-        return Err(TrainError::format(
-            path,
-            format!("truncated IDX header: {} bytes, the {ndims}-dimensional header needs {header}", bytes.len()),
+    if header.len() < header_len {
+        return Err(format!(
+            "truncated IDX header: {} bytes, the {ndims}-dimensional header needs {header_len}",
+            header.len()
         ));
     }
-    let dims: Vec<usize> = (0..ndims)
-        .map(|d| {
-            let o = 4 + 4 * d;
-            u32::from_be_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]) as usize
-        })
-        .collect();
-    let declared = dims
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| TrainError::format(path, format!("IDX dimensions {dims:?} overflow")))?;
-    let actual = bytes.len() - header;
-    if actual < declared {
-        return Err(TrainError::format(
-            path,
-            format!("truncated IDX {what} file: header declares {dims:?} = {declared} bytes of data, file holds {actual}"),
+    let dims: Vec<usize> = header[4..].chunks_exact(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize).collect();
+    let declared = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| format!("IDX dimensions {dims:?} overflow"))?;
+    let room = if gz { raw.len().saturating_mul(DEFLATE_MAX_RATIO) } else { raw.len() - header_len };
+    if declared > room {
+        return Err(format!(
+            "truncated IDX {what} file: header declares {dims:?} = {declared} bytes of data, {}",
+            if gz { format!("more than a {}-byte gzip file can hold", raw.len()) } else { format!("file holds {room}") }
         ));
     }
-    if actual > declared {
-        return Err(TrainError::format(
-            path,
-            format!("IDX {what} file has {} trailing bytes after the {declared} declared by {dims:?}", actual - declared),
+    let mut data = Vec::new();
+    stream.take(declared as u64 + 1).read_to_end(&mut data).map_err(gz_err)?;
+    if data.len() < declared {
+        return Err(format!(
+            "truncated IDX {what} file: header declares {dims:?} = {declared} bytes of data, file holds {}",
+            data.len()
         ));
     }
-    Ok((dims, &bytes[header..]))
+    if data.len() > declared {
+        return Err(if gz {
+            format!("corrupt gzip stream or trailing data: it decompresses to more than the {declared} bytes declared by {dims:?}")
+        } else {
+            format!("IDX {what} file has {} trailing bytes after the {declared} declared by {dims:?}", raw.len() - header_len - declared)
+        });
+    }
+    Ok((dims, data))
 }
 
 /// Reads an IDX image file (magic 2051), raw or gzipped: returns `(pixels, count, rows, cols)`,
 /// `pixels` holding `count * rows * cols` bytes, image after image, row-major.
+/// Allocation is bounded by the file (see [`parse_idx`]); errors name `path`.
 pub fn read_idx_images(path: impl AsRef<Path>) -> Result<(Vec<u8>, usize, usize, usize)> {
     let path = path.as_ref();
-    let mut bytes = read_maybe_gz(path)?;
-    let (dims, _) = parse_idx_u8(path, &bytes, IDX_IMAGES_MAGIC, "image")?;
-    bytes.drain(..16);
-    Ok((bytes, dims[0], dims[1], dims[2]))
+    let raw = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    let (dims, pixels) = parse_idx(&raw, IDX_IMAGES_MAGIC, "image").map_err(|m| TrainError::format(path, m))?;
+    Ok((pixels, dims[0], dims[1], dims[2]))
 }
 
-/// Reads an IDX label file (magic 2049), raw or gzipped.
+/// Reads an IDX label file (magic 2049), raw or gzipped. Allocation is bounded by the file
+/// (see [`parse_idx`]); errors name `path`.
 pub fn read_idx_labels(path: impl AsRef<Path>) -> Result<Vec<u32>> {
     let path = path.as_ref();
-    let bytes = read_maybe_gz(path)?;
-    let (_, data) = parse_idx_u8(path, &bytes, IDX_LABELS_MAGIC, "label")?;
+    let raw = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    let (_, data) = parse_idx(&raw, IDX_LABELS_MAGIC, "label").map_err(|m| TrainError::format(path, m))?;
     Ok(data.iter().map(|&b| b as u32).collect())
 }
 

@@ -72,14 +72,8 @@ pub fn scan_image_folder(root: impl AsRef<Path>) -> Result<(Vec<(PathBuf, u32)>,
 /// errors are [`TrainError::Format`] naming the file.
 pub fn load_image(path: impl AsRef<Path>, size: Option<(u32, u32)>) -> Result<(Vec<u8>, usize, usize)> {
     let path = path.as_ref();
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| TrainError::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| TrainError::io(path, e))?;
-    let img = reader.decode().map_err(|e| match e {
-        image::ImageError::IoError(io) => TrainError::io(path, io),
-        other => TrainError::format(path, format!("cannot decode image: {other}")),
-    })?;
+    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    let img = crate::data::decode_image(&bytes).map_err(|m| TrainError::format(path, m))?;
     let mut rgb = img.to_rgb8();
     if let Some((h, w)) = size {
         if h == 0 || w == 0 {

@@ -39,18 +39,24 @@ fn header_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
 
 /// Reads a `.npy` file. Errors name the file: missing file, bad magic, unsupported dtype
 /// (structured, object, complex, strings), truncated data.
+///
+/// Allocation is bounded by the file: the element count the header declares is checked
+/// (without overflow) against the bytes that follow the header before anything is allocated.
 pub fn read_npy(path: &Path) -> Result<NpyArray> {
     let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
     parse_npy(&bytes).map_err(|m| TrainError::format(path, m))
 }
 
-fn parse_npy(bytes: &[u8]) -> std::result::Result<NpyArray, String> {
+/// Parses the bytes of a `.npy` file ([`read_npy`] without the file: the error is the bare
+/// message). Never panics; allocates only after the declared size has been checked against
+/// `bytes.len()`.
+pub fn parse_npy(bytes: &[u8]) -> std::result::Result<NpyArray, String> {
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         return Err("not a .npy file (bad magic)".into());
     }
     let major = bytes[6];
     let (hlen, off) = match major {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10usize),
         2 | 3 => {
             if bytes.len() < 12 {
                 return Err("truncated header".into());
@@ -59,7 +65,7 @@ fn parse_npy(bytes: &[u8]) -> std::result::Result<NpyArray, String> {
         }
         v => return Err(format!("unsupported .npy format version {v}")),
     };
-    let header = bytes.get(off..off + hlen).ok_or("truncated header")?;
+    let header = bytes.get(off..(off as usize).saturating_add(hlen)).ok_or("truncated header")?;
     let header = std::str::from_utf8(header).map_err(|_| "header is not text")?;
     let descr = header_value(header, "descr").ok_or("header has no 'descr'")?.trim_matches(|c| c == '\'' || c == '"');
     let fortran = header_value(header, "fortran_order").ok_or("header has no 'fortran_order'")? == "True";
@@ -71,18 +77,30 @@ fn parse_npy(bytes: &[u8]) -> std::result::Result<NpyArray, String> {
         .filter(|s| !s.is_empty())
         .map(|s| s.trim_end_matches('L').parse::<usize>().map_err(|_| format!("bad shape {shape_txt}")))
         .collect::<std::result::Result<_, _>>()?;
-    let (endian, kind) = descr.split_at(1);
-    let big = match endian {
-        "<" | "|" | "=" => false,
-        ">" => true,
-        _ => return Err(format!("unsupported dtype '{descr}'")),
+    let bad_dtype = || format!("unsupported dtype '{descr}' (numeric arrays only)");
+    let mut chars = descr.chars();
+    let big = match chars.next() {
+        Some('<' | '|' | '=') => false,
+        Some('>') => true,
+        _ => return Err(bad_dtype()),
     };
-    let size: usize = kind.get(1..).and_then(|s| s.parse().ok()).ok_or_else(|| format!("unsupported dtype '{descr}'"))?;
-    let count: usize = shape.iter().product();
-    let data = &bytes[off + hlen..];
-    if data.len() < count * size {
-        return Err(format!("truncated data: shape {shape:?} of '{descr}' needs {} bytes, the file has {}", count * size, data.len()));
+    let kind = chars.as_str();
+    let code = kind.bytes().next().ok_or_else(bad_dtype)?;
+    let size: usize = kind.get(1..).and_then(|s| s.parse().ok()).ok_or_else(bad_dtype)?;
+    if !matches!((code, size), (b'f', 2 | 4 | 8) | (b'i' | b'u', 1 | 2 | 4 | 8) | (b'b', 1)) {
+        return Err(bad_dtype());
     }
+    let count = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    let need = count.and_then(|c| c.checked_mul(size));
+    let data = &bytes[off + hlen..];
+    let (count, need) = match (count, need) {
+        (Some(c), Some(n)) if n <= data.len() => (c, n),
+        _ => {
+            let need = need.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string());
+            return Err(format!("truncated data: shape {shape:?} of '{descr}' needs {need} bytes, the file has {}", data.len()));
+        }
+    };
+    let data = &data[..need];
     let word = |i: usize| -> [u8; 8] {
         let mut w = [0u8; 8];
         let src = &data[i * size..(i + 1) * size];
@@ -95,7 +113,7 @@ fn parse_npy(bytes: &[u8]) -> std::result::Result<NpyArray, String> {
         }
         w
     };
-    let conv: Box<dyn Fn(usize) -> f32> = match (kind.as_bytes()[0], size) {
+    let conv: Box<dyn Fn(usize) -> f32> = match (code, size) {
         (b'f', 4) => Box::new(|i| f32::from_le_bytes(word(i)[..4].try_into().unwrap())),
         (b'f', 8) => Box::new(|i| f64::from_le_bytes(word(i)) as f32),
         (b'f', 2) => Box::new(|i| half_to_f32(u16::from_le_bytes(word(i)[..2].try_into().unwrap()))),
@@ -107,10 +125,11 @@ fn parse_npy(bytes: &[u8]) -> std::result::Result<NpyArray, String> {
         (b'u', 2) => Box::new(|i| u16::from_le_bytes(word(i)[..2].try_into().unwrap()) as f32),
         (b'u', 4) => Box::new(|i| u32::from_le_bytes(word(i)[..4].try_into().unwrap()) as f32),
         (b'u', 8) => Box::new(|i| u64::from_le_bytes(word(i)) as f32),
-        _ => return Err(format!("unsupported dtype '{descr}' (numeric arrays only)")),
+        _ => return Err(bad_dtype()),
     };
     let mut out = vec![0f32; count];
-    if fortran && shape.len() > 1 {
+    if fortran && shape.len() > 1 && count > 0 {
+        // count > 0: every partial product below is at most count, so none overflows.
         // Element at C index (i0..ik) lives at Fortran offset sum i_j * prod_{l<j} n_l.
         let mut fstride = vec![1usize; shape.len()];
         for j in 1..shape.len() {
