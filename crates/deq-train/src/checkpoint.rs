@@ -35,8 +35,40 @@ pub struct Checkpointer {
 /// Writes `path` atomically: `write` fills `<path>.<ext>.tmp`, which is synced to disk and then
 /// renamed over `path`, so a crash leaves either the old file or the new one, never a torn one.
 pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    write_atomic_at(path, None, write)
+}
+
+/// Environment variable naming a crash point for tests: `<point>:<n>` aborts the process (as
+/// SIGKILL would stop it, without unwinding) the `n`-th time a checkpoint save reaches
+/// `<point>`: `tensors-tmp` (tensor file written, not yet renamed), `tensors` (tensor file in
+/// place, sidecar not yet written) or `sidecar-tmp` (new sidecar written, not yet renamed).
+pub const FAILPOINT_VAR: &str = "DEQ_FAILPOINT";
+
+fn failpoint(point: &str) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static HITS: [AtomicUsize; 3] = [AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0)];
+    let Ok(spec) = std::env::var(FAILPOINT_VAR) else { return };
+    let Some((name, n)) = spec.split_once(':') else { return };
+    let slot = match point {
+        "tensors-tmp" => 0,
+        "tensors" => 1,
+        _ => 2,
+    };
+    if name == point {
+        let hit = HITS[slot].fetch_add(1, Ordering::SeqCst) + 1;
+        if n.parse::<usize>().is_ok_and(|n| n == hit) {
+            eprintln!("{FAILPOINT_VAR}: aborting at {point} (save {hit})");
+            std::process::abort();
+        }
+    }
+}
+
+fn write_atomic_at(path: &Path, point: Option<&str>, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
     write(&tmp)?;
+    if let Some(p) = point {
+        failpoint(p);
+    }
     std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| TrainError::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))?;
     // Make the rename itself durable (best effort: not every platform can sync a directory).
@@ -69,9 +101,11 @@ impl Checkpointer {
         let name = format!("step-{step:08}.safetensors");
         let path = self.dir.join(&name);
         let map: HashMap<String, Tensor> = tensors.iter().map(|(k, t)| (k.clone(), t.detach())).collect();
-        write_atomic(&path, |tmp| {
-            candle_core::safetensors::save(&map, tmp).map_err(|e| TrainError::format(tmp, format!("writing tensors: {e}")))
-        })?;
+        // Serialised here and written with std (candle's writer goes through its own temporary
+        // file), so that a failed write (a full disk) is an error on our temporary file.
+        let bytes = safetensors::serialize(map.iter(), None).map_err(|e| TrainError::format(&path, format!("serialising tensors: {e}")))?;
+        write_atomic_at(&path, Some("tensors-tmp"), |tmp| std::fs::write(tmp, &bytes).map_err(|e| TrainError::io(tmp, e)))?;
+        failpoint("tensors");
         let mut meta = match meta {
             serde_json::Value::Object(m) => m,
             serde_json::Value::Null => serde_json::Map::new(),
@@ -85,7 +119,7 @@ impl Checkpointer {
         meta.insert("tensors".into(), name.clone().into());
         let latest = self.latest_path();
         let text = serde_json::to_string_pretty(&serde_json::Value::Object(meta)).expect("JSON values serialise");
-        write_atomic(&latest, |tmp| std::fs::write(tmp, text.as_bytes()).map_err(|e| TrainError::io(tmp, e)))?;
+        write_atomic_at(&latest, Some("sidecar-tmp"), |tmp| std::fs::write(tmp, text.as_bytes()).map_err(|e| TrainError::io(tmp, e)))?;
         self.prune(&name)?;
         Ok(path)
     }

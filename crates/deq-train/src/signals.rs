@@ -64,3 +64,51 @@ pub fn simulate(sig: i32) {
 pub fn clear() {
     RECEIVED.store(0, Ordering::SeqCst);
 }
+
+/// A binary's exit status for the result of its work: success, [`EXIT_INTERRUPTED`] when the
+/// error (or one in its chain) is [`TrainError::Interrupted`](crate::TrainError::Interrupted),
+/// else 1. Errors are printed to stderr as `Error: {error:?}`, as `main` returning `Result`
+/// prints them.
+pub fn exit_status<E>(result: Result<(), E>) -> std::process::ExitCode
+where
+    E: std::fmt::Debug + AsRef<dyn std::error::Error + Send + Sync + 'static>,
+{
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            let top: &(dyn std::error::Error + 'static) = e.as_ref();
+            let interrupted = std::iter::successors(Some(top), |e| e.source())
+                .any(|e| matches!(e.downcast_ref::<crate::TrainError>(), Some(crate::TrainError::Interrupted { .. })));
+            std::process::ExitCode::from(if interrupted { EXIT_INTERRUPTED as u8 } else { 1 })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Boxed(Box<dyn std::error::Error + Send + Sync + 'static>);
+    impl AsRef<dyn std::error::Error + Send + Sync + 'static> for Boxed {
+        fn as_ref(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            &*self.0
+        }
+    }
+
+    #[test]
+    fn interrupted_runs_exit_with_their_own_code() {
+        let stopped = crate::TrainError::Interrupted { signal: name(15), step: 7, checkpoint: "c/latest.json".into() };
+        assert!(stopped.to_string().contains("SIGTERM") && stopped.to_string().contains("--resume"));
+        let code = |r: Result<(), Boxed>| format!("{:?}", exit_status(r));
+        assert_eq!(code(Err(Boxed(Box::new(stopped)))), format!("{:?}", std::process::ExitCode::from(EXIT_INTERRUPTED as u8)));
+        let other = crate::TrainError::Config { key: "k".into(), message: "m".into() };
+        assert_eq!(code(Err(Boxed(Box::new(other)))), format!("{:?}", std::process::ExitCode::from(1)));
+        assert_eq!(code(Ok(())), format!("{:?}", std::process::ExitCode::SUCCESS));
+        assert_eq!(requested(), None, "nothing received without a signal");
+        simulate(2);
+        assert_eq!(requested().map(name), Some("SIGINT"));
+        clear();
+    }
+}

@@ -28,6 +28,36 @@ fn mean_max(v: &[f64]) -> Option<(f64, f64)> {
 }
 
 impl SolverMetrics {
+    /// The accumulated values as `f64` tensors named `prefix` + field (for a checkpoint taken
+    /// within an epoch; [`SolverMetrics::from_tensors`] restores them bit for bit).
+    pub fn to_tensors(&self, prefix: &str) -> candle_core::Result<Vec<(String, candle_core::Tensor)>> {
+        self.fields()
+            .into_iter()
+            .map(|(name, v)| Ok((format!("{prefix}{name}"), candle_core::Tensor::from_vec(v.clone(), v.len(), &candle_core::Device::Cpu)?)))
+            .collect()
+    }
+
+    /// Restores what [`SolverMetrics::to_tensors`] wrote; a missing tensor is an error naming it.
+    pub fn from_tensors(tensors: &std::collections::HashMap<String, candle_core::Tensor>, prefix: &str) -> crate::Result<Self> {
+        let mut m = Self::default();
+        let names: Vec<&str> = m.fields().into_iter().map(|(n, _)| n).collect();
+        let mut values = Vec::with_capacity(names.len());
+        for name in names {
+            let key = format!("{prefix}{name}");
+            let t = tensors.get(&key).ok_or_else(|| crate::TrainError::Config { key: key.clone(), message: "missing from the checkpoint".into() })?;
+            values.push(t.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?);
+        }
+        let mut it = values.into_iter();
+        for slot in [&mut m.fwd_nfe, &mut m.fwd_rel, &mut m.bwd_nfe, &mut m.bwd_rel, &mut m.sradius] {
+            *slot = it.next().unwrap_or_default();
+        }
+        Ok(m)
+    }
+
+    fn fields(&self) -> [(&'static str, &Vec<f64>); 5] {
+        [("fwd_nfe", &self.fwd_nfe), ("fwd_rel", &self.fwd_rel), ("bwd_nfe", &self.bwd_nfe), ("bwd_rel", &self.bwd_rel), ("sradius", &self.sradius)]
+    }
+
     /// Adds a forward solve: its NFE, each sample's lowest relative residual, and the spectral
     /// radius per sample when it was estimated (`sradius_mode`).
     pub fn add_forward(&mut self, s: &SolverStats) {

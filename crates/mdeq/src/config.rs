@@ -47,6 +47,10 @@ pub struct TrainConfig {
     pub test_limit: usize,
     /// Checkpoints kept.
     pub keep_checkpoints: usize,
+    /// Also write a checkpoint every this many optimiser steps within an epoch (0: only at
+    /// the end of every epoch). A resumed run continues from the batch after it, with the
+    /// same parameters, optimiser state and metrics as a run that did not stop.
+    pub checkpoint_every: usize,
     /// Compute threads (rayon); 0 leaves `RAYON_NUM_THREADS` or the machine default.
     pub threads: usize,
     /// Floating-point type of the parameters and activations: `f32`, or `f64` (slower; for
@@ -86,6 +90,7 @@ impl Default for TrainConfig {
             train_limit: 0,
             test_limit: 0,
             keep_checkpoints: 2,
+            checkpoint_every: 0,
             threads: 0,
             dtype: "f32".into(),
         }

@@ -64,11 +64,17 @@ fn dry_run(cfg: &RunConfig, source: &str, out: &std::path::Path) -> Result<()> {
     Ok(deq_train::cli::print_dry_run(source, out, &data.display().to_string(), cfg)?)
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    deq_train::signals::exit_status(run())
+}
+
+fn run() -> Result<()> {
     init_logging();
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Train { args, max_steps } => {
+            // SIGINT/SIGTERM: finish the step, checkpoint, exit 75 (resume with --resume).
+            deq_train::signals::install()?;
             let loaded = args.config.load::<RunConfig>(Some(DEFAULT_CONFIG), Some(MNIST_SMALL), args.seed)?;
             let (source, out) = (loaded.source(), args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("mdeq-{}", loaded.name))));
             let cfg = loaded.config;

@@ -181,6 +181,10 @@ pub struct TrainSummary {
 
 pub use deq_train::RunOptions;
 
+/// Running sums of an epoch kept in a mid-epoch checkpoint (`partial.sums`): loss, correct,
+/// seen, NFE, residual, batches, Jacobian term, Jacobian steps.
+const PARTIAL_SUMS: usize = 8;
+
 fn state_tensors(model: &Mdeq, opt: &dyn Optimizer) -> Result<Vec<(String, Tensor)>> {
     let mut t: Vec<(String, Tensor)> = model.named_vars().into_iter().map(|(n, v)| (format!("model.{n}"), v.as_tensor().clone())).collect();
     for (name, bn) in model.batch_norms() {
@@ -255,6 +259,8 @@ fn train_rank(cfg: &RunConfig, opts: &RunOptions, collective: &dyn Collective) -
     let dev = opts.device.clone();
     let main = dist.is_main();
     std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating {}", opts.out_dir.display()))?;
+    // One writer per run folder (rank 0 writes for the job).
+    let _lock = if main { Some(deq_train::run_lock::RunLock::acquire(&opts.out_dir)?) } else { None };
     if main {
         deq_train::cli::save_config(&opts.out_dir, cfg)?;
     }
@@ -272,6 +278,9 @@ fn train_rank(cfg: &RunConfig, opts: &RunOptions, collective: &dyn Collective) -
     let ckpt = Checkpointer::new(opts.out_dir.join("checkpoints"), cfg.train.keep_checkpoints)?;
     let mut metrics = if main { Some(MetricsWriter::open(opts.out_dir.join("metrics.jsonl"))?) } else { None };
     let (mut epoch0, mut step) = (0usize, 0usize);
+    // Where a mid-epoch checkpoint stopped: batches done in that epoch and the epoch's running
+    // sums (so its record matches an uninterrupted run's).
+    let mut resume_within: Option<(usize, Vec<f64>, SolverMetrics)> = None;
     if opts.resume {
         match ckpt.load_latest(&dev)? {
             Some(c) => {
@@ -281,6 +290,11 @@ fn train_rank(cfg: &RunConfig, opts: &RunOptions, collective: &dyn Collective) -
                 opt.load_state(&optim)?;
                 epoch0 = c.meta.get("epoch").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
                 step = c.step;
+                if let Some(done) = c.meta.get("batches_done").and_then(|v| v.as_u64()) {
+                    let sums = c.tensors.get("partial.sums").with_context(|| format!("{}: no tensor `partial.sums`", c.path.display()))?.to_vec1::<f64>()?;
+                    anyhow::ensure!(sums.len() == PARTIAL_SUMS, "{}: `partial.sums` holds {} values, expected {PARTIAL_SUMS}", c.path.display(), sums.len());
+                    resume_within = Some((done as usize, sums, SolverMetrics::from_tensors(&c.tensors, "partial.solver.")?));
+                }
                 tracing::info!(epoch = epoch0, step, "resumed from {}", c.path.display());
             }
             None => tracing::warn!("--resume: no checkpoint in {}, starting fresh", ckpt.dir().display()),
@@ -304,7 +318,18 @@ fn train_rank(cfg: &RunConfig, opts: &RunOptions, collective: &dyn Collective) -
         let (mut loss_sum, mut correct, mut seen, mut nfe_sum, mut res_sum, mut batches) = (0f64, 0usize, 0usize, 0f64, 0f64, 0usize);
         let (mut jac_sum, mut jac_steps) = (0f64, 0usize);
         let mut train_solver = SolverMetrics::default();
-        for batch in train_loader.epoch(epoch) {
+        let mut skip = 0;
+        if let Some((done, sums, solver)) = resume_within.take() {
+            // Rank 0 saved the sums over every rank; the epoch-end all-reduce adds them once.
+            let mine = |v: f64| if main { v } else { 0.0 };
+            (loss_sum, correct, seen, nfe_sum, res_sum, batches) = (mine(sums[0]), mine(sums[1]) as usize, mine(sums[2]) as usize, mine(sums[3]), mine(sums[4]), mine(sums[5]) as usize);
+            (jac_sum, jac_steps) = (mine(sums[6]), mine(sums[7]) as usize);
+            train_solver = solver;
+            skip = done;
+            bar.inc(done, "resumed");
+        }
+        let mut done_in_epoch = skip;
+        for batch in train_loader.epoch_from(epoch, skip) {
             let batch = batch?;
             let lr = schedule.lr_at(cfg.train.lr, step);
             opt.set_lr(lr);
@@ -330,9 +355,34 @@ fn train_rank(cfg: &RunConfig, opts: &RunOptions, collective: &dyn Collective) -
             nfe_sum += out.stats.nfe as f64;
             res_sum += out.stats.rel_lowest.iter().sum::<f64>() / n as f64;
             batches += 1;
+            done_in_epoch += 1;
             bar.inc(1, &format!("loss {:.4} acc {:.4} nfe {} lr {lr:.4}", loss_sum / seen as f64, correct as f64 / seen as f64, out.stats.nfe));
             if opts.max_steps > 0 && step >= opts.max_steps {
                 break;
+            }
+            // A stop request (SIGINT/SIGTERM on any rank) or a periodic checkpoint within the
+            // epoch; the epoch's last batch is checkpointed below with its evaluation.
+            let signal = deq_train::dist::agree_on_signal(collective)?;
+            let periodic = cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0;
+            if done_in_epoch < steps_per_epoch && (periodic || signal.is_some()) {
+                let g = deq_train::dist::all_reduce_sum_f64(collective, &[loss_sum, correct as f64, seen as f64, nfe_sum, res_sum, batches as f64, jac_sum, jac_steps as f64])?;
+                let path = if main {
+                    let mut tensors = state_tensors(&model, opt.as_ref())?;
+                    tensors.push(("partial.sums".into(), Tensor::new(g.as_slice(), &Device::Cpu)?));
+                    tensors.extend(train_solver.to_tensors("partial.solver.")?);
+                    let meta = serde_json::json!({"epoch": epoch, "batches_done": done_in_epoch, "config": cfg.to_toml()});
+                    Some(ckpt.save(step, &tensors, meta)?)
+                } else {
+                    None
+                };
+                if let Some(sig) = signal {
+                    return Err(deq_train::TrainError::Interrupted {
+                        signal: deq_train::signals::name(sig),
+                        step,
+                        checkpoint: path.unwrap_or_else(|| ckpt.latest_path()),
+                    }
+                    .into());
+                }
             }
         }
         let train_secs = t0.elapsed().as_secs_f64();
@@ -380,6 +430,9 @@ fn train_rank(cfg: &RunConfig, opts: &RunOptions, collective: &dyn Collective) -
         }
         if opts.max_steps > 0 && step >= opts.max_steps {
             break;
+        }
+        if let Some(sig) = deq_train::dist::agree_on_signal(collective)? {
+            return Err(deq_train::TrainError::Interrupted { signal: deq_train::signals::name(sig), step, checkpoint: ckpt.latest_path() }.into());
         }
     }
     Ok(TrainSummary { test: last_test, seconds: start.elapsed().as_secs_f64(), params, epochs: cfg.train.epochs })

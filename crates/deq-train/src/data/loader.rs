@@ -296,7 +296,13 @@ impl Loader {
     /// # Panics
     /// If the operating system refuses to start a thread.
     pub fn epoch(&self, epoch: usize) -> EpochIter {
-        let batches = self.batch_indices(epoch);
+        self.epoch_from(epoch, 0)
+    }
+
+    /// [`Loader::epoch`] without its first `skip` batches (which are not prepared): the rest
+    /// of an epoch a checkpoint stopped in.
+    pub fn epoch_from(&self, epoch: usize, skip: usize) -> EpochIter {
+        let batches: Vec<Vec<usize>> = self.batch_indices(epoch).into_iter().skip(skip).collect();
         let remaining = batches.len();
         let (tx, rx) = sync_channel(self.cfg.prefetch);
         let me = self.clone();

@@ -134,6 +134,18 @@ pub fn all_reduce_sum_f64<C: Collective + ?Sized>(c: &C, values: &[f64]) -> Resu
     Ok(c.all_reduce_sum(&t)?.to_dtype(DType::F64)?.to_vec1()?)
 }
 
+/// Whether any rank received SIGINT or SIGTERM ([`crate::signals`]): every rank gets the same
+/// answer, so all of them stop after the same step (one scalar all-reduce when there are
+/// several ranks). The signal is this rank's, or SIGTERM when only another rank saw one.
+pub fn agree_on_signal<C: Collective + ?Sized>(c: &C) -> Result<Option<i32>> {
+    let mine = crate::signals::requested();
+    if c.context().world_size == 1 {
+        return Ok(mine);
+    }
+    let any = all_reduce_sum_f64(c, &[mine.map_or(0.0, |_| 1.0)])?[0] > 0.0;
+    Ok(if any { Some(mine.unwrap_or(15)) } else { None })
+}
+
 /// The error of a collective whose ranks disagree (shapes, dtypes, a rank that left).
 pub(crate) fn mismatch(message: impl Into<String>) -> TrainError {
     TrainError::Config { key: "collective".into(), message: message.into() }

@@ -22,7 +22,7 @@ mod tcp;
 mod test_support;
 mod threads;
 
-pub use collective::{all_reduce_mean_bucketed, all_reduce_sum_f64, broadcast_vars, bucket_elems, Collective, SingleProcess, DEFAULT_BUCKET_ELEMS};
+pub use collective::{agree_on_signal, all_reduce_mean_bucketed, all_reduce_sum_f64, broadcast_vars, bucket_elems, Collective, SingleProcess, DEFAULT_BUCKET_ELEMS};
 pub use context::DistContext;
 pub use sync::{all_reduce_sum_differentiable, current_group, with_group};
 pub use rendezvous::dist_timeout;
