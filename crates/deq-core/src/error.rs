@@ -36,6 +36,19 @@ pub enum DeqError {
         /// Indices of the affected samples.
         samples: Vec<usize>,
     },
+    /// A solve moved away from its fixed point: for the listed samples the residual grew
+    /// (last above [`crate::solver::DIVERGENCE_FACTOR`] times the first) and never met the
+    /// tolerance, so its best iterate is not a solution (an adjoint system whose Jacobian has
+    /// spectral radius above one gives a wrong gradient this way).
+    #[error("diverging {context}: samples {samples:?}; {summary}")]
+    Diverging {
+        /// Which solve.
+        context: &'static str,
+        /// Indices of the diverging samples.
+        samples: Vec<usize>,
+        /// The solve's statistics in one line (NFE, first, lowest and last residuals).
+        summary: String,
+    },
     /// A linear system is singular.
     #[error("singular linear system in {0}")]
     Singular(&'static str),

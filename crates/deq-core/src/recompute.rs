@@ -125,7 +125,12 @@ impl Deq {
             let planned = Vjp::new(&new, &z);
             let vjp = if planned.is_pruned() { planned } else { Vjp::Full { out: flat_f(z.as_tensor(), &detach_state(inputs))?, wrt: z.clone() } };
             let mut adjoint = |y: &Tensor| -> candle_core::Result<Tensor> { vjp.apply(y)? + &g };
-            let sol = self.b_solver.solve(&mut adjoint, &g.zeros_like()?, &self.b_opts())?;
+            let opts = self.b_opts();
+            let sol = self.b_solver.solve(&mut adjoint, &g.zeros_like()?, &opts)?;
+            let diverging = sol.stats.diverging(opts.tol, crate::solver::DIVERGENCE_FACTOR);
+            if !diverging.is_empty() {
+                return Err(crate::DeqError::Diverging { context: "adjoint (implicit backward) solve", samples: diverging, summary: sol.stats.summary() });
+            }
             let extra = (&new * sol.z.detach())?.sum_all()?.backward()?;
             merge(grads, extra, &[z.as_tensor().id()])?;
             Ok(RecomputeReport { adjoint: Some(sol.stats), skipped: false })

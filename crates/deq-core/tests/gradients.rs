@@ -460,3 +460,27 @@ fn carried_adjoint_update_without_unroll_is_an_error() {
     carry.update(&grads).unwrap();
     assert!(!carry.is_pending() && carry.adjoint().is_none(), "no gradient reached the leaf: zero adjoint");
 }
+
+#[test]
+fn a_diverging_adjoint_solve_is_an_error_not_a_wrong_gradient() {
+    // f(z) = a z + x: Broyden finds the fixed point z* = x / (1 - a) for any a != 1, while plain
+    // iteration on the adjoint y = a y + g converges only for |a| < 1.
+    let x = Tensor::new(&[[1.0f64, -2.0, 0.5], [0.3, 0.7, -1.1]], &Device::Cpu).unwrap();
+    let z0 = x.zeros_like().unwrap();
+    for (a, diverges) in [(0.5, false), (1.8, true)] {
+        let av = Var::new(a, &Device::Cpu).unwrap();
+        let c = DeqConfig { f_solver: "broyden".into(), f_max_iter: 30, f_tol: 1e-12, b_solver: "fixed_point_iter".into(), b_max_iter: 60, b_tol: 1e-12, ift: true, ..Default::default() };
+        let deq = Deq::new(c).unwrap();
+        let out = deq.forward1(|z, x| z.broadcast_mul(av.as_tensor())?.add(&x[0]), std::slice::from_ref(&x), &z0).unwrap();
+        let r = out.z().sum_all().unwrap().backward();
+        if diverges {
+            let e = r.err().expect("a diverging adjoint solve must fail").to_string();
+            assert!(e.contains("diverging adjoint") && e.contains("nfe 60") && e.contains("samples [0, 1]"), "{e}");
+        } else {
+            // d/da of sum(x / (1 - a)) = sum(x) / (1 - a)^2.
+            let g = r.unwrap().get(av.as_tensor()).unwrap().to_scalar::<f64>().unwrap();
+            let want = x.sum_all().unwrap().to_scalar::<f64>().unwrap() / (1.0 - a) / (1.0 - a);
+            assert!((g - want).abs() < 1e-8 * want.abs().max(1.0), "{g} vs {want}");
+        }
+    }
+}

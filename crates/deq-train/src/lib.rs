@@ -25,6 +25,7 @@
 //! | [`data`] | IDX, CIFAR-10, image folders, augmentations, the loader |
 //! | [`dist`] | rank / world size, the all-reduce point, rank-0 side effects |
 //! | [`runtime`] | thread-pool setup, divergence guard |
+//! | [`faults`] | numerical faults (NaN/Inf, diverging solves): stop naming step and stage, or skip and count |
 //! | [`run_lock`] | one writer per run folder (lock file with pid and host, stale locks replaced) |
 //! | [`signals`] | clean stops on SIGINT/SIGTERM: checkpoint, then exit code 75 |
 //! | [`hostile`] | damaged copies of good files: the no-panic check every reader's tests run |
@@ -80,6 +81,7 @@ pub mod data;
 pub mod dist;
 pub mod ema;
 pub mod error;
+pub mod faults;
 #[cfg(feature = "cuda")]
 pub mod gpu_memory;
 pub mod hostile;

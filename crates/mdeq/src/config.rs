@@ -51,6 +51,12 @@ pub struct TrainConfig {
     /// the end of every epoch). A resumed run continues from the batch after it, with the
     /// same parameters, optimiser state and metrics as a run that did not stop.
     pub checkpoint_every: usize,
+    /// What a batch with NaN or Inf (in the data, the forward solve, the loss, the adjoint
+    /// solve or the gradient) or a diverging adjoint solve does: `stop` the run with a message
+    /// naming the step and stage, or `skip` the batch (no optimiser step) and count it.
+    pub on_nonfinite: deq_train::faults::OnNonFinite,
+    /// With `on_nonfinite = "skip"`: the run stops once more batches than this were skipped.
+    pub max_skipped: usize,
     /// Compute threads (rayon); 0 leaves `RAYON_NUM_THREADS` or the machine default.
     pub threads: usize,
     /// Floating-point type of the parameters and activations: `f32`, or `f64` (slower; for
@@ -91,6 +97,8 @@ impl Default for TrainConfig {
             test_limit: 0,
             keep_checkpoints: 2,
             checkpoint_every: 0,
+            on_nonfinite: deq_train::faults::OnNonFinite::Stop,
+            max_skipped: 10,
             threads: 0,
             dtype: "f32".into(),
         }

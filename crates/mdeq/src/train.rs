@@ -281,6 +281,7 @@ fn train_rank(cfg: &RunConfig, opts: &RunOptions, collective: &dyn Collective) -
     // Where a mid-epoch checkpoint stopped: batches done in that epoch and the epoch's running
     // sums (so its record matches an uninterrupted run's).
     let mut resume_within: Option<(usize, Vec<f64>, SolverMetrics)> = None;
+    let mut skipped0 = 0usize;
     if opts.resume {
         match ckpt.load_latest(&dev)? {
             Some(c) => {
@@ -290,6 +291,7 @@ fn train_rank(cfg: &RunConfig, opts: &RunOptions, collective: &dyn Collective) -
                 opt.load_state(&optim)?;
                 epoch0 = c.meta.get("epoch").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
                 step = c.step;
+                skipped0 = c.meta.get("skipped_batches").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
                 if let Some(done) = c.meta.get("batches_done").and_then(|v| v.as_u64()) {
                     let sums = c.tensors.get("partial.sums").with_context(|| format!("{}: no tensor `partial.sums`", c.path.display()))?.to_vec1::<f64>()?;
                     anyhow::ensure!(sums.len() == PARTIAL_SUMS, "{}: `partial.sums` holds {} values, expected {PARTIAL_SUMS}", c.path.display(), sums.len());
@@ -312,6 +314,7 @@ fn train_rank(cfg: &RunConfig, opts: &RunOptions, collective: &dyn Collective) -
         }
     }
     let mut last_test = EvalSummary::default();
+    let mut guard = deq_train::faults::FaultGuard::new(cfg.train.on_nonfinite, cfg.train.max_skipped, skipped0);
     for epoch in epoch0..cfg.train.epochs {
         let t0 = Instant::now();
         let mut bar = Progress::new(format!("epoch {}/{}", epoch + 1, cfg.train.epochs), steps_per_epoch, main);
@@ -333,12 +336,40 @@ fn train_rank(cfg: &RunConfig, opts: &RunOptions, collective: &dyn Collective) -
             let batch = batch?;
             let lr = schedule.lr_at(cfg.train.lr, step);
             opt.set_lr(lr);
-            let StepLoss { loss, task: loss_v, jac, out } = training_loss(&model, &objective, &batch.images, &batch.labels, step)?;
-            check_finite("training loss", loss.to_dtype(DType::F64)?.to_scalar::<f64>()?, step)?;
+            // The step's stages up to the local gradient; a numerical fault in any of them is
+            // agreed on by every rank, then stops the run or skips the batch (train.on_nonfinite).
+            let stage = std::cell::Cell::new("data");
+            let attempt = (|| -> Result<(StepLoss, candle_core::backprop::GradStore)> {
+                deq_train::faults::check_tensor_finite("the input batch", &batch.images, step)?;
+                stage.set("forward solve");
+                let sl = training_loss(&model, &objective, &batch.images, &batch.labels, step)?;
+                stage.set("loss");
+                check_finite("training loss", sl.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?, step)?;
+                stage.set("backward (adjoint solve)");
+                let grads = deq_core::grad::backward(&sl.loss)?;
+                stage.set("gradient");
+                check_finite("gradient norm", deq_train::clip::grad_norm(&grads, &vars)?, step)?;
+                Ok((sl, grads))
+            })();
+            let mine = matches!(&attempt, Err(e) if deq_train::faults::is_numerical_fault(e.as_ref()));
+            let any = dist.world_size > 1 && deq_train::dist::all_reduce_sum_f64(collective, &[mine as u8 as f64])?[0] > 0.0;
+            let (StepLoss { loss, task: loss_v, jac, out }, mut grads) = match attempt {
+                Ok(v) if !any => v,
+                other => {
+                    let e = match other {
+                        Err(e) => e,
+                        Ok(_) => deq_train::TrainError::Diverged { step, message: "another rank reported a numerical fault".into() }.into(),
+                    };
+                    guard.handle(step, if mine { stage.get() } else { "another rank" }, e)?;
+                    done_in_epoch += 1;
+                    bar.inc(1, &format!("skipped a batch at step {step} ({} in all)", guard.skipped()));
+                    continue;
+                }
+            };
+            let _ = &loss;
             if let Some(j) = jac {
                 (jac_sum, jac_steps) = (jac_sum + j.value, jac_steps + 1);
             }
-            let mut grads = deq_core::grad::backward(&loss)?;
             collective.all_reduce_mean(&mut grads, &vars)?;
             if cfg.train.grad_clip > 0.0 {
                 let norm = clip_grad_norm(&mut grads, &vars, cfg.train.grad_clip)?;
@@ -370,7 +401,7 @@ fn train_rank(cfg: &RunConfig, opts: &RunOptions, collective: &dyn Collective) -
                     let mut tensors = state_tensors(&model, opt.as_ref())?;
                     tensors.push(("partial.sums".into(), Tensor::new(g.as_slice(), &Device::Cpu)?));
                     tensors.extend(train_solver.to_tensors("partial.solver.")?);
-                    let meta = serde_json::json!({"epoch": epoch, "batches_done": done_in_epoch, "config": cfg.to_toml()});
+                    let meta = serde_json::json!({"epoch": epoch, "batches_done": done_in_epoch, "skipped_batches": guard.skipped(), "config": cfg.to_toml()});
                     Some(ckpt.save(step, &tensors, meta)?)
                 } else {
                     None
@@ -399,6 +430,7 @@ fn train_rank(cfg: &RunConfig, opts: &RunOptions, collective: &dyn Collective) -
             "test_acc": last_test.accuracy, "test_loss": last_test.loss, "test_mean_nfe": last_test.mean_nfe,
             "test_mean_rel_residual": last_test.mean_rel_residual, "epoch_train_seconds": train_secs,
             "elapsed_seconds": start.elapsed().as_secs_f64(), "probe_rel_trace": last_test.probe_trace,
+            "skipped_batches": guard.skipped(),
         });
         if objective.regularises() {
             record["train_jac_loss"] = serde_json::json!(if jac_steps > 0 { jac_sum / jac_steps as f64 } else { f64::NAN });
@@ -425,7 +457,7 @@ fn train_rank(cfg: &RunConfig, opts: &RunOptions, collective: &dyn Collective) -
             // the loader derives each epoch's permutation and each sample's augmentation
             // generator from (seed, epoch, index), so a resumed run replays the same stream.
             let rng = serde_json::json!({"seed": cfg.train.seed, "scheme": "SplitMix64; loader streams derived from (seed, epoch, sample index)", "next_epoch": epoch + 1});
-            let meta = serde_json::json!({"epoch": epoch + 1, "config": cfg.to_toml(), "rng": rng, "metrics": record});
+            let meta = serde_json::json!({"epoch": epoch + 1, "skipped_batches": guard.skipped(), "config": cfg.to_toml(), "rng": rng, "metrics": record});
             ckpt.save(step, &state_tensors(&model, opt.as_ref())?, meta)?;
         }
         if opts.max_steps > 0 && step >= opts.max_steps {

@@ -104,7 +104,17 @@ fn a_diverging_run_stops_with_a_clear_message() {
     cfg.train.lr = 1e12;
     cfg.train.schedule = "constant".into();
     let e = format!("{:#}", train(&cfg, &opts).unwrap_err());
-    assert!(e.contains("diverged") && (e.contains("NaN") || e.contains("inf")), "{e}");
+    assert!(e.contains("diverged at step") && e.contains("stage `") && (e.contains("NaN") || e.contains("inf")), "{e}");
+    assert!(e.contains("on_nonfinite"), "the message names the option that skips such batches: {e}");
+    let _ = std::fs::remove_dir_all(&opts.out_dir);
+    // With `skip`, faulty batches are dropped and counted until more than `max_skipped`.
+    let (mut cfg, opts) = tiny("nan-skip");
+    cfg.train.lr = 1e12;
+    cfg.train.schedule = "constant".into();
+    cfg.train.on_nonfinite = deq_train::faults::OnNonFinite::Skip;
+    cfg.train.max_skipped = 3;
+    let e = format!("{:#}", train(&cfg, &opts).unwrap_err());
+    assert!(e.contains("3 batches were skipped already"), "{e}");
     let _ = std::fs::remove_dir_all(&opts.out_dir);
 }
 

@@ -73,7 +73,12 @@ impl CustomOp1 for ImplicitBackward {
             .solver
             .solve(&mut adjoint, &y0, &self.opts)
             .map_err(|e| candle_core::Error::Msg(format!("implicit backward solve failed: {e}")))?;
+        let diverging = sol.stats.diverging(self.opts.tol, crate::solver::DIVERGENCE_FACTOR);
+        let summary = sol.stats.summary();
         self.stats.push(sol.stats);
+        if !diverging.is_empty() {
+            return Err(candle_core::Error::wrap(crate::DeqError::Diverging { context: "adjoint (implicit backward) solve", samples: diverging, summary }));
+        }
         Ok(Some(sol.z.detach()))
     }
 }

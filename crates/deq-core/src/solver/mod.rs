@@ -36,6 +36,11 @@ use candle_core::Tensor;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
+/// A solve whose last residual exceeds this many times its first, without ever meeting the
+/// tolerance, is diverging ([`SolverStats::diverging`]); adjoint solves report it as
+/// [`DeqError::Diverging`] instead of returning a wrong gradient.
+pub const DIVERGENCE_FACTOR: f64 = 2.0;
+
 /// Options shared by every solver. Defaults follow TorchDEQ's solver signatures.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SolverOptions {

@@ -86,6 +86,40 @@ impl SolverStats {
         };
         v.iter().cloned().fold(f64::NEG_INFINITY, f64::max)
     }
+    /// Samples that diverged: in the stop mode, the lowest residual is above `tol` and the
+    /// last residual exceeds `factor` times the first (the residual grew instead of falling).
+    pub fn diverging(&self, tol: f64, factor: f64) -> Vec<usize> {
+        let (trace, lowest) = match self.stop_mode {
+            StopMode::Abs => (&self.abs_trace, &self.abs_lowest),
+            StopMode::Rel => (&self.rel_trace, &self.rel_lowest),
+        };
+        let (Some(first), Some(last)) = (trace.first(), trace.last()) else { return Vec::new() };
+        (0..lowest.len())
+            .filter(|&i| {
+                let (f, l) = (first.get(i).copied().unwrap_or(0.0), last.get(i).copied().unwrap_or(0.0));
+                lowest[i] > tol && (l > factor * f || (l.is_nan() && !f.is_nan()))
+            })
+            .collect()
+    }
+
+    /// One line for error messages: NFE and, over samples, the largest first, lowest and last
+    /// residual in the stop mode.
+    pub fn summary(&self) -> String {
+        let (trace, lowest) = match self.stop_mode {
+            StopMode::Abs => (&self.abs_trace, &self.abs_lowest),
+            StopMode::Rel => (&self.rel_trace, &self.rel_lowest),
+        };
+        let max = |v: &[f64]| v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        format!(
+            "nfe {}, {} residual first {:.3e}, lowest {:.3e}, last {:.3e} (largest over samples)",
+            self.nfe,
+            self.stop_mode,
+            trace.first().map_or(f64::NAN, |v| max(v)),
+            max(lowest),
+            trace.last().map_or(f64::NAN, |v| max(v))
+        )
+    }
+
     /// Mean over samples of `nstep`.
     pub fn mean_nstep(&self) -> f64 {
         mean(&self.nstep.iter().map(|&n| n as f64).collect::<Vec<_>>())

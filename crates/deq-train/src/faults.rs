@@ -1,0 +1,164 @@
+//! Numerical faults in training: NaN or Inf in a batch, the forward solve, the loss, the
+//! adjoint solve or the gradient, and solves that diverge.
+//!
+//! A trainer runs each step's stages through a [`FaultGuard`]: by default (`stop`) the first
+//! fault ends the run with an error naming the step, the stage and the error (which carries
+//! the solver's statistics for solver faults); with `skip` the batch is dropped without an
+//! optimiser step, counted, and the run goes on until more than `max_skipped` batches have
+//! been dropped. Other errors (I/O, configuration) pass through untouched.
+
+use crate::error::TrainError;
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+use std::error::Error;
+
+/// What a trainer does with a numerical fault (`train.on_nonfinite`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnNonFinite {
+    /// Stop the run with an error naming the step and the stage.
+    #[default]
+    Stop,
+    /// Skip the batch (no optimiser step) and count it.
+    Skip,
+}
+
+/// Whether `e` or an error in its chain is a numerical fault: deq-core's
+/// [`DeqError::NonFinite`](deq_core::DeqError::NonFinite) or
+/// [`DeqError::Diverging`](deq_core::DeqError::Diverging) (also inside a candle error, as
+/// backward passes return them), or [`TrainError::Diverged`] (a non-finite loss, gradient
+/// or batch).
+pub fn is_numerical_fault(e: &(dyn Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(d) = err.downcast_ref::<deq_core::DeqError>() {
+            if matches!(d, deq_core::DeqError::NonFinite { .. } | deq_core::DeqError::Diverging { .. }) {
+                return true;
+            }
+        }
+        if matches!(err.downcast_ref::<TrainError>(), Some(TrainError::Diverged { .. })) {
+            return true;
+        }
+        if let Some(c) = err.downcast_ref::<candle_core::Error>() {
+            // Backward passes carry deq-core's errors as candle errors, which keep only the
+            // message: match deq-core's wording.
+            let m = c.to_string();
+            if m.contains("non-finite values (NaN/Inf)") || m.contains("diverging ") {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Fails with [`TrainError::Diverged`] when `t` holds NaN or Inf (one pass: `t - t` is zero
+/// exactly where `t` is finite).
+pub fn check_tensor_finite(what: &str, t: &Tensor, step: usize) -> crate::Result<()> {
+    let s = (t - t)?.to_dtype(candle_core::DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+    if s.is_finite() {
+        Ok(())
+    } else {
+        Err(TrainError::Diverged { step, message: format!("{what} holds NaN or Inf") })
+    }
+}
+
+/// Applies a run's [`OnNonFinite`] policy to the failures of its steps.
+#[derive(Debug, Clone)]
+pub struct FaultGuard {
+    policy: OnNonFinite,
+    max_skipped: usize,
+    skipped: usize,
+}
+
+impl FaultGuard {
+    /// A guard with `policy`, allowing at most `max_skipped` skipped batches in the run
+    /// (`skipped`: those already skipped before a resume).
+    pub fn new(policy: OnNonFinite, max_skipped: usize, skipped: usize) -> Self {
+        Self { policy, max_skipped, skipped }
+    }
+
+    /// Batches skipped so far in the run.
+    pub fn skipped(&self) -> usize {
+        self.skipped
+    }
+
+    /// Handles the failure `e` of `stage` (e.g. `"forward solve"`) at optimiser step `step`:
+    /// `Ok(())` when the batch is skipped, else the error to stop with: numerical faults
+    /// become [`TrainError::Diverged`] naming the step and stage, other errors are returned
+    /// as they are.
+    pub fn handle<E>(&mut self, step: usize, stage: &str, e: E) -> Result<(), E>
+    where
+        E: AsRef<dyn Error + Send + Sync + 'static> + std::fmt::Display + From<TrainError>,
+    {
+        if !is_numerical_fault(e.as_ref()) {
+            return Err(e);
+        }
+        if self.policy == OnNonFinite::Skip && self.skipped < self.max_skipped {
+            self.skipped += 1;
+            tracing::warn!(step, stage, skipped = self.skipped, "numerical fault, batch skipped: {e}");
+            return Ok(());
+        }
+        let hint = match self.policy {
+            OnNonFinite::Stop => "set train.on_nonfinite = \"skip\" to skip such batches, lower the learning rate, or resume from the last checkpoint".to_string(),
+            OnNonFinite::Skip => format!("{} batches were skipped already (train.max_skipped = {})", self.skipped, self.max_skipped),
+        };
+        Err(TrainError::Diverged { step, message: format!("stage `{stage}`: {e}; {hint}") }.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct E(Box<dyn Error + Send + Sync + 'static>);
+    impl AsRef<dyn Error + Send + Sync + 'static> for E {
+        fn as_ref(&self) -> &(dyn Error + Send + Sync + 'static) {
+            &*self.0
+        }
+    }
+    impl std::fmt::Display for E {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            self.0.fmt(f)
+        }
+    }
+    impl From<TrainError> for E {
+        fn from(t: TrainError) -> Self {
+            E(Box::new(t))
+        }
+    }
+
+    fn solver_fault() -> E {
+        E(Box::new(candle_core::Error::wrap(deq_core::DeqError::Diverging { context: "adjoint (implicit backward) solve", samples: vec![1], summary: "nfe 8".into() })))
+    }
+
+    #[test]
+    fn faults_stop_or_skip_and_other_errors_pass() {
+        let io = || E(Box::new(TrainError::io("x.bin", std::io::Error::other("gone"))));
+        assert!(!is_numerical_fault(io().as_ref()));
+        assert!(is_numerical_fault(solver_fault().as_ref()));
+        assert!(is_numerical_fault(E(Box::new(deq_core::DeqError::NonFinite { context: "fixed-point solve", samples: vec![0] })).as_ref()));
+        let mut stop = FaultGuard::new(OnNonFinite::Stop, 5, 0);
+        let e = stop.handle(12, "backward", solver_fault()).unwrap_err().to_string();
+        assert!(e.contains("step 12") && e.contains("stage `backward`") && e.contains("nfe 8") && e.contains("on_nonfinite"), "{e}");
+        assert!(stop.handle(12, "data", io()).unwrap_err().to_string().contains("x.bin"));
+        let mut skip = FaultGuard::new(OnNonFinite::Skip, 2, 1);
+        assert!(skip.handle(3, "loss", solver_fault()).is_ok());
+        assert_eq!(skip.skipped(), 2);
+        let e = skip.handle(4, "loss", solver_fault()).unwrap_err().to_string();
+        assert!(e.contains("2 batches were skipped"), "{e}");
+        assert!(skip.handle(5, "data", io()).is_err(), "I/O errors are never skipped");
+    }
+
+    #[test]
+    fn tensors_with_nan_or_inf_are_named() {
+        let ok = Tensor::new(&[1.0f32, -2.0, 3.5], &candle_core::Device::Cpu).unwrap();
+        check_tensor_finite("batch", &ok, 0).unwrap();
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let t = Tensor::new(&[1.0f32, bad, 3.5], &candle_core::Device::Cpu).unwrap();
+            let e = check_tensor_finite("batch", &t, 9).unwrap_err().to_string();
+            assert!(e.contains("step 9") && e.contains("batch holds NaN or Inf"), "{e}");
+        }
+    }
+}
