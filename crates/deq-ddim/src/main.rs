@@ -179,11 +179,17 @@ fn open_model(m: &ModelArgs) -> Result<(RunConfig, UNet, Device, PathBuf, String
     Ok((cfg, model, device, dir, source.to_string()))
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    deq_train::signals::exit_status(run())
+}
+
+fn run() -> Result<()> {
     init_logging();
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Train { args, max_steps } => {
+            // SIGINT/SIGTERM: checkpoint, then exit 75 (continue with --resume).
+            deq_train::signals::install()?;
             let loaded = args.config.load::<RunConfig>(Some(DEFAULT_CONFIG), Some(MNIST), args.seed)?;
             let (source, out) = (loaded.source(), args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("deq-ddim-{}", loaded.name))));
             let mut cfg = loaded.config;

@@ -168,6 +168,8 @@ fn train_rank(cfg: &RunConfig, opts: &RunOptions, collective: &dyn Collective) -
     let dev = opts.device.clone();
     let t = &cfg.train;
     std::fs::create_dir_all(&opts.out_dir).map_err(|e| DdimError::io(&opts.out_dir, e))?;
+    // One writer per run folder (rank 0 writes for the job).
+    let _lock = if main { Some(deq_train::run_lock::RunLock::acquire(&opts.out_dir)?) } else { None };
     if main {
         deq_train::cli::save_config(&opts.out_dir, cfg)?;
     }
@@ -244,7 +246,9 @@ fn train_rank(cfg: &RunConfig, opts: &RunOptions, collective: &dyn Collective) -
         acc_n += 1;
         bar.inc(1, &format!("loss {loss_v:.2}"));
         let out_of_time = t.time_limit_minutes > 0.0 && start.elapsed().as_secs_f64() > t.time_limit_minutes * 60.0;
-        let last = step == total || out_of_time;
+        // SIGINT/SIGTERM on any rank: checkpoint this step, then stop (exit code 75).
+        let signal = deq_train::dist::agree_on_signal(collective)?;
+        let last = step == total || out_of_time || signal.is_some();
         if main && (step % t.log_every == 0 || last) {
             let n = acc_n.max(1) as f64;
             last_loss = acc_loss / n;
@@ -286,6 +290,9 @@ fn train_rank(cfg: &RunConfig, opts: &RunOptions, collective: &dyn Collective) -
         }
         if main && ((t.checkpoint_every > 0 && step % t.checkpoint_every == 0) || last) {
             ckpt.save(step, &state_tensors(&model, ema.as_ref(), &opt)?, json!({"config": cfg.to_toml(), "params": params}))?;
+        }
+        if let Some(sig) = signal {
+            return Err(deq_train::TrainError::Interrupted { signal: deq_train::signals::name(sig), step, checkpoint: ckpt.latest_path() }.into());
         }
         if out_of_time {
             tracing::warn!(step, "train.time_limit_minutes reached: stopping with a checkpoint; continue with --resume");

@@ -130,11 +130,17 @@ fn check_run(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    deq_train::signals::exit_status(run())
+}
+
+fn run() -> Result<()> {
     init_logging();
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Train { args, max_steps } => {
+            // SIGINT/SIGTERM: checkpoint, then exit 75 (continue with --resume).
+            deq_train::signals::install()?;
             let loaded = args.config.load::<RunConfig>(Some(DEFAULT_CONFIG), Some(SYNTHETIC_TINY), args.seed)?;
             let (source, out) = (loaded.source(), args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("deq-flow-{}", loaded.name))));
             let cfg = loaded.config;

@@ -176,6 +176,11 @@ pub fn fit_with(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, 
     let mut cache = AmortisedCache::default();
     let (mut step0, mut train_seconds) = (0usize, 0.0f64);
     let mut curve: Vec<EvalPoint> = Vec::new();
+    // One writer per run folder (rank 0 writes for the job).
+    let _lock = match opts.out_dir.as_ref().filter(|_| main) {
+        Some(d) => Some(deq_train::run_lock::RunLock::acquire(d)?),
+        None => None,
+    };
     let mut files = match opts.out_dir.as_ref().filter(|_| main) {
         Some(d) => {
             std::fs::create_dir_all(d).map_err(|e| InrError::io(d, e))?;

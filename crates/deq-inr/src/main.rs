@@ -78,7 +78,11 @@ enum Cmd {
 
 const DEFAULT_OUT: &str = "runs/deq-inr";
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    deq_train::signals::exit_status(run())
+}
+
+fn run() -> Result<()> {
     init_logging();
     let cli = Cli::parse();
     match cli.cmd {

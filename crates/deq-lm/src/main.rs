@@ -109,7 +109,11 @@ fn streams(cfg: &RunConfig, corpus: &Corpus, vocab: &Vocab) -> Result<Streams> {
     Ok(Streams { train, valid, test, n_token: vocab.len() })
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    deq_train::signals::exit_status(run())
+}
+
+fn run() -> Result<()> {
     init_logging();
     let cli = Cli::parse();
     match cli.cmd {

@@ -210,6 +210,11 @@ fn train_rank(cfg: &RunConfig, data: &Streams, opts: &TrainOptions, collective: 
     let mut opt = Adam::new(named, t.lr, (0.9, 0.999), 1e-8, 0.0, false)?;
     let schedule = Schedule::Cosine { warmup_steps: t.warmup_step, total_steps: t.max_step, min_lr: 0.0 };
     let seg = Segments::new(&data.train, t.batch_size, t.tgt_len, cols.clone())?;
+    // One writer per run folder (rank 0 writes for the job).
+    let _lock = match (&opts.out_dir, main) {
+        (Some(d), true) => Some(deq_train::run_lock::RunLock::acquire(d)?),
+        _ => None,
+    };
     let mut ck = match (&opts.out_dir, main) {
         (Some(d), true) => Some((Checkpointer::new(d.join("checkpoints"), t.keep_checkpoints)?, MetricsWriter::open(d.join("metrics.jsonl"))?)),
         _ => None,

@@ -177,9 +177,11 @@ pub fn train_graphs(ds: &GraphDataset, cfg: &GraphTrainConfig, deq: &DeqConfig, 
     let labels: Vec<u32> = ds.graphs.iter().map(|g| g.label).collect();
     let folds = stratified_folds(&labels, cfg.folds, cfg.seed);
     let mut done: Vec<FoldResult> = Vec::new();
+    let mut lock = None;
     let mut metrics = match &opts.out_dir {
         Some(d) => {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            lock = Some(deq_train::run_lock::RunLock::acquire(d)?);
             let fp = d.join("folds.jsonl");
             if opts.resume && fp.exists() {
                 let text = std::fs::read_to_string(&fp).with_context(|| format!("reading {}", fp.display()))?;
@@ -234,6 +236,13 @@ pub fn train_graphs(ds: &GraphDataset, cfg: &GraphTrainConfig, deq: &DeqConfig, 
                 solves.add_backward_to(&mut train_solver);
                 loss_sum += lv * b.count as f64;
                 seen += b.count;
+                // SIGINT/SIGTERM: stop after this step. Runs resume by folds: the folds in
+                // folds.jsonl are kept, this one starts again.
+                if let Some(sig) = deq_train::signals::requested() {
+                    let checkpoint = opts.out_dir.as_ref().map(|d| d.join("folds.jsonl")).unwrap_or_default();
+                    drop(lock.take());
+                    return Err(deq_train::TrainError::Interrupted { signal: deq_train::signals::name(sig), step: step + 1, checkpoint }.into());
+                }
             }
             let loss = loss_sum / seen.max(1) as f64;
             on_epoch(k, epoch, loss);

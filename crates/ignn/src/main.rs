@@ -60,11 +60,17 @@ fn dry_run(cfg: &RunConfig, source: &str, out: &Path) -> Result<()> {
     Ok(deq_train::cli::print_dry_run(source, out, &data, cfg)?)
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    deq_train::signals::exit_status(run())
+}
+
+fn run() -> Result<()> {
     init_logging();
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Train { args } => {
+            // SIGINT/SIGTERM: checkpoint, then exit 75 (continue with --resume).
+            deq_train::signals::install()?;
             let loaded = args.config.load::<RunConfig>(Some(DEFAULT_CONFIG), None, args.seed)?;
             let (source, out) = (loaded.source(), args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("ignn-{}", loaded.name))));
             let cfg = loaded.config;

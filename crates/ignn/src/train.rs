@@ -363,7 +363,8 @@ pub fn train_nodes_with(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig,
     let mut files = match &opts.out_dir {
         Some(d) if main => {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-            Some((Checkpointer::new(d.join("checkpoints"), 2)?, Checkpointer::new(d.join("best"), 1)?, MetricsWriter::open(d.join("metrics.jsonl"))?))
+            let lock = deq_train::run_lock::RunLock::acquire(d)?;
+            Some((Checkpointer::new(d.join("checkpoints"), 2)?, Checkpointer::new(d.join("best"), 1)?, MetricsWriter::open(d.join("metrics.jsonl"))?, lock))
         }
         _ => None,
     };
@@ -465,7 +466,7 @@ pub fn train_nodes_with(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig,
         }
         last = Some(r);
         tracing::debug!(epoch = epoch + 1, loss, train = r.train, val = r.val, test = r.test, nfe = r.nfe);
-        if let Some((ck, best_ck, metrics)) = files.as_mut() {
+        if let Some((ck, best_ck, metrics, _)) = files.as_mut() {
             let m = if metric_name(&task.labels) == "accuracy" { "acc" } else { "f1" };
             let mut record = serde_json::json!({"epoch": epoch + 1, "step": (epoch + 1) * steps, "train_loss": loss, "metric": metric_name(&task.labels),
                 "train": r.train, "val": r.val, "test": r.test, format!("train_{m}"): r.train, format!("val_{m}"): r.val, format!("test_{m}"): r.test,
@@ -487,6 +488,11 @@ pub fn train_nodes_with(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig,
                 best_ck.save(epoch + 1, &tensors, meta.clone())?;
             }
             ck.save(epoch + 1, &tensors, meta)?;
+        }
+        // SIGINT/SIGTERM on any rank: the epoch's checkpoint is written; stop (exit code 75).
+        if let Some(sig) = deq_train::dist::agree_on_signal(collective)? {
+            let checkpoint = opts.out_dir.as_ref().map(|d| d.join("checkpoints").join("latest.json")).unwrap_or_default();
+            return Err(deq_train::TrainError::Interrupted { signal: deq_train::signals::name(sig), step: epoch + 1, checkpoint }.into());
         }
     }
     let last = match last {
