@@ -248,7 +248,9 @@ pub fn fit_with(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, 
         loss_n += 1;
         bar.inc(1, &format!("loss {lv:.3e} {:.0}s", train_seconds));
         let out_of_time = cfg.max_seconds > 0.0 && train_seconds >= cfg.max_seconds;
-        if step % cfg.eval_every.max(1) == 0 || step == cfg.steps || out_of_time {
+        // SIGINT/SIGTERM on any rank: evaluate and checkpoint this step, then stop (exit 75).
+        let signal = deq_train::dist::agree_on_signal(collective)?;
+        if step % cfg.eval_every.max(1) == 0 || step == cfg.steps || out_of_time || signal.is_some() {
             // The training loss over all ranks' slices.
             let g = deq_train::dist::all_reduce_sum_f64(collective, &[loss_sum, loss_n as f64])?;
             (loss_sum, loss_n) = (g[0] / world as f64, (g[1] / world as f64) as usize);
@@ -277,6 +279,10 @@ pub fn fit_with(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, 
                 let meta = serde_json::json!({"train_seconds": train_seconds, "rng_state": rng.state().to_string(), "curve": curve, "model": net.kind()});
                 ck.save(step, &tensors, meta)?;
             }
+        }
+        if let Some(sig) = signal {
+            let checkpoint = files.as_ref().map(|(ck, _)| ck.latest_path()).unwrap_or_default();
+            return Err(deq_train::TrainError::Interrupted { signal: deq_train::signals::name(sig), step, checkpoint }.into());
         }
     }
     if curve.last().map_or(true, |p| p.step != step) {

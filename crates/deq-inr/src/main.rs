@@ -87,6 +87,8 @@ fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Fit { kind, args, model } => {
+            // SIGINT/SIGTERM: checkpoint, then exit 75 (continue with --resume).
+            deq_train::signals::install()?;
             let loaded = args.config.load::<RunConfig>(None, None, args.seed)?;
             let (source, cfg) = (loaded.source(), loaded.config);
             let want = format!("{kind:?}").to_lowercase();

@@ -118,6 +118,8 @@ fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Train { args, max_steps } => {
+            // SIGINT/SIGTERM: checkpoint, then exit 75 (continue with --resume).
+            deq_train::signals::install()?;
             let loaded = args.config.load::<RunConfig>(Some(DEFAULT_CONFIG), None, args.seed)?;
             let (source, out) = (loaded.source(), args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("deq-lm-{}", loaded.name))));
             let cfg = loaded.config;

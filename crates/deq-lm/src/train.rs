@@ -361,6 +361,21 @@ fn train_rank(cfg: &RunConfig, data: &Streams, opts: &TrainOptions, collective: 
             }
             collective.barrier()?;
         }
+        // SIGINT/SIGTERM on any rank: checkpoint this step (weights, Adam state, every rank's
+        // memory), then stop (exit code 75); --resume continues from here.
+        if let Some(sig) = deq_train::dist::agree_on_signal(collective)? {
+            let full_mem = gather_memory(collective, &mem)?;
+            let mut checkpoint = std::path::PathBuf::new();
+            if let Some((c, _)) = ck.as_mut() {
+                let mut tensors: Vec<(String, Tensor)> = model.named_vars().into_iter().map(|(n, v)| (format!("model.{n}"), v.as_tensor().clone())).collect();
+                tensors.extend(opt.state()?.into_iter().map(|(n, v)| (format!("optim.{n}"), v)));
+                tensors.push(("memory.z".into(), full_mem.z.clone()));
+                tensors.push(("memory.u".into(), full_mem.u.clone()));
+                c.save(step, &tensors, serde_json::json!({"step": step, "stopped_by": deq_train::signals::name(sig)}))?;
+                checkpoint = c.latest_path();
+            }
+            return Err(deq_train::TrainError::Interrupted { signal: deq_train::signals::name(sig), step, checkpoint }.into());
+        }
         if out_of_time {
             tracing::info!("train.max_minutes = {} reached at step {step}", t.max_minutes);
             break;

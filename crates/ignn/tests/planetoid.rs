@@ -44,7 +44,7 @@ fn bad_files_name_the_file_and_line() {
     let e = broken("malformed", "edges.txt", |t| t.replacen("0 633", "0 633 7", 1));
     assert!(e.contains("edges.txt:1"), "{e}");
     let e = broken("labels", "labels.txt", |t| t.lines().skip(1).collect::<Vec<_>>().join("\n"));
-    assert!(e.contains("labels.txt") && e.contains("2707 labels for 2708 nodes"), "{e}");
+    assert!(e.contains("labels.txt") && e.contains("2707 labels for the 2708 nodes of") && e.contains("meta.txt"), "{e}");
     let e = broken("featcount", "features.txt", |t| t.replacen("0 9 ", "0 10 ", 1));
     assert!(e.contains("features.txt:1") && e.contains("declares 10"), "{e}");
     let e = broken("featidx", "features.txt", |t| t.replacen("19:1", "5000:1", 1));

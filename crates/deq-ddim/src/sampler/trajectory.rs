@@ -53,8 +53,8 @@ pub struct DeqSampleConfig {
     pub max_batch: usize,
     /// One solver row per image and step (the DEQ-DDIM code's mixing) instead of one per
     /// image. Per-step rows pick each step's lowest-residual iterate separately, which can
-    /// stitch a trajectory from different rounds; measured on the MNIST model it needed more
-    /// rounds than the sequential sampler, so it is off by default.
+    /// stitch a trajectory from different rounds; measured on the first MNIST model trained
+    /// here it needed more rounds than the sequential sampler, so it is off by default.
     pub per_step_rows: bool,
     /// Keep the converged prefix of every trajectory (not in the DEQ-DDIM code): before each
     /// round, the steps whose inputs have converged (every earlier step within `tol`) take the
