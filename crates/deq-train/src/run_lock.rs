@@ -104,6 +104,9 @@ mod tests {
         let a = RunLock::acquire(&dir).unwrap();
         let text = std::fs::read_to_string(a.path()).unwrap();
         assert!(text.contains(&format!("pid {}", std::process::id())), "{text}");
+        if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+            assert!(!h.trim().is_empty() && text.contains(&format!("host {}\n", h.trim())), "{text}");
+        }
         let e = RunLock::acquire(&dir).unwrap_err().to_string();
         assert!(e.contains("in use by pid") && e.contains(LOCK_FILE), "{e}");
         drop(a);
