@@ -120,7 +120,23 @@ fn idx_errors_name_the_file() {
     let wrong_magic = dir.join("labels-as-images-idx1-ubyte");
     std::fs::write(&wrong_magic, &labels).unwrap();
     let e = assert_err_names(read_idx_images(&wrong_magic), &wrong_magic);
-    assert!(e.to_string().contains("magic"), "{e}");
+    assert!(e.to_string().contains("magic") && e.to_string().contains("(this is an IDX label file)"), "{e}");
+    let images_as_labels = dir.join("images-as-labels-idx3-ubyte");
+    std::fs::write(&images_as_labels, idx_bytes(2051, &[1, 1, 1], &[7])).unwrap();
+    let e = assert_err_names(read_idx_labels(&images_as_labels), &images_as_labels);
+    assert!(e.to_string().contains("(this is an IDX image file)"), "{e}");
+    // Gzip inside gzip, and a file of the magic alone (4 bytes: a truncated header).
+    let gz_ok = std::fs::read(Path::new(MNIST).join("t10k-labels-idx1-ubyte.gz")).unwrap();
+    let twice = dir.join("twice-labels.gz");
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut enc, &gz_ok).unwrap();
+    std::fs::write(&twice, enc.finish().unwrap()).unwrap();
+    let e = assert_err_names(read_idx_labels(&twice), &twice);
+    assert!(e.to_string().contains("gzip data inside gzip"), "{e}");
+    let magic_only = dir.join("magic-only-idx1-ubyte");
+    std::fs::write(&magic_only, 2049u32.to_be_bytes()).unwrap();
+    let e = assert_err_names(read_idx_labels(&magic_only), &magic_only);
+    assert!(e.to_string().contains("truncated IDX header: 4 bytes"), "{e}");
 
     let mut gz = std::fs::read(Path::new(MNIST).join("t10k-labels-idx1-ubyte.gz")).unwrap();
     for b in &mut gz[200..400] {

@@ -21,6 +21,13 @@ use crate::unet::UNet;
 pub trait NoiseModel {
     /// The noise prediction for `x` `(N, C, H, W)` at float timesteps `t` `(N,)`.
     fn predict(&self, x: &Tensor, t: &Tensor) -> candle_core::Result<Tensor>;
+
+    /// [`NoiseModel::predict`] without an autograd graph in the result: the same values, and
+    /// the memory of the call's activations is released as soon as it returns (the weights are
+    /// variables, so every call records a graph otherwise).
+    fn predict_detached(&self, x: &Tensor, t: &Tensor) -> candle_core::Result<Tensor> {
+        Ok(self.predict(x, t)?.detach())
+    }
 }
 
 impl NoiseModel for UNet {
@@ -48,6 +55,22 @@ impl<M: NoiseModel + ?Sized> NoiseModel for Chunked<'_, M> {
         for start in (0..n).step_by(self.max_batch) {
             let len = self.max_batch.min(n - start);
             outs.push(self.model.predict(&x.narrow(0, start, len)?, &t.narrow(0, start, len)?)?);
+        }
+        Tensor::cat(&outs, 0)
+    }
+
+    /// Chunk by chunk, each detached before the next is computed: memory is one chunk's
+    /// activations whatever the batch (with [`NoiseModel::predict`], every chunk's graph stays
+    /// alive until the concatenation is dropped).
+    fn predict_detached(&self, x: &Tensor, t: &Tensor) -> candle_core::Result<Tensor> {
+        let n = x.dim(0)?;
+        if self.max_batch == 0 || n <= self.max_batch {
+            return self.model.predict_detached(x, t);
+        }
+        let mut outs = Vec::with_capacity(n.div_ceil(self.max_batch));
+        for start in (0..n).step_by(self.max_batch) {
+            let len = self.max_batch.min(n - start);
+            outs.push(self.model.predict_detached(&x.narrow(0, start, len)?, &t.narrow(0, start, len)?)?);
         }
         Tensor::cat(&outs, 0)
     }

@@ -195,6 +195,13 @@ fn chunked_model_calls_equal_one_call() {
     let a = m.predict(&x, &t).unwrap();
     let b = Chunked { model: &m, max_batch: 3 }.predict(&x, &t).unwrap();
     assert!(max_abs_diff(&a, &b).unwrap() < 1e-12);
+    // Detached chunk by chunk: the same values, and no graph back to the weights.
+    let xv = candle_core::Var::from_tensor(&x).unwrap();
+    let c = Chunked { model: &m, max_batch: 3 }.predict_detached(xv.as_tensor(), &t).unwrap();
+    assert!(max_abs_diff(&a, &c).unwrap() < 1e-12);
+    assert!(c.sum_all().unwrap().backward().unwrap().get(&xv).is_none());
+    let d = Chunked { model: &m, max_batch: 3 }.predict(xv.as_tensor(), &t).unwrap();
+    assert!(d.sum_all().unwrap().backward().unwrap().get(&xv).is_some(), "predict keeps the graph");
 }
 
 #[test]

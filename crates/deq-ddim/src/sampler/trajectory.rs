@@ -220,13 +220,14 @@ impl<'a> TrajectoryMap<'a> {
 
     /// The model's noise predictions at the inputs of every step, `(B, T, CHW)`, for state `z`
     /// and first input `x_t`.
-    fn eps(&self, z: &Tensor, x_t: &Tensor) -> candle_core::Result<Tensor> {
+    fn eps(&self, z: &Tensor, x_t: &Tensor, grad: bool) -> candle_core::Result<Tensor> {
         let (b, c, h, w) = self.shape;
         let n = self.steps;
         let z3 = z.reshape((b, n, c * h * w))?;
         let first = x_t.reshape((b, 1, c * h * w))?;
         let inputs = if n > 1 { Tensor::cat(&[&first, &z3.narrow(1, 0, n - 1)?], 1)? } else { first };
-        let e = self.model.predict(&inputs.reshape((b * n, c, h, w))?, &self.t)?;
+        let inputs = inputs.reshape((b * n, c, h, w))?;
+        let e = if grad { self.model.predict(&inputs, &self.t)? } else { self.model.predict_detached(&inputs, &self.t)? };
         e.reshape((b, n, c * h * w))
     }
 
@@ -242,7 +243,7 @@ impl<'a> TrajectoryMap<'a> {
     /// `f(z)`: `(B * T, CHW) -> (B * T, CHW)`, detached (no autograd graph: a solver keeps
     /// several iterates, and each would otherwise hold a model call's activations).
     pub fn apply(&self, z: &Tensor) -> candle_core::Result<Tensor> {
-        self.outputs(&self.eps(z, &self.x_t)?)
+        self.outputs(&self.eps(z, &self.x_t, false)?)
     }
 
     /// The state of the DDIM trajectory with every noise prediction frozen at the first one,
@@ -250,7 +251,7 @@ impl<'a> TrajectoryMap<'a> {
     pub fn first_prediction_state(&self) -> candle_core::Result<Tensor> {
         let (b, c, h, w) = self.shape;
         let t0 = self.t.reshape((b, self.steps))?.narrow(1, 0, 1)?.flatten_all()?;
-        let eps0 = self.model.predict(&self.x_t, &t0)?.reshape((b, 1, c * h * w))?;
+        let eps0 = self.model.predict_detached(&self.x_t, &t0)?.reshape((b, 1, c * h * w))?;
         self.outputs(&eps0.repeat((1, self.steps, 1))?)
     }
 
@@ -308,7 +309,7 @@ impl<'a> TrajectoryMap<'a> {
     pub fn last_output(&self, z: &Tensor, x_t: &Tensor) -> candle_core::Result<Tensor> {
         let (b, c, h, w) = self.shape;
         let n = self.steps;
-        let total = self.increments(&self.eps(z, x_t)?)?.sum(1)?;
+        let total = self.increments(&self.eps(z, x_t, true)?)?.sum(1)?;
         let p = self.p.narrow(1, n - 1, 1)?.reshape(1)?;
         let a = self.a.narrow(1, n - 1, 1)?.reshape(1)?;
         (total.broadcast_mul(&p)? + x_t.reshape((b, c * h * w))?.broadcast_mul(&a)?)?.reshape((b, c, h, w))
