@@ -144,6 +144,27 @@ pub fn check_reader<T, E: Display>(
     }
 }
 
+/// A copy of the PNG file `png` whose header (IHDR) declares `width x height` pixels, its
+/// checksum fixed so that decoders read the header instead of rejecting its CRC: a file that
+/// lies about its size.
+pub fn png_with_size(png: &[u8], width: u32, height: u32) -> Vec<u8> {
+    let mut b = png.to_vec();
+    if b.len() < 33 {
+        return b;
+    }
+    b[16..20].copy_from_slice(&width.to_be_bytes());
+    b[20..24].copy_from_slice(&height.to_be_bytes());
+    let mut c = !0u32;
+    for &x in &b[12..29] {
+        c ^= x as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+        }
+    }
+    b[29..33].copy_from_slice(&(!c).to_be_bytes());
+    b
+}
+
 /// Environment variable that tells a re-run test binary which case to run
 /// ([`run_under_memory_limit`]).
 pub const CASE_VAR: &str = "DEQ_HOSTILE_CASE";

@@ -106,29 +106,13 @@ fn huge_header_file(case: &str, dir: &Path) -> PathBuf {
             ("step-00000001.safetensors", b)
         }
         "png" => {
-            let mut b = std::fs::read(Path::new(FORMATS).join("image-rgb.png")).unwrap();
-            b[16..20].copy_from_slice(&be(1 << 20));
-            b[20..24].copy_from_slice(&be(1 << 20));
-            let crc = crc32(&b[12..29]);
-            b[29..33].copy_from_slice(&crc.to_be_bytes());
-            ("huge.png", b)
+            ("huge.png", deq_train::hostile::png_with_size(&std::fs::read(Path::new(FORMATS).join("image-rgb.png")).unwrap(), 1 << 20, 1 << 20))
         }
         other => panic!("unknown case {other}"),
     };
     let p = dir.join(name);
     std::fs::write(&p, bytes).unwrap();
     p
-}
-
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut c = !0u32;
-    for &b in bytes {
-        c ^= b as u32;
-        for _ in 0..8 {
-            c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
-        }
-    }
-    !c
 }
 
 /// The child side of `huge_headers_are_refused_under_a_memory_limit` (a no-op in a normal run).

@@ -8,31 +8,19 @@
 use candle_core::Device;
 use deq_core::rng::DeqRng;
 use deq_train::Checkpointer;
-use mdeq::config::{RunConfig, MNIST_SMALL};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mdeq");
 
 /// A tiny run: 10 steps per epoch, 2 epochs, a checkpoint after every step.
 fn setup(tag: &str) -> (PathBuf, PathBuf) {
-    let mut cfg = RunConfig::from_toml(MNIST_SMALL, "built-in").unwrap();
-    cfg.model.channels = vec![8, 8];
-    cfg.model.head_channels = vec![2, 4];
-    cfg.model.final_chansize = 16;
-    cfg.model.groups = 4;
-    cfg.deq.f_max_iter = 3;
-    cfg.deq.eval_f_max_iter = 3;
-    cfg.train.batch_size = 32;
-    cfg.train.eval_batch_size = 100;
-    cfg.train.train_limit = 320;
-    cfg.train.test_limit = 100;
-    cfg.train.epochs = 2;
-    cfg.train.lr = 0.1;
+    let mut cfg = common::tiny_config();
     cfg.train.checkpoint_every = 1;
     cfg.train.keep_checkpoints = 2;
-    cfg.data.dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../datasets/mnist").into();
     let dir = std::env::temp_dir().join(format!("mdeq-crash-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();

@@ -5,21 +5,10 @@ use candle_core::Device;
 use mdeq::config::{RunConfig, MNIST_SMALL};
 use mdeq::train::{load_trained, train, RunOptions};
 
+mod common;
+
 fn tiny(out: &str) -> (RunConfig, RunOptions) {
-    let mut cfg = RunConfig::from_toml(MNIST_SMALL, "built-in").unwrap();
-    cfg.model.channels = vec![8, 8];
-    cfg.model.head_channels = vec![2, 4];
-    cfg.model.final_chansize = 16;
-    cfg.model.groups = 4;
-    cfg.deq.f_max_iter = 3;
-    cfg.deq.eval_f_max_iter = 3;
-    cfg.train.batch_size = 32;
-    cfg.train.eval_batch_size = 100;
-    cfg.train.train_limit = 320;
-    cfg.train.test_limit = 100;
-    cfg.train.epochs = 2;
-    cfg.train.lr = 0.1;
-    cfg.data.dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../datasets/mnist").into();
+    let cfg = common::tiny_config();
     let dir = std::env::temp_dir().join(format!("mdeq-test-{out}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     (cfg, RunOptions { out_dir: dir, resume: false, max_steps: 0, device: Device::Cpu })

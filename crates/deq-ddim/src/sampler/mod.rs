@@ -45,34 +45,32 @@ pub struct Chunked<'a, M: NoiseModel + ?Sized> {
     pub max_batch: usize,
 }
 
-impl<M: NoiseModel + ?Sized> NoiseModel for Chunked<'_, M> {
-    fn predict(&self, x: &Tensor, t: &Tensor) -> candle_core::Result<Tensor> {
+impl<M: NoiseModel + ?Sized> Chunked<'_, M> {
+    /// `call` on chunks of at most `max_batch` images, concatenated.
+    fn by_chunks(&self, x: &Tensor, t: &Tensor, call: impl Fn(&M, &Tensor, &Tensor) -> candle_core::Result<Tensor>) -> candle_core::Result<Tensor> {
         let n = x.dim(0)?;
         if self.max_batch == 0 || n <= self.max_batch {
-            return self.model.predict(x, t);
+            return call(self.model, x, t);
         }
         let mut outs = Vec::with_capacity(n.div_ceil(self.max_batch));
         for start in (0..n).step_by(self.max_batch) {
             let len = self.max_batch.min(n - start);
-            outs.push(self.model.predict(&x.narrow(0, start, len)?, &t.narrow(0, start, len)?)?);
+            outs.push(call(self.model, &x.narrow(0, start, len)?, &t.narrow(0, start, len)?)?);
         }
         Tensor::cat(&outs, 0)
+    }
+}
+
+impl<M: NoiseModel + ?Sized> NoiseModel for Chunked<'_, M> {
+    fn predict(&self, x: &Tensor, t: &Tensor) -> candle_core::Result<Tensor> {
+        self.by_chunks(x, t, |m, x, t| m.predict(x, t))
     }
 
     /// Chunk by chunk, each detached before the next is computed: memory is one chunk's
     /// activations whatever the batch (with [`NoiseModel::predict`], every chunk's graph stays
     /// alive until the concatenation is dropped).
     fn predict_detached(&self, x: &Tensor, t: &Tensor) -> candle_core::Result<Tensor> {
-        let n = x.dim(0)?;
-        if self.max_batch == 0 || n <= self.max_batch {
-            return self.model.predict_detached(x, t);
-        }
-        let mut outs = Vec::with_capacity(n.div_ceil(self.max_batch));
-        for start in (0..n).step_by(self.max_batch) {
-            let len = self.max_batch.min(n - start);
-            outs.push(self.model.predict_detached(&x.narrow(0, start, len)?, &t.narrow(0, start, len)?)?);
-        }
-        Tensor::cat(&outs, 0)
+        self.by_chunks(x, t, |m, x, t| m.predict_detached(x, t))
     }
 }
 
