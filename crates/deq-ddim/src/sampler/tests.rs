@@ -254,3 +254,13 @@ fn ddpm_and_encoding_follow_their_formulas() {
     let r = (sch.alpha_bar(500) / sch.alpha_bar(0)).sqrt();
     assert!(max_abs_diff(&e, &x.affine(r, 0.0).unwrap()).unwrap() < 1e-12);
 }
+
+#[test]
+fn solver_options_carry_every_setting() {
+    use deq_core::solver::StopMode;
+    for (mode, m) in [(StopMode::Abs, 3), (StopMode::Rel, 7)] {
+        let cfg = DeqSampleConfig { max_iter: 9, tol: 2e-4, stop_mode: mode, m, lam: 5e-3, ..Default::default() };
+        let o = cfg.solver_options();
+        assert_eq!((o.max_iter, o.tol, o.stop_mode, o.m, o.lam), (9, 2e-4, mode, m, 5e-3));
+    }
+}
