@@ -8,28 +8,20 @@
 use candle_core::{DType, Device, Tensor};
 use deq_core::rng::DeqRng;
 use deq_train::{Checkpointer, Collective, ThreadGroup};
-use mdeq::config::{RunConfig, MNIST_SMALL};
+use mdeq::config::RunConfig;
 use mdeq::train::{train_with, RunOptions};
 use std::sync::Arc;
 
+mod common;
+
 fn config(batch: usize) -> RunConfig {
-    let mut cfg = RunConfig::from_toml(MNIST_SMALL, "built-in").unwrap();
-    cfg.model.channels = vec![8, 8];
-    cfg.model.head_channels = vec![2, 4];
-    cfg.model.final_chansize = 16;
-    cfg.model.groups = 4;
+    let mut cfg = common::tiny_config();
     // A fixed number of solver steps: every sample's solve is then independent of the others
     // in its batch (a tolerance would stop a batch at its worst sample).
-    cfg.deq.f_max_iter = 3;
     cfg.deq.f_tol = 0.0;
-    cfg.deq.eval_f_max_iter = 3;
     cfg.train.batch_size = batch;
-    cfg.train.eval_batch_size = 100;
     cfg.train.train_limit = 96;
-    cfg.train.test_limit = 100;
-    cfg.train.epochs = 2;
     cfg.train.lr = 0.01;
-    cfg.data.dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../datasets/mnist").into();
     cfg
 }
 
