@@ -353,7 +353,7 @@ fn train_rank(cfg: &RunConfig, opts: &RunOptions, collective: &dyn Collective) -
             })();
             let mine = matches!(&attempt, Err(e) if deq_train::faults::is_numerical_fault(e.as_ref()));
             let any = dist.world_size > 1 && deq_train::dist::all_reduce_sum_f64(collective, &[mine as u8 as f64])?[0] > 0.0;
-            let (StepLoss { loss, task: loss_v, jac, out }, mut grads) = match attempt {
+            let (StepLoss { loss: _, task: loss_v, jac, out }, mut grads) = match attempt {
                 Ok(v) if !any => v,
                 other => {
                     let e = match other {
@@ -366,7 +366,6 @@ fn train_rank(cfg: &RunConfig, opts: &RunOptions, collective: &dyn Collective) -
                     continue;
                 }
             };
-            let _ = &loss;
             if let Some(j) = jac {
                 (jac_sum, jac_steps) = (jac_sum + j.value, jac_steps + 1);
             }
