@@ -56,6 +56,26 @@ fn the_sequential_trajectory_is_the_fixed_point_of_the_map() {
 }
 
 #[test]
+fn the_f32_map_is_the_f64_map_rounded_once() {
+    // From t = 980 the cumulative sum and the x_T term are ~140 times larger than the states
+    // they cancel to: the map adds them in f64 and rounds its output once, so the f32 map's
+    // output is the f64 map's (same noise predictions) to half an f32 ulp, element by element.
+    let steps = setup(50, SkipType::Uniform);
+    let mut rng = DeqRng::new(5);
+    let x_t = rng.randn((2, 1, 8, 8), DType::F32, &Device::Cpu).unwrap();
+    let m = small_unet(DType::F32);
+    let map = TrajectoryMap::new(&m, &steps, &x_t, 0.0, None).unwrap();
+    let map64 = TrajectoryMap::new(&m, &steps, &x_t.to_dtype(DType::F64).unwrap(), 0.0, None).unwrap();
+    // Noise predictions of the model's size (unit variance), so the states stay near 1.
+    let e = rng.randn((2, 50, 64), DType::F32, &Device::Cpu).unwrap();
+    let o32 = map.outputs(&e).unwrap().flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+    let o64 = map64.outputs(&e.to_dtype(DType::F64).unwrap()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let worst = o32.iter().zip(&o64).map(|(a, b)| (a - b).abs() / b.abs().max(1e-30)).fold(0.0, f64::max);
+    assert!(worst <= f32::EPSILON as f64 / 2.0, "largest relative difference {worst:e}");
+    assert!(o64.iter().all(|v| v.is_finite()) && o64.iter().any(|v| v.abs() > 0.1));
+}
+
+#[test]
 fn anderson_reaches_the_sequential_images_in_fewer_rounds() {
     let m = small_unet(DType::F32);
     let steps = setup(20, SkipType::Uniform);
