@@ -76,11 +76,18 @@ pub struct TrainConfig {
     pub init: Option<PathBuf>,
     /// Stop (with a checkpoint) after this many minutes of training (0: no limit).
     pub time_limit_minutes: f64,
+    /// What a batch with NaN or Inf (in the frames, the forward solve, the loss, the adjoint
+    /// solve or the gradient) or a diverging adjoint solve does: `stop` the run with a message
+    /// naming the step and stage, or `skip` the batch (the step passes without an optimiser
+    /// update) and count it.
+    pub on_nonfinite: deq_train::faults::OnNonFinite,
+    /// With `on_nonfinite = "skip"`: the run stops once more batches than this were skipped.
+    pub max_skipped: usize,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        Self { steps: 120_000, batch_size: 12, lr: 4e-4, weight_decay: 1e-4, epsilon: 1e-8, clip: 1.0, max_flow: 400.0, pct_start: 0.05, freeze_bn: false, seed: 1234, threads: 0, dtype: "f32".into(), eval_every: 5000, checkpoint_every: 5000, log_every: 100, init: None, time_limit_minutes: 0.0 }
+        Self { steps: 120_000, batch_size: 12, lr: 4e-4, weight_decay: 1e-4, epsilon: 1e-8, clip: 1.0, max_flow: 400.0, pct_start: 0.05, freeze_bn: false, seed: 1234, threads: 0, dtype: "f32".into(), eval_every: 5000, checkpoint_every: 5000, log_every: 100, init: None, time_limit_minutes: 0.0, on_nonfinite: deq_train::faults::OnNonFinite::Stop, max_skipped: 10 }
     }
 }
 

@@ -300,6 +300,7 @@ fn train_rank(cfg: &RunConfig, opts: &RunOptions, collective: &dyn Collective) -
     let mut metrics = if main { Some(MetricsWriter::open(opts.out_dir.join("metrics.jsonl"))?) } else { None };
     let mut step = 0usize;
     let mut resumed = false;
+    let mut skipped0 = 0usize;
     if opts.resume {
         match ckpt.load_latest(&dev)? {
             Some(c) => {
@@ -307,6 +308,7 @@ fn train_rank(cfg: &RunConfig, opts: &RunOptions, collective: &dyn Collective) -
                 let optim: HashMap<String, Tensor> = c.tensors.iter().filter_map(|(k, v)| k.strip_prefix("optim.").map(|s| (s.to_string(), v.clone()))).collect();
                 opt.load_state(&optim)?;
                 step = c.step;
+                skipped0 = c.meta.get("skipped_batches").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
                 resumed = true;
                 tracing::info!(step, "resumed from {}", c.path.display());
             }
@@ -331,6 +333,7 @@ fn train_rank(cfg: &RunConfig, opts: &RunOptions, collective: &dyn Collective) -
     let mut window = Instant::now();
     let mut last_eval = Vec::new();
     let mut stopped_early = false;
+    let mut guard = deq_train::faults::FaultGuard::new(t.on_nonfinite, t.max_skipped, skipped0);
     while step < total {
         let epoch = step / steps_per_epoch;
         if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
@@ -341,34 +344,52 @@ fn train_rank(cfg: &RunConfig, opts: &RunOptions, collective: &dyn Collective) -
         let batch = make_batch(&src, cfg, epoch, idx, dtype, &dev)?;
         let lr = schedule.lr_at(t.lr, step);
         opt.set_lr(lr);
-        let out = model.forward(&batch.img1, &batch.img2, None, &deq, !t.freeze_bn)?;
-        let loss = sequence_loss(&out.flows, &batch.flow, &batch.valid, cfg.deq.gamma, t.max_flow)?;
-        let loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        check_finite("training loss", loss_v, step)?;
-        let mut grads = deq_core::grad::backward(&loss)?;
-        collective.all_reduce_mean(&mut grads, &vars)?;
-        let norm = if t.clip > 0.0 { clip_grad_norm(&mut grads, &vars, t.clip)? } else { deq_train::grad_norm(&grads, &vars)? };
-        check_finite("gradient norm", norm, step)?;
-        opt.step(&grads)?;
+        // The step's stages up to the local gradient; a numerical fault in any of them is
+        // agreed on by every rank, then stops the run or skips the batch (train.on_nonfinite).
+        let attempt = guard.run_step(collective, step, |stage| -> Result<_> {
+            for (what, x) in [("the first frames", &batch.img1), ("the second frames", &batch.img2)] {
+                deq_train::faults::check_tensor_finite(what, x, step)?;
+            }
+            stage.set("forward solve");
+            let out = model.forward(&batch.img1, &batch.img2, None, &deq, !t.freeze_bn)?;
+            stage.set("loss");
+            let loss = sequence_loss(&out.flows, &batch.flow, &batch.valid, cfg.deq.gamma, t.max_flow)?;
+            let loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            check_finite("training loss", loss_v, step)?;
+            stage.set("backward (adjoint solve)");
+            let grads = deq_core::grad::backward(&loss)?;
+            stage.set("gradient");
+            check_finite("gradient norm", deq_train::grad_norm(&grads, &vars)?, step)?;
+            Ok((out, loss_v, grads))
+        })?;
         step += 1;
-        let mask = loss_mask(&batch.flow, &batch.valid, t.max_flow)?;
-        acc_err.add(&FlowErrors::of(&out.flows[out.flows.len() - 1].detach(), &batch.flow, &mask)?);
-        acc_loss += loss_v;
-        acc_n += 1;
-        acc_nfe += out.stats.nfe as f64;
-        acc_res += out.stats.mean_rel();
-        acc_norm += norm;
-        bar.inc(1, &format!("loss {loss_v:.3} epe {:.2}", acc_err.epe()));
+        if let Some((out, loss_v, mut grads)) = attempt {
+            collective.all_reduce_mean(&mut grads, &vars)?;
+            let norm = if t.clip > 0.0 { clip_grad_norm(&mut grads, &vars, t.clip)? } else { deq_train::grad_norm(&grads, &vars)? };
+            check_finite("gradient norm", norm, step - 1)?;
+            opt.step(&grads)?;
+            let mask = loss_mask(&batch.flow, &batch.valid, t.max_flow)?;
+            acc_err.add(&FlowErrors::of(&out.flows[out.flows.len() - 1].detach(), &batch.flow, &mask)?);
+            acc_loss += loss_v;
+            acc_n += 1;
+            acc_nfe += out.stats.nfe as f64;
+            acc_res += out.stats.mean_rel();
+            acc_norm += norm;
+            bar.inc(1, &format!("loss {loss_v:.3} epe {:.2}", acc_err.epe()));
+        } else {
+            bar.inc(1, &format!("skipped the batch of step {} ({} in all)", step - 1, guard.skipped()));
+        }
         let out_of_time = t.time_limit_minutes > 0.0 && start.elapsed().as_secs_f64() > t.time_limit_minutes * 60.0;
         // SIGINT/SIGTERM on any rank: checkpoint this step, then stop (exit code 75).
         let signal = deq_train::dist::agree_on_signal(collective)?;
         let last = step == total || out_of_time || signal.is_some();
         if main && (step % t.log_every == 0 || last) {
-            let n = acc_n.max(1) as f64;
+            // A window of skipped batches only has no figures (NaN, written as null).
+            let n = acc_n as f64;
             let px = acc_err.accuracies();
             let rec = json!({"step": step, "epoch": epoch, "lr": lr, "train_loss": acc_loss / n, "train_epe": acc_err.epe(), "train_1px": px[0], "train_3px": px[1], "train_5px": px[2],
                 "train_fwd_nfe_mean": acc_nfe / n, "train_fwd_rel_residual_mean": acc_res / n, "grad_norm": acc_norm / n,
-                "step_seconds": window.elapsed().as_secs_f64() / n, "elapsed_seconds": start.elapsed().as_secs_f64()});
+                "step_seconds": window.elapsed().as_secs_f64() / n, "elapsed_seconds": start.elapsed().as_secs_f64(), "skipped_batches": guard.skipped()});
             if let Some(m) = metrics.as_mut() {
                 m.write(&rec)?;
             }
@@ -393,7 +414,7 @@ fn train_rank(cfg: &RunConfig, opts: &RunOptions, collective: &dyn Collective) -
             tracing::info!("{rec}");
         }
         if main && ((t.checkpoint_every > 0 && step % t.checkpoint_every == 0) || last) {
-            ckpt.save(step, &state_tensors(&model, &opt)?, json!({"config": cfg.to_toml(), "params": params}))?;
+            ckpt.save(step, &state_tensors(&model, &opt)?, json!({"config": cfg.to_toml(), "params": params, "skipped_batches": guard.skipped()}))?;
         }
         if let Some(sig) = signal {
             return Err(deq_train::TrainError::Interrupted { signal: deq_train::signals::name(sig), step, checkpoint: ckpt.latest_path() }.into());

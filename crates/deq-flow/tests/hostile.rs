@@ -2,42 +2,29 @@
 //! and mutated with a fixed seed must read or fail with an error naming the file, never panic.
 
 use deq_flow::io::{flo, frames::Frame, kitti, pfm, read_flow};
-use deq_train::hostile::{check_configs, check_reader};
-use std::path::{Path, PathBuf};
+use deq_train::hostile::{check_configs, check_fixture, FORMAT_FIXTURES};
+use std::path::Path;
 
-const FORMATS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/formats");
 const MUTATIONS: usize = 2000;
 
-fn scratch(tag: &str, name: &str) -> (PathBuf, Vec<u8>) {
-    let dir = std::env::temp_dir().join(format!("flow-hostile-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let good = std::fs::read(Path::new(FORMATS).join(name)).unwrap();
-    let p = dir.join(name);
-    std::fs::write(&p, &good).unwrap();
-    (p, good)
+fn check<T, E: std::fmt::Display>(name: &str, seed: u64, read: impl Fn(&Path) -> Result<T, E>) {
+    check_fixture(&Path::new(FORMAT_FIXTURES).join(name), MUTATIONS, seed, read).unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]
 fn flow_files() {
     for (k, name) in ["flow.flo", "flow.pfm", "flow-kitti.png"].iter().enumerate() {
-        let (p, good) = scratch("flow", name);
-        read_flow(&p).unwrap();
-        check_reader(&p, &good, MUTATIONS, 40 + k as u64, read_flow).unwrap();
+        check(name, 40 + k as u64, read_flow);
     }
-    let (p, good) = scratch("flo", "flow.flo");
-    check_reader(&p, &good, MUTATIONS, 44, flo::read).unwrap();
-    let (p, good) = scratch("pfm", "flow.pfm");
-    check_reader(&p, &good, MUTATIONS, 45, pfm::read).unwrap();
-    let (p, good) = scratch("kitti", "flow-kitti.png");
-    check_reader(&p, &good, MUTATIONS, 46, kitti::read).unwrap();
+    check("flow.flo", 44, flo::read);
+    check("flow.pfm", 45, pfm::read);
+    check("flow-kitti.png", 46, kitti::read);
 }
 
 #[test]
 fn frames() {
     for (k, name) in ["image-rgb.png", "image-grey.png", "image.jpg"].iter().enumerate() {
-        let (p, good) = scratch("frames", name);
-        Frame::read(&p).unwrap();
-        check_reader(&p, &good, MUTATIONS, 50 + k as u64, Frame::read).unwrap();
+        check(name, 50 + k as u64, Frame::read);
     }
 }
 

@@ -109,3 +109,30 @@ fn every_shipped_config_parses_and_the_zoo_sizes_have_the_zoo_counts() {
     }
     assert!(n >= 5);
 }
+
+#[test]
+fn a_diverging_run_stops_naming_step_and_stage_or_skips_and_counts() {
+    let root = tmp("nan");
+    textures(&root.join("images"));
+    let mut cfg = tiny(&root.join("images"));
+    // Steps of 1e20 overflow f32 activations from the second step.
+    cfg.train.lr = 1e20;
+    cfg.train.dtype = "f32".into();
+    let opts = |out: &str| RunOptions { out_dir: root.join(out), resume: false, max_steps: 0, device: Device::Cpu };
+    let e = format!("{:#}", train(&cfg, &opts("stop")).unwrap_err());
+    assert!(e.contains("diverged at step") && e.contains("stage `") && e.contains("on_nonfinite"), "{e}");
+    // Skipped batches pass their step without an update and are counted, in the metrics and
+    // in the checkpoint; past `max_skipped` the run stops.
+    cfg.train.on_nonfinite = deq_train::faults::OnNonFinite::Skip;
+    cfg.train.max_skipped = 10;
+    let s = train(&cfg, &opts("skip")).unwrap();
+    assert_eq!(s.steps, 5);
+    let skipped = lines(&root.join("skip")).last().unwrap()["skipped_batches"].as_u64().unwrap();
+    assert!(skipped >= 1, "{skipped}");
+    let c = deq_train::Checkpointer::load(&root.join("skip/checkpoints/latest.json"), &Device::Cpu).unwrap();
+    assert_eq!(c.meta["skipped_batches"].as_u64(), Some(skipped));
+    cfg.train.max_skipped = skipped as usize - 1;
+    let e = format!("{:#}", train(&cfg, &opts("skip-stop")).unwrap_err());
+    assert!(e.contains(&format!("{} batches were skipped already", skipped - 1)), "{e}");
+    std::fs::remove_dir_all(&root).unwrap();
+}

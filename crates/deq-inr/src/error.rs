@@ -74,5 +74,20 @@ impl From<deq_train::TrainError> for InrError {
     }
 }
 
+impl deq_train::faults::FaultChain for InrError {
+    fn chain(&self) -> &(dyn std::error::Error + 'static) {
+        self
+    }
+    fn is_numerical(&self) -> bool {
+        // `Candle` and `Deq` are transparent (their sources skip the error they hold).
+        match self {
+            InrError::Diverged { .. } => true,
+            InrError::Candle(c) => deq_train::faults::is_numerical_fault(c),
+            InrError::Deq(d) => deq_train::faults::is_numerical_fault(d),
+            _ => false,
+        }
+    }
+}
+
 /// Result alias of `deq-inr`.
 pub type Result<T> = std::result::Result<T, InrError>;

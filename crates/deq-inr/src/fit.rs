@@ -43,6 +43,13 @@ pub struct FitConfig {
     pub seed: u64,
     /// Points per chunk at evaluation.
     pub eval_chunk: usize,
+    /// What a batch with NaN or Inf (in the forward solve, the loss, the adjoint solve or the
+    /// gradient) or a diverging adjoint solve does: `stop` the run with a message naming the
+    /// step and stage, or `skip` the batch (the step passes without an optimiser update) and
+    /// count it.
+    pub on_nonfinite: deq_train::faults::OnNonFinite,
+    /// With `on_nonfinite = "skip"`: the run stops once more batches than this were skipped.
+    pub max_skipped: usize,
 }
 
 impl FitConfig {
@@ -63,7 +70,7 @@ impl FitConfig {
 
 impl Default for FitConfig {
     fn default() -> Self {
-        Self { steps: 5000, lr: 1e-3, lr_schedule: "constant".into(), warmup_steps: 0, min_lr: 0.0, max_seconds: 0.0, eval_every: 500, batch_size: 0, clip_value: 0.0, seed: 0, eval_chunk: 65_536 }
+        Self { steps: 5000, lr: 1e-3, lr_schedule: "constant".into(), warmup_steps: 0, min_lr: 0.0, max_seconds: 0.0, eval_every: 500, batch_size: 0, clip_value: 0.0, seed: 0, eval_chunk: 65_536, on_nonfinite: deq_train::faults::OnNonFinite::Stop, max_skipped: 10 }
     }
 }
 
@@ -174,7 +181,7 @@ pub fn fit_with(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, 
     let mut opt = Adam::new(net.named_vars(), cfg.lr, (0.9, 0.999), 1e-8, 0.0, false)?;
     let mut rng = DeqRng::new(cfg.seed ^ 0x5EED_F17);
     let mut cache = AmortisedCache::default();
-    let (mut step0, mut train_seconds) = (0usize, 0.0f64);
+    let (mut step0, mut train_seconds, mut skipped0) = (0usize, 0.0f64, 0usize);
     let mut curve: Vec<EvalPoint> = Vec::new();
     // One writer per run folder (rank 0 writes for the job).
     let _lock = match opts.out_dir.as_ref().filter(|_| main) {
@@ -200,6 +207,7 @@ pub fn fit_with(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, 
             train_seconds = c.meta["train_seconds"].as_f64().unwrap_or(0.0);
             rng = DeqRng::from_state(c.meta["rng_state"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0));
             curve = serde_json::from_value(c.meta["curve"].clone()).unwrap_or_default();
+            skipped0 = c.meta.get("skipped_batches").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
             tracing::info!(step = step0, "resumed from {}", c.path.display());
         }
     }
@@ -210,6 +218,7 @@ pub fn fit_with(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, 
     let (mut evals_after_first, mut steps_after_first) = (0usize, 0usize);
     let mut step = step0;
     let mut last_pred = Vec::new();
+    let mut guard = deq_train::faults::FaultGuard::new(cfg.on_nonfinite, cfg.max_skipped, skipped0);
     while step < cfg.steps && !(cfg.max_seconds > 0.0 && train_seconds >= cfg.max_seconds) {
         let t0 = Instant::now();
         opt.set_lr(cfg.lr_at(step, train_seconds)?);
@@ -224,16 +233,32 @@ pub fn fit_with(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, 
             let it = Tensor::from_vec(mine, cfg.batch_size, &dev)?;
             (x.index_select(&it, 0)?, y.index_select(&it, 0)?)
         };
-        let fw = net.train_forward(&xb, if full { Some(&mut cache) } else { None })?;
-        let (loss, lv) = training_loss(net, objective.as_ref(), &fw, &yb, step)?;
-        deq_train::check_finite("training loss", loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?, step)?;
-        let mut grads = deq_core::grad::backward(&fw.backward_target(loss)?)?;
-        net.finish_step(&grads, if full { Some(&mut cache) } else { None })?;
-        collective.all_reduce_mean(&mut grads, &vars)?;
-        if cfg.clip_value > 0.0 {
-            deq_train::clip_grad_value(&mut grads, &vars, cfg.clip_value)?;
-        }
-        opt.step(&grads)?;
+        // The step's stages up to the local gradient; a numerical fault in any of them is
+        // agreed on by every rank, then stops the run or skips the batch (fit.on_nonfinite).
+        let attempt = guard.run_step(collective, step, |stage| -> Result<_> {
+            stage.set("forward solve");
+            let fw = net.train_forward(&xb, if full { Some(&mut cache) } else { None })?;
+            stage.set("loss");
+            let (loss, lv) = training_loss(net, objective.as_ref(), &fw, &yb, step)?;
+            deq_train::check_finite("training loss", loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?, step)?;
+            stage.set("backward (adjoint solve)");
+            let grads = deq_core::grad::backward(&fw.backward_target(loss)?)?;
+            stage.set("gradient");
+            deq_train::check_finite("gradient norm", deq_train::grad_norm(&grads, &vars)?, step)?;
+            Ok((lv, grads))
+        })?;
+        let lv = match attempt {
+            Some((lv, mut grads)) => {
+                net.finish_step(&grads, if full { Some(&mut cache) } else { None })?;
+                collective.all_reduce_mean(&mut grads, &vars)?;
+                if cfg.clip_value > 0.0 {
+                    deq_train::clip_grad_value(&mut grads, &vars, cfg.clip_value)?;
+                }
+                opt.step(&grads)?;
+                Some(lv)
+            }
+            None => None,
+        };
         if step > step0 {
             evals_after_first += net.f_evals() - evals_before;
             steps_after_first += 1;
@@ -244,9 +269,14 @@ pub fn fit_with(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, 
             train_seconds = collective.broadcast(&Tensor::new(&[train_seconds], &dev)?, 0)?.to_vec1::<f64>()?[0];
         }
         step += 1;
-        loss_sum += lv;
-        loss_n += 1;
-        bar.inc(1, &format!("loss {lv:.3e} {:.0}s", train_seconds));
+        match lv {
+            Some(lv) => {
+                loss_sum += lv;
+                loss_n += 1;
+                bar.inc(1, &format!("loss {lv:.3e} {:.0}s", train_seconds));
+            }
+            None => bar.inc(1, &format!("skipped the batch of step {} ({} in all)", step - 1, guard.skipped())),
+        }
         let out_of_time = cfg.max_seconds > 0.0 && train_seconds >= cfg.max_seconds;
         // SIGINT/SIGTERM on any rank: evaluate and checkpoint this step, then stop (exit 75).
         let signal = deq_train::dist::agree_on_signal(collective)?;
@@ -276,7 +306,7 @@ pub fn fit_with(net: &InrNet, train: &Samples, test: &Samples, cfg: &FitConfig, 
                 if let Some(a) = cache.carry.adjoint() {
                     tensors.push(("cache_adjoint".into(), a.clone()));
                 }
-                let meta = serde_json::json!({"train_seconds": train_seconds, "rng_state": rng.state().to_string(), "curve": curve, "model": net.kind()});
+                let meta = serde_json::json!({"train_seconds": train_seconds, "rng_state": rng.state().to_string(), "curve": curve, "model": net.kind(), "skipped_batches": guard.skipped()});
                 ck.save(step, &tensors, meta)?;
             }
         }

@@ -186,3 +186,15 @@ fn a_run_folder_renders_at_its_psnr_and_at_other_sizes() {
     assert_eq!((img.height, img.width), (48, 48));
     let _ = std::fs::remove_dir_all(d);
 }
+
+#[test]
+fn a_diverging_fit_stops_naming_step_and_stage_or_skips_and_counts() {
+    let (train, test) = image_representation(&image(), 0);
+    let mut cfg = FitConfig { steps: 12, lr: 1e12, eval_every: 6, ..Default::default() };
+    let e = fit(&deq_net(0), &train, &test, &cfg, &FitOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("diverged at step") && e.contains("stage `") && e.contains("on_nonfinite"), "{e}");
+    cfg.on_nonfinite = deq_train::faults::OnNonFinite::Skip;
+    cfg.max_skipped = 2;
+    let e = fit(&deq_net(0), &train, &test, &cfg, &FitOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("2 batches were skipped already"), "{e}");
+}

@@ -3,23 +3,15 @@
 
 use deq_inr::image_io::Image;
 use deq_inr::wav::Audio;
-use deq_train::hostile::{check_configs, check_reader};
+use deq_train::hostile::{check_configs, check_fixture, FORMAT_FIXTURES};
 use std::path::Path;
 
-const FORMATS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/formats");
 const MUTATIONS: usize = 2000;
 
 fn each(names: &[&str], seed: u64, read: impl Fn(&Path) -> Result<(), String>) {
-    let dir = std::env::temp_dir().join(format!("inr-hostile-{seed}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
     for (k, name) in names.iter().enumerate() {
-        let good = std::fs::read(Path::new(FORMATS).join(name)).unwrap();
-        let p = dir.join(name);
-        std::fs::write(&p, &good).unwrap();
-        read(&p).unwrap();
-        check_reader(&p, &good, MUTATIONS, seed + k as u64, &read).unwrap();
+        check_fixture(&Path::new(FORMAT_FIXTURES).join(name), MUTATIONS, seed + k as u64, &read).unwrap();
     }
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
@@ -45,7 +37,7 @@ fn memory_limited_child() {
     assert_eq!(case, "wav");
     let dir = std::env::temp_dir().join(format!("inr-hostile-huge-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut b = std::fs::read(Path::new(FORMATS).join("audio-pcm16.wav")).unwrap();
+    let mut b = std::fs::read(Path::new(FORMAT_FIXTURES).join("audio-pcm16.wav")).unwrap();
     // The data chunk's size field (after RIFF header 12 + fmt chunk 24 + "data").
     b[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
     let p = dir.join("huge.wav");

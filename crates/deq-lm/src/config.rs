@@ -130,12 +130,19 @@ pub struct TrainSection {
     pub threads: usize,
     /// Seed.
     pub seed: u64,
+    /// What a batch with NaN or Inf (in the forward solve, the loss, the adjoint solve or the
+    /// gradient) or a diverging adjoint solve does: `stop` the run with a message naming the
+    /// step and stage, or `skip` the batch (the step passes without an optimiser update) and
+    /// count it.
+    pub on_nonfinite: deq_train::faults::OnNonFinite,
+    /// With `on_nonfinite = "skip"`: the run stops once more batches than this were skipped.
+    pub max_skipped: usize,
 }
 
 impl Default for TrainSection {
     /// The zoo's WikiText-103 `deq-lm`.
     fn default() -> Self {
-        Self { batch_size: 56, tgt_len: 150, max_step: 150_000, lr: 2.5e-4, warmup_step: 8_000, clip: 0.25, eval_interval: 5_000, eval_batch_size: 16, eval_mem_len: 0, log_interval: 200, max_minutes: 0.0, test_at_minutes: Vec::new(), test_at_steps: Vec::new(), keep_checkpoints: 2, threads: 0, seed: 42 }
+        Self { batch_size: 56, tgt_len: 150, max_step: 150_000, lr: 2.5e-4, warmup_step: 8_000, clip: 0.25, eval_interval: 5_000, eval_batch_size: 16, eval_mem_len: 0, log_interval: 200, max_minutes: 0.0, test_at_minutes: Vec::new(), test_at_steps: Vec::new(), keep_checkpoints: 2, threads: 0, seed: 42, on_nonfinite: deq_train::faults::OnNonFinite::Stop, max_skipped: 10 }
     }
 }
 

@@ -29,5 +29,20 @@ impl LmError {
     }
 }
 
+impl deq_train::faults::FaultChain for LmError {
+    fn chain(&self) -> &(dyn std::error::Error + 'static) {
+        self
+    }
+    fn is_numerical(&self) -> bool {
+        // The wrapping variants are transparent (their sources skip the error they hold).
+        match self {
+            LmError::Candle(c) => deq_train::faults::is_numerical_fault(c),
+            LmError::Deq(d) => deq_train::faults::is_numerical_fault(d),
+            LmError::Train(t) => deq_train::faults::FaultChain::is_numerical(t),
+            LmError::Data { .. } => false,
+        }
+    }
+}
+
 /// `Result` with [`LmError`].
 pub type Result<T> = std::result::Result<T, LmError>;

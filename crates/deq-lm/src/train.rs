@@ -221,6 +221,7 @@ fn train_rank(cfg: &RunConfig, data: &Streams, opts: &TrainOptions, collective: 
     };
     let mut step = 0usize;
     let mut mem = model.empty_memory(local)?;
+    let mut skipped0 = 0usize;
     if opts.resume {
         let dir = opts.out_dir.as_ref().ok_or_else(|| candle_core::Error::Msg("--resume needs an output folder".into()))?;
         match Checkpointer::new(dir.join("checkpoints"), t.keep_checkpoints)?.load_latest(dev)? {
@@ -235,6 +236,7 @@ fn train_rank(cfg: &RunConfig, data: &Streams, opts: &TrainOptions, collective: 
                 }
                 mem = Memory { z: z.narrow(0, cols.start, local)?.contiguous()?, u: u.narrow(0, cols.start, local)?.contiguous()? };
                 step = c.step;
+                skipped0 = c.meta.get("skipped_batches").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
                 tracing::info!(step, "resumed from {}", c.path.display());
             }
             None => tracing::warn!("--resume: no checkpoint in {}, starting fresh", dir.display()),
@@ -256,6 +258,7 @@ fn train_rank(cfg: &RunConfig, data: &Streams, opts: &TrainOptions, collective: 
     let mut interval_secs = 0f64;
     let mut interval_tokens = 0usize;
     let mut bar = Progress::new("train", last.saturating_sub(step), opts.progress && main);
+    let mut guard = deq_train::faults::FaultGuard::new(t.on_nonfinite, t.max_skipped, skipped0);
     while step < last {
         let t0 = Instant::now();
         let k = step % seg.len();
@@ -264,41 +267,59 @@ fn train_rank(cfg: &RunConfig, data: &Streams, opts: &TrainOptions, collective: 
         }
         let (x, y) = seg.get(k, dev)?;
         opt.set_lr(schedule.lr_at(t.lr, step));
-        let out = model.forward_seeded(&x, &mem, true, step_seed(t.seed, step) ^ rank_mix)?;
-        let losses = out.hidden.iter().map(|h| model.loss(h, &y)).collect::<candle_core::Result<Vec<_>>>()?;
-        let task = losses.last().expect("a state").to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        let mut loss = objective.correction(&losses)?;
-        let jac = objective.jacobian(step, &|z: &[Tensor]| Ok(vec![model.f_at(&out.context, &z[0])?]), std::slice::from_ref(&out.fixed_point))?;
-        if let Some(j) = &jac {
-            loss = (loss + &j.term)?;
-            (jac_sum, jac_n) = (jac_sum + j.value, jac_n + 1);
+        // The step's stages up to the local gradient; a numerical fault in any of them is
+        // agreed on by every rank, then stops the run or skips the segment (train.on_nonfinite;
+        // a skipped segment leaves the memory as it was).
+        let attempt = guard.run_step(collective, step, |stage| -> crate::Result<_> {
+            stage.set("forward solve");
+            let out = model.forward_seeded(&x, &mem, true, step_seed(t.seed, step) ^ rank_mix)?;
+            stage.set("loss");
+            let losses = out.hidden.iter().map(|h| model.loss(h, &y)).collect::<candle_core::Result<Vec<_>>>()?;
+            let task = losses.last().expect("a state").to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let mut loss = objective.correction(&losses)?;
+            let jac = objective.jacobian(step, &|z: &[Tensor]| Ok(vec![model.f_at(&out.context, &z[0])?]), std::slice::from_ref(&out.fixed_point))?;
+            if let Some(j) = &jac {
+                loss = (loss + &j.term)?;
+            }
+            deq_train::check_finite("training loss", loss.to_dtype(DType::F64)?.to_scalar::<f64>()?, step)?;
+            stage.set("backward (adjoint solve)");
+            let grads = deq_core::grad::backward(&loss)?;
+            stage.set("gradient");
+            deq_train::check_finite("gradient norm", deq_train::grad_norm(&grads, &vars)?, step)?;
+            Ok((out, task, jac.map(|j| j.value), grads))
+        })?;
+        if let Some((out, task, jac, mut grads)) = attempt {
+            if let Some(j) = jac {
+                (jac_sum, jac_n) = (jac_sum + j, jac_n + 1);
+            }
+            collective.all_reduce_mean(&mut grads, &vars)?;
+            if t.clip > 0.0 {
+                let norm = deq_train::clip_grad_norm(&mut grads, &vars, t.clip)?;
+                deq_train::check_finite("gradient norm", norm, step)?;
+            }
+            opt.step(&grads)?;
+            solver.add_forward(&out.stats);
+            solver.add_backward(&out.backward_stats.get());
+            if (step + 1) % t.log_interval == 0 {
+                // The training state's relative residual |f(z) - z| / |f(z)| (per sample, mean),
+                // from one more call of f without graph: the solver reports none when training
+                // does not solve (deq-lm's f_max_iter = 0), as the zoo's extra call does.
+                let z = out.fixed_point.clone();
+                let fz = model.f_at(&out.context, &z)?.detach();
+                phantom_res = Some(relative_residual(&fz, &z)?);
+            }
+            mem = out.memory;
+            step += 1;
+            (loss_sum, loss_n, interval_loss, interval_n) = (loss_sum + task, loss_n + 1, interval_loss + task, interval_n + 1);
+            on_step(step, task);
+            bar.inc(1, &format!("loss {task:.3} ppl {:.1} nfe {}", task.exp(), out.stats.nfe));
+        } else {
+            step += 1;
+            bar.inc(1, &format!("skipped the segment of step {} ({} in all)", step - 1, guard.skipped()));
         }
-        deq_train::check_finite("training loss", loss.to_dtype(DType::F64)?.to_scalar::<f64>()?, step)?;
-        let mut grads = deq_core::grad::backward(&loss)?;
-        collective.all_reduce_mean(&mut grads, &vars)?;
-        if t.clip > 0.0 {
-            let norm = deq_train::clip_grad_norm(&mut grads, &vars, t.clip)?;
-            deq_train::check_finite("gradient norm", norm, step)?;
-        }
-        opt.step(&grads)?;
-        solver.add_forward(&out.stats);
-        solver.add_backward(&out.backward_stats.get());
-        if (step + 1) % t.log_interval == 0 {
-            // The training state's relative residual |f(z) - z| / |f(z)| (per sample, mean), from
-            // one more call of f without graph: the solver reports none when training does not
-            // solve (deq-lm's f_max_iter = 0), as the zoo's extra call does.
-            let z = out.fixed_point.clone();
-            let fz = model.f_at(&out.context, &z)?.detach();
-            phantom_res = Some(relative_residual(&fz, &z)?);
-        }
-        mem = out.memory;
-        step += 1;
-        (loss_sum, loss_n, interval_loss, interval_n) = (loss_sum + task, loss_n + 1, interval_loss + task, interval_n + 1);
         interval_tokens += y.elem_count() * dist.world_size;
         let dt = t0.elapsed().as_secs_f64();
         (train_secs, interval_secs) = (train_secs + dt, interval_secs + dt);
-        on_step(step, task);
-        bar.inc(1, &format!("loss {task:.3} ppl {:.1} nfe {}", task.exp(), out.stats.nfe));
         // Decisions by time must agree over the ranks: they use the ranks' mean.
         let minutes = if dist.world_size > 1 && (t.max_minutes > 0.0 || !marks.is_empty()) {
             deq_train::dist::all_reduce_sum_f64(collective, &[train_secs])?[0] / dist.world_size as f64 / 60.0
@@ -336,7 +357,7 @@ fn train_rank(cfg: &RunConfig, data: &Streams, opts: &TrainOptions, collective: 
             if main {
                 model.set_mem_len(eval_mem);
                 let v = evaluate(&model, &data.valid, t.eval_batch_size, t.tgt_len, 0, dev)?;
-                let mut rec = serde_json::json!({"step": step, "train_minutes": minutes, "interval_train_loss": train_loss});
+                let mut rec = serde_json::json!({"step": step, "train_minutes": minutes, "interval_train_loss": train_loss, "skipped_batches": guard.skipped()});
                 rec.as_object_mut().expect("an object").extend(v.record("valid"));
                 if mark || out_of_time || step == t.max_step {
                     let te = evaluate(&model, &data.test, t.eval_batch_size, t.tgt_len, 0, dev)?;
@@ -371,7 +392,7 @@ fn train_rank(cfg: &RunConfig, data: &Streams, opts: &TrainOptions, collective: 
                 tensors.extend(opt.state()?.into_iter().map(|(n, v)| (format!("optim.{n}"), v)));
                 tensors.push(("memory.z".into(), full_mem.z.clone()));
                 tensors.push(("memory.u".into(), full_mem.u.clone()));
-                c.save(step, &tensors, serde_json::json!({"step": step, "stopped_by": deq_train::signals::name(sig)}))?;
+                c.save(step, &tensors, serde_json::json!({"step": step, "stopped_by": deq_train::signals::name(sig), "skipped_batches": guard.skipped()}))?;
                 checkpoint = c.latest_path();
             }
             return Err(deq_train::TrainError::Interrupted { signal: deq_train::signals::name(sig), step, checkpoint }.into());

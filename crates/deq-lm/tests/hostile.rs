@@ -4,23 +4,15 @@
 
 use deq_lm::data::cache::read_ids;
 use deq_lm::data::{read_lines, Vocab};
-use deq_train::hostile::{check_configs, check_reader};
+use deq_train::hostile::{check_configs, check_fixture, FORMAT_FIXTURES};
 use std::path::Path;
 
-const FORMATS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/formats");
 const MUTATIONS: usize = 2000;
 /// The fingerprint written into `tokens.ids` by scripts/make_format_fixtures.py.
 const FINGERPRINT: u64 = 0x1234_5678_9abc_def0;
 
 fn each(name: &str, seed: u64, read: impl Fn(&Path) -> Result<(), String>) {
-    let dir = std::env::temp_dir().join(format!("lm-hostile-{seed}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let good = std::fs::read(Path::new(FORMATS).join(name)).unwrap();
-    let p = dir.join(name);
-    std::fs::write(&p, &good).unwrap();
-    read(&p).unwrap();
-    check_reader(&p, &good, MUTATIONS, seed, &read).unwrap();
-    std::fs::remove_dir_all(dir).ok();
+    check_fixture(&Path::new(FORMAT_FIXTURES).join(name), MUTATIONS, seed, read).unwrap();
 }
 
 #[test]
@@ -47,7 +39,7 @@ fn memory_limited_child() {
     assert_eq!(case, "ids");
     let dir = std::env::temp_dir().join(format!("lm-hostile-huge-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut b = std::fs::read(Path::new(FORMATS).join("tokens.ids")).unwrap();
+    let mut b = std::fs::read(Path::new(FORMAT_FIXTURES).join("tokens.ids")).unwrap();
     b[24..32].copy_from_slice(&(1u64 << 40).to_le_bytes());
     let p = dir.join("huge.ids");
     std::fs::write(&p, b).unwrap();

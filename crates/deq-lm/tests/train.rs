@@ -130,3 +130,26 @@ fn evaluation_may_use_a_longer_memory_and_resume_needs_a_folder() {
     let e = train(&cfg(), &data(), &TrainOptions { resume: true, ..Default::default() }, |_, _| {}).unwrap_err().to_string();
     assert!(e.contains("--resume needs an output folder"), "{e}");
 }
+
+#[test]
+fn a_diverging_run_stops_naming_step_and_stage_or_skips_and_counts() {
+    let mut c = cfg();
+    c.train.max_step = 12;
+    c.train.lr = 1e12;
+    let e = train(&c, &data(), &TrainOptions::default(), |_, _| {}).unwrap_err().to_string();
+    assert!(e.contains("diverged at step") && e.contains("stage `") && e.contains("on_nonfinite"), "{e}");
+    c.train.on_nonfinite = deq_train::faults::OnNonFinite::Skip;
+    c.train.max_skipped = 3;
+    let e = train(&c, &data(), &TrainOptions::default(), |_, _| {}).unwrap_err().to_string();
+    assert!(e.contains("3 batches were skipped already"), "{e}");
+    // Within the limit the run ends, its checkpoint counting the skipped segments.
+    c.train.max_skipped = 12;
+    let out = dir("skip");
+    let mut seen = Vec::new();
+    let s = train(&c, &data(), &TrainOptions { out_dir: Some(out.clone()), ..Default::default() }, |s, _| seen.push(s)).unwrap();
+    assert_eq!(s.steps, 12);
+    let ck = Checkpointer::load(&out.join("checkpoints/latest.json"), &Device::Cpu).unwrap();
+    let skipped = ck.meta["skipped_batches"].as_u64().unwrap() as usize;
+    assert!(skipped >= 1 && seen.len() + skipped == 12, "{skipped} skipped, {seen:?} trained");
+    let _ = std::fs::remove_dir_all(out);
+}

@@ -36,8 +36,12 @@ pub fn is_numerical_fault(e: &(dyn Error + 'static)) -> bool {
                 return true;
             }
         }
-        if matches!(err.downcast_ref::<TrainError>(), Some(TrainError::Diverged { .. })) {
-            return true;
+        // `Deq` and `Candle` are transparent: their `source()` skips the error they hold.
+        match err.downcast_ref::<TrainError>() {
+            Some(TrainError::Diverged { .. }) => return true,
+            Some(TrainError::Deq(d)) if is_numerical_fault(d) => return true,
+            Some(TrainError::Candle(c)) if is_numerical_fault(c) => return true,
+            _ => {}
         }
         if let Some(c) = err.downcast_ref::<candle_core::Error>() {
             // Backward passes carry deq-core's errors as candle errors, which keep only the
@@ -50,6 +54,30 @@ pub fn is_numerical_fault(e: &(dyn Error + 'static)) -> bool {
         cur = err.source();
     }
     false
+}
+
+/// An error that [`FaultGuard`] can classify: its source chain is searched by
+/// [`is_numerical_fault`]; a crate whose error type turns deq-train's
+/// [`TrainError::Diverged`] into a variant of its own says so in [`FaultChain::is_numerical`].
+pub trait FaultChain: std::fmt::Display {
+    /// The error as the head of its source chain.
+    fn chain(&self) -> &(dyn Error + 'static);
+    /// Whether this is a numerical fault (by default: [`is_numerical_fault`] of the chain).
+    fn is_numerical(&self) -> bool {
+        is_numerical_fault(self.chain())
+    }
+}
+
+impl FaultChain for anyhow::Error {
+    fn chain(&self) -> &(dyn Error + 'static) {
+        self.as_ref()
+    }
+}
+
+impl FaultChain for TrainError {
+    fn chain(&self) -> &(dyn Error + 'static) {
+        self
+    }
 }
 
 /// Fails with [`TrainError::Diverged`] when `t` holds NaN or Inf (one pass: `t - t` is zero
@@ -89,9 +117,9 @@ impl FaultGuard {
     /// as they are.
     pub fn handle<E>(&mut self, step: usize, stage: &str, e: E) -> Result<(), E>
     where
-        E: AsRef<dyn Error + Send + Sync + 'static> + std::fmt::Display + From<TrainError>,
+        E: FaultChain + From<TrainError>,
     {
-        if !is_numerical_fault(e.as_ref()) {
+        if !e.is_numerical() {
             return Err(e);
         }
         if self.policy == OnNonFinite::Skip && self.skipped < self.max_skipped {
@@ -107,14 +135,60 @@ impl FaultGuard {
     }
 }
 
+/// The stage of a step that [`FaultGuard::run_step`] reports a fault in.
+#[derive(Debug)]
+pub struct Stage(std::cell::Cell<&'static str>);
+
+impl Stage {
+    /// Enters the stage `name` (e.g. `"forward solve"`).
+    pub fn set(&self, name: &'static str) {
+        self.0.set(name);
+    }
+
+    /// The stage entered last.
+    pub fn get(&self) -> &'static str {
+        self.0.get()
+    }
+}
+
+impl FaultGuard {
+    /// Runs the stages of optimiser step `step` up to the local gradient (`body`, which names
+    /// each stage it enters through [`Stage::set`]; the first is `"data"`), agrees with every
+    /// rank of `collective` on whether any of them met a numerical fault, and applies the
+    /// policy on every rank alike: `Ok(Some(v))` goes on with the step, `Ok(None)` means the
+    /// batch is skipped, `Err` stops the run (a numerical fault named by step and stage, or
+    /// any other error as it is).
+    pub fn run_step<T, E, C>(&mut self, collective: &C, step: usize, body: impl FnOnce(&Stage) -> Result<T, E>) -> Result<Option<T>, E>
+    where
+        C: crate::Collective + ?Sized,
+        E: FaultChain + From<TrainError>,
+    {
+        let stage = Stage(std::cell::Cell::new("data"));
+        let attempt = body(&stage);
+        let mine = matches!(&attempt, Err(e) if e.is_numerical());
+        let any = collective.context().world_size > 1 && crate::dist::all_reduce_sum_f64(collective, &[mine as u8 as f64])?[0] > 0.0;
+        match attempt {
+            Ok(v) if !any => Ok(Some(v)),
+            other => {
+                let e = match other {
+                    Err(e) => e,
+                    Ok(_) => TrainError::Diverged { step, message: "another rank reported a numerical fault".into() }.into(),
+                };
+                self.handle(step, if mine { stage.get() } else { "another rank" }, e)?;
+                Ok(None)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[derive(Debug)]
     struct E(Box<dyn Error + Send + Sync + 'static>);
-    impl AsRef<dyn Error + Send + Sync + 'static> for E {
-        fn as_ref(&self) -> &(dyn Error + Send + Sync + 'static) {
+    impl FaultChain for E {
+        fn chain(&self) -> &(dyn Error + 'static) {
             &*self.0
         }
     }
@@ -136,9 +210,13 @@ mod tests {
     #[test]
     fn faults_stop_or_skip_and_other_errors_pass() {
         let io = || E(Box::new(TrainError::io("x.bin", std::io::Error::other("gone"))));
-        assert!(!is_numerical_fault(io().as_ref()));
-        assert!(is_numerical_fault(solver_fault().as_ref()));
-        assert!(is_numerical_fault(E(Box::new(deq_core::DeqError::NonFinite { context: "fixed-point solve", samples: vec![0] })).as_ref()));
+        assert!(!io().is_numerical());
+        assert!(solver_fault().is_numerical());
+        // Inside deq-train's transparent variants too.
+        assert!(TrainError::Deq(deq_core::DeqError::NonFinite { context: "fixed-point solve", samples: vec![0] }).is_numerical());
+        assert!(TrainError::Candle(candle_core::Error::wrap(deq_core::DeqError::Diverging { context: "adjoint", samples: vec![1], summary: String::new() })).is_numerical());
+        assert!(!TrainError::Candle(candle_core::Error::Msg("shape mismatch".into())).is_numerical());
+        assert!(E(Box::new(deq_core::DeqError::NonFinite { context: "fixed-point solve", samples: vec![0] })).is_numerical());
         let mut stop = FaultGuard::new(OnNonFinite::Stop, 5, 0);
         let e = stop.handle(12, "backward", solver_fault()).unwrap_err().to_string();
         assert!(e.contains("step 12") && e.contains("stage `backward`") && e.contains("nfe 8") && e.contains("on_nonfinite"), "{e}");
@@ -149,6 +227,45 @@ mod tests {
         let e = skip.handle(4, "loss", solver_fault()).unwrap_err().to_string();
         assert!(e.contains("2 batches were skipped"), "{e}");
         assert!(skip.handle(5, "data", io()).is_err(), "I/O errors are never skipped");
+    }
+
+    #[test]
+    fn run_step_names_the_stage_and_skips_on_every_rank() {
+        let one = crate::SingleProcess::default();
+        let mut stop = FaultGuard::new(OnNonFinite::Stop, 3, 0);
+        assert_eq!(stop.run_step(&one, 4, |_| Ok::<_, E>(7)).unwrap(), Some(7));
+        let e = stop
+            .run_step(&one, 4, |s| -> Result<(), E> {
+                s.set("loss");
+                s.set("backward (adjoint solve)");
+                Err(solver_fault())
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("step 4") && e.contains("stage `backward (adjoint solve)`") && e.contains("nfe 8"), "{e}");
+        let e = stop.run_step(&one, 5, |_| -> Result<(), E> { Err(E(Box::new(TrainError::io("x.bin", std::io::Error::other("gone"))))) }).unwrap_err().to_string();
+        assert!(e.contains("x.bin") && !e.contains("stage"), "{e}");
+        let mut skip = FaultGuard::new(OnNonFinite::Skip, 1, 0);
+        assert_eq!(skip.run_step(&one, 6, |_| -> Result<(), E> { Err(solver_fault()) }).unwrap(), None);
+        assert_eq!(skip.skipped(), 1);
+        assert!(skip.run_step(&one, 7, |_| -> Result<(), E> { Err(solver_fault()) }).is_err());
+        // Two ranks: a fault on rank 1 alone skips the batch on rank 0 too.
+        let groups = crate::dist::ThreadGroup::new(2);
+        let outs: Vec<_> = std::thread::scope(|sc| {
+            let hs: Vec<_> = groups
+                .into_iter()
+                .enumerate()
+                .map(|(r, g)| {
+                    sc.spawn(move || {
+                        let mut guard = FaultGuard::new(OnNonFinite::Skip, 5, 0);
+                        let got = guard.run_step(&g, 9, |_| if r == 1 { Err(solver_fault()) } else { Ok(r) }).map_err(|e| e.to_string());
+                        (got, guard.skipped())
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(outs, vec![(Ok(None), 1), (Ok(None), 1)]);
     }
 
     #[test]

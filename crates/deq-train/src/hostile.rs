@@ -144,6 +144,41 @@ pub fn check_reader<T, E: Display>(
     }
 }
 
+/// The committed format fixtures of the workspace (`tests/fixtures/formats/`).
+pub const FORMAT_FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/formats");
+
+/// [`check_reader`] on a committed fixture without touching it: copies the plain files of
+/// `fixture`'s folder (so that a reader finds the siblings it opens) into a private scratch
+/// folder, demands that the undamaged copy reads, runs [`check_reader`] on the copy of
+/// `fixture`, checks that every variant was read, and removes the scratch folder.
+pub fn check_fixture<T, E: Display>(fixture: &Path, mutations: usize, seed: u64, read: impl Fn(&Path) -> Result<T, E>) -> Result<HostileReport, String> {
+    static SCRATCH: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let from = fixture.parent().ok_or_else(|| format!("{}: no folder", fixture.display()))?;
+    let name = fixture.file_name().ok_or_else(|| format!("{}: not a file name", fixture.display()))?;
+    let k = SCRATCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("deq-hostile-{}-{k}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let result = (|| {
+        for e in std::fs::read_dir(from).map_err(|e| format!("{}: {e}", from.display()))? {
+            let p = e.map_err(|e| format!("{}: {e}", from.display()))?.path();
+            if p.is_file() {
+                std::fs::copy(&p, dir.join(p.file_name().expect("a file"))).map_err(|e| format!("{}: {e}", p.display()))?;
+            }
+        }
+        let path = dir.join(name);
+        let good = std::fs::read(&path).map_err(|e| format!("{}: {e}", fixture.display()))?;
+        read(&path).map_err(|e| format!("the fixture {} itself does not read: {e}", fixture.display()))?;
+        let report = check_reader(&path, &good, mutations, seed, &read)?;
+        if report.variants != good.len() + mutations {
+            return Err(format!("{}: {} of {} variants read", fixture.display(), report.variants, good.len() + mutations));
+        }
+        Ok(report)
+    })();
+    std::fs::remove_dir_all(&dir).ok();
+    result
+}
+
 /// A copy of the PNG file `png` whose header (IHDR) declares `width x height` pixels, its
 /// checksum fixed so that decoders read the header instead of rejecting its CRC: a file that
 /// lies about its size.

@@ -6,73 +6,48 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use deq_train::data::{load_image, read_cifar10_file, read_idx_images, read_idx_labels, read_npy};
-use deq_train::hostile::check_reader;
+use deq_train::hostile::{check_fixture, FORMAT_FIXTURES};
 use deq_train::Checkpointer;
 
-const FORMATS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/formats");
 const MUTATIONS: usize = 2000;
 
-/// A private copy of fixture files (the check rewrites them).
-fn copy(tag: &str, names: &[&str]) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("deq-hostile-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    for n in names {
-        let to = dir.join(n);
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(Path::new(FORMATS).join(n), &to).unwrap();
-    }
-    dir
-}
-
-fn check<T, E: std::fmt::Display>(dir: &Path, name: &str, seed: u64, read: impl Fn(&Path) -> Result<T, E>) {
-    let path = dir.join(name);
-    let good = std::fs::read(&path).unwrap();
-    assert!(read(&path).is_ok(), "the fixture {name} itself must read");
-    let r = check_reader(&path, &good, MUTATIONS, seed, read).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(r.variants, good.len() + MUTATIONS);
+/// Every truncation and `MUTATIONS` seeded mutations of the fixture `name` (a private copy).
+fn check<T, E: std::fmt::Display>(name: &str, seed: u64, read: impl Fn(&Path) -> Result<T, E>) {
+    check_fixture(&Path::new(FORMAT_FIXTURES).join(name), MUTATIONS, seed, read).unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]
 fn idx_files_raw_and_gzipped() {
     let names = ["mnist-images-idx3-ubyte", "mnist-labels-idx1-ubyte", "mnist-images-idx3-ubyte.gz", "mnist-labels-idx1-ubyte.gz"];
-    let dir = copy("idx", &names);
-    check(&dir, names[0], 1, |p: &Path| read_idx_images(p));
-    check(&dir, names[1], 2, |p: &Path| read_idx_labels(p));
-    check(&dir, names[2], 3, |p: &Path| read_idx_images(p));
-    check(&dir, names[3], 4, |p: &Path| read_idx_labels(p));
-    std::fs::remove_dir_all(dir).ok();
+    check(names[0], 1, |p: &Path| read_idx_images(p));
+    check(names[1], 2, |p: &Path| read_idx_labels(p));
+    check(names[2], 3, |p: &Path| read_idx_images(p));
+    check(names[3], 4, |p: &Path| read_idx_labels(p));
 }
 
 #[test]
 fn cifar_and_npy() {
     let names = ["cifar10.bin", "array-f4.npy", "array-f8-fortran.npy"];
-    let dir = copy("cifar-npy", &names);
-    check(&dir, names[0], 5, |p: &Path| read_cifar10_file(p));
-    check(&dir, names[1], 6, |p: &Path| read_npy(p));
-    check(&dir, names[2], 7, |p: &Path| read_npy(p));
-    std::fs::remove_dir_all(dir).ok();
+    check(names[0], 5, |p: &Path| read_cifar10_file(p));
+    check(names[1], 6, |p: &Path| read_npy(p));
+    check(names[2], 7, |p: &Path| read_npy(p));
 }
 
 #[test]
 fn images_png_and_jpeg() {
     let names = ["image-rgb.png", "image-grey.png", "image.jpg", "flow-kitti.png"];
-    let dir = copy("images", &names);
     for (k, n) in names.iter().enumerate() {
-        check(&dir, n, 10 + k as u64, |p: &Path| load_image(p, None));
-        check(&dir, n, 20 + k as u64, |p: &Path| load_image(p, Some((5, 4))));
+        check(n, 10 + k as u64, |p: &Path| load_image(p, None));
+        check(n, 20 + k as u64, |p: &Path| load_image(p, Some((5, 4))));
     }
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
 fn checkpoint_tensors_and_sidecar() {
     let names = ["checkpoint/step-00000002.safetensors", "checkpoint/latest.json"];
-    let dir = copy("checkpoint", &names);
-    let sidecar = dir.join(names[1]);
     // Damage the tensor file with the sidecar intact, then the sidecar with the tensors intact.
-    check(&dir, names[0], 30, |_: &Path| Checkpointer::load(&sidecar, &Device::Cpu));
-    check(&dir, names[1], 31, |p: &Path| Checkpointer::load(p, &Device::Cpu));
-    std::fs::remove_dir_all(dir).ok();
+    check(names[0], 30, |p: &Path| Checkpointer::load(&p.with_file_name("latest.json"), &Device::Cpu));
+    check(names[1], 31, |p: &Path| Checkpointer::load(p, &Device::Cpu));
 }
 
 /// Files whose header declares about 2^40 elements, each of which must be refused against the
@@ -106,7 +81,7 @@ fn huge_header_file(case: &str, dir: &Path) -> PathBuf {
             ("step-00000001.safetensors", b)
         }
         "png" => {
-            ("huge.png", deq_train::hostile::png_with_size(&std::fs::read(Path::new(FORMATS).join("image-rgb.png")).unwrap(), 1 << 20, 1 << 20))
+            ("huge.png", deq_train::hostile::png_with_size(&std::fs::read(Path::new(FORMAT_FIXTURES).join("image-rgb.png")).unwrap(), 1 << 20, 1 << 20))
         }
         other => panic!("unknown case {other}"),
     };

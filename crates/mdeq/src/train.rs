@@ -338,8 +338,7 @@ fn train_rank(cfg: &RunConfig, opts: &RunOptions, collective: &dyn Collective) -
             opt.set_lr(lr);
             // The step's stages up to the local gradient; a numerical fault in any of them is
             // agreed on by every rank, then stops the run or skips the batch (train.on_nonfinite).
-            let stage = std::cell::Cell::new("data");
-            let attempt = (|| -> Result<(StepLoss, candle_core::backprop::GradStore)> {
+            let attempt = guard.run_step(collective, step, |stage| -> Result<(StepLoss, candle_core::backprop::GradStore)> {
                 deq_train::faults::check_tensor_finite("the input batch", &batch.images, step)?;
                 stage.set("forward solve");
                 let sl = training_loss(&model, &objective, &batch.images, &batch.labels, step)?;
@@ -350,21 +349,11 @@ fn train_rank(cfg: &RunConfig, opts: &RunOptions, collective: &dyn Collective) -
                 stage.set("gradient");
                 check_finite("gradient norm", deq_train::clip::grad_norm(&grads, &vars)?, step)?;
                 Ok((sl, grads))
-            })();
-            let mine = matches!(&attempt, Err(e) if deq_train::faults::is_numerical_fault(e.as_ref()));
-            let any = dist.world_size > 1 && deq_train::dist::all_reduce_sum_f64(collective, &[mine as u8 as f64])?[0] > 0.0;
-            let (StepLoss { loss: _, task: loss_v, jac, out }, mut grads) = match attempt {
-                Ok(v) if !any => v,
-                other => {
-                    let e = match other {
-                        Err(e) => e,
-                        Ok(_) => deq_train::TrainError::Diverged { step, message: "another rank reported a numerical fault".into() }.into(),
-                    };
-                    guard.handle(step, if mine { stage.get() } else { "another rank" }, e)?;
-                    done_in_epoch += 1;
-                    bar.inc(1, &format!("skipped a batch at step {step} ({} in all)", guard.skipped()));
-                    continue;
-                }
+            })?;
+            let Some((StepLoss { loss: _, task: loss_v, jac, out }, mut grads)) = attempt else {
+                done_in_epoch += 1;
+                bar.inc(1, &format!("skipped a batch at step {step} ({} in all)", guard.skipped()));
+                continue;
             };
             if let Some(j) = jac {
                 (jac_sum, jac_steps) = (jac_sum + j.value, jac_steps + 1);
