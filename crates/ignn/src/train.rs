@@ -67,11 +67,19 @@ pub struct NodeTrainConfig {
     /// mean over them (and over the processes of a data-parallel job, each of which takes its
     /// own minibatches of the step).
     pub parts_per_step: usize,
+    /// What a step with NaN or Inf (in the forward solve, the loss, the adjoint solve or the
+    /// gradient) or a diverging adjoint solve does: `stop` the run with a message naming the
+    /// step and stage, or `skip` it (no optimiser update) and count it.
+    pub on_nonfinite: deq_train::faults::OnNonFinite,
+    /// With `on_nonfinite = "skip"`: the run stops once more steps than this were skipped.
+    pub max_skipped: usize,
 }
 
 impl Default for NodeTrainConfig {
     fn default() -> Self {
         Self {
+            on_nonfinite: deq_train::faults::OnNonFinite::Stop,
+            max_skipped: 10,
             model: "ignn".into(),
             hidden: 16,
             kappa: 0.9,
@@ -187,7 +195,12 @@ pub fn normalize(g: &Graph, adjacency: &str) -> Result<(Graph, f64)> {
 /// Backpropagates `loss`, averages the gradients over the ranks of `collective`, clips each
 /// parameter's gradient norm to `clip_per_param` (0: off) and takes an optimiser step.
 pub(crate) fn backward_and_step(loss: &Tensor, vars: &[candle_core::Var], clip_per_param: f64, opt: &mut Adam, collective: &dyn Collective) -> Result<()> {
-    let mut grads = deq_core::grad::backward(loss)?;
+    reduce_and_step(deq_core::grad::backward(loss)?, vars, clip_per_param, opt, collective)
+}
+
+/// Averages the local gradients `grads` over the ranks of `collective`, clips each
+/// parameter's gradient norm to `clip_per_param` (0: off) and takes an optimiser step.
+fn reduce_and_step(mut grads: candle_core::backprop::GradStore, vars: &[candle_core::Var], clip_per_param: f64, opt: &mut Adam, collective: &dyn Collective) -> Result<()> {
     collective.all_reduce_mean(&mut grads, vars)?;
     if clip_per_param > 0.0 {
         for v in vars {
@@ -370,6 +383,7 @@ pub fn train_nodes_with(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig,
     };
     let mut best: Option<NodeResult> = None;
     let mut epoch0 = 0;
+    let mut skipped0 = 0usize;
     if opts.resume {
         let ck = Checkpointer::new(opts.out_dir.as_ref().context("--resume needs an output folder")?.join("checkpoints"), 2)?;
         match ck.load_latest(&dev)? {
@@ -380,6 +394,7 @@ pub fn train_nodes_with(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig,
                 epoch0 = c.meta["epoch"].as_u64().context("checkpoint has no epoch")? as usize;
                 rng = DeqRng::from_state(c.meta["rng_state"].as_str().and_then(|s| s.parse().ok()).context("checkpoint has no rng_state")?);
                 best = serde_json::from_value(c.meta["best"].clone()).ok();
+                skipped0 = c.meta.get("skipped_batches").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
                 tracing::info!(epoch = epoch0, "resumed from {}", c.path.display());
             }
             None => tracing::warn!("--resume: no checkpoint in {}, starting fresh", ck.dir().display()),
@@ -395,6 +410,7 @@ pub fn train_nodes_with(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig,
     // Minibatches per optimiser step over all ranks, and steps per epoch.
     let per_step = world * cfg.parts_per_step;
     let steps = parts.len().div_ceil(per_step);
+    let mut guard = deq_train::faults::FaultGuard::new(cfg.on_nonfinite, cfg.max_skipped, skipped0);
     for epoch in epoch0..cfg.epochs {
         if parts.len() > 1 {
             // The epoch's order, the same on every rank: from the main stream of a single
@@ -415,39 +431,55 @@ pub fn train_nodes_with(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig,
             // Each rank's loss is weighted so that the mean over ranks is the mean over the
             // step's minibatches.
             let weight = world as f64 / global.len() as f64;
-            let mut total: Option<Tensor> = None;
-            let mut solves_all = Vec::new();
-            for &pi in mine {
-                let part = &parts[pi];
-                // Per-minibatch dropout streams make the masks independent of which rank
-                // draws them; a single minibatch per step keeps the run's main stream.
-                let mut part_rng = sample_rng(cfg.seed ^ 0x5eed_d80f, epoch, pi);
-                let r = if per_step > 1 { &mut part_rng } else { &mut rng };
-                let u_in = crate::model::dropout(&part.u, cfg.input_dropout, r)?;
-                let (logits, solves) = model.forward_train(&u_in, &part.a, part.lambda, r, &objective, step)?;
-                nfe_sum += solves.nfe();
-                solves.add_forward_to(&mut train_solver);
-                let losses = logits.iter().map(|l| loss_of(&task.labels, &l.index_select(&part.rows, 0)?, &part.targets)).collect::<Result<Vec<_>>>()?;
-                let (loss, lv) = objective_loss(&objective, &losses, &solves)?;
-                if !solves.jac.is_empty() {
-                    (jac_sum, jac_steps) = (jac_sum + solves.jac.iter().map(|j| j.value).sum::<f64>(), jac_steps + 1);
+            // The step's stages up to the local gradient; a numerical fault in any of them is
+            // agreed on by every rank, then stops the run or skips the step (on_nonfinite).
+            let attempt = guard.run_step(collective, step, |stage| -> Result<_> {
+                let mut total: Option<Tensor> = None;
+                let mut solves_all = Vec::new();
+                let (mut step_loss, mut step_nfe, mut step_jac) = (0.0, 0usize, (0f64, 0usize));
+                for &pi in mine {
+                    let part = &parts[pi];
+                    // Per-minibatch dropout streams make the masks independent of which rank
+                    // draws them; a single minibatch per step keeps the run's main stream.
+                    let mut part_rng = sample_rng(cfg.seed ^ 0x5eed_d80f, epoch, pi);
+                    let r = if per_step > 1 { &mut part_rng } else { &mut rng };
+                    let u_in = crate::model::dropout(&part.u, cfg.input_dropout, r)?;
+                    stage.set("forward solve");
+                    let (logits, solves) = model.forward_train(&u_in, &part.a, part.lambda, r, &objective, step)?;
+                    step_nfe += solves.nfe();
+                    stage.set("loss");
+                    let losses = logits.iter().map(|l| loss_of(&task.labels, &l.index_select(&part.rows, 0)?, &part.targets)).collect::<Result<Vec<_>>>()?;
+                    let (loss, lv) = objective_loss(&objective, &losses, &solves)?;
+                    if !solves.jac.is_empty() {
+                        step_jac = (step_jac.0 + solves.jac.iter().map(|j| j.value).sum::<f64>(), step_jac.1 + 1);
+                    }
+                    check_finite("training loss", loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?, step)?;
+                    let loss = if weight == 1.0 { loss } else { loss.affine(weight, 0.0)? };
+                    total = Some(match total {
+                        Some(t) => (t + loss)?,
+                        None => loss,
+                    });
+                    step_loss += lv;
+                    solves_all.push(solves);
                 }
-                check_finite("training loss", loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?, epoch)?;
-                let loss = if weight == 1.0 { loss } else { loss.affine(weight, 0.0)? };
-                total = Some(match total {
-                    Some(t) => (t + loss)?,
-                    None => loss,
-                });
-                loss_sum += lv;
-                solves_all.push(solves);
-            }
-            // A rank without a minibatch in the epoch's last step contributes zero gradients.
-            let total = match total {
-                Some(t) => t,
-                None => (vars[0].as_tensor().sum_all()? * 0.0)?,
+                // A rank without a minibatch in the epoch's last step contributes zero gradients.
+                let total = match total {
+                    Some(t) => t,
+                    None => (vars[0].as_tensor().sum_all()? * 0.0)?,
+                };
+                stage.set("backward (adjoint solve)");
+                let grads = deq_core::grad::backward(&total)?;
+                stage.set("gradient");
+                check_finite("gradient norm", deq_train::grad_norm(&grads, &vars)?, step)?;
+                Ok((grads, solves_all, step_loss, step_nfe, step_jac))
+            })?;
+            let Some((grads, solves_all, step_loss, step_nfe, step_jac)) = attempt else {
+                continue;
             };
-            backward_and_step(&total, &vars, cfg.clip_per_param, &mut opt, collective)?;
+            reduce_and_step(grads, &vars, cfg.clip_per_param, &mut opt, collective)?;
+            (loss_sum, nfe_sum, jac_sum, jac_steps) = (loss_sum + step_loss, nfe_sum + step_nfe, jac_sum + step_jac.0, jac_steps + step_jac.1);
             for solves in &solves_all {
+                solves.add_forward_to(&mut train_solver);
                 solves.add_backward_to(&mut train_solver);
             }
         }
@@ -468,7 +500,7 @@ pub fn train_nodes_with(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig,
         tracing::debug!(epoch = epoch + 1, loss, train = r.train, val = r.val, test = r.test, nfe = r.nfe);
         if let Some((ck, best_ck, metrics, _)) = files.as_mut() {
             let m = if metric_name(&task.labels) == "accuracy" { "acc" } else { "f1" };
-            let mut record = serde_json::json!({"epoch": epoch + 1, "step": (epoch + 1) * steps, "train_loss": loss, "metric": metric_name(&task.labels),
+            let mut record = serde_json::json!({"epoch": epoch + 1, "step": (epoch + 1) * steps, "skipped_batches": guard.skipped(), "train_loss": loss, "metric": metric_name(&task.labels),
                 "train": r.train, "val": r.val, "test": r.test, format!("train_{m}"): r.train, format!("val_{m}"): r.val, format!("test_{m}"): r.test,
                 "eval_nfe": r.nfe, "elapsed_seconds": r.seconds});
             if objective.regularises() {
@@ -482,7 +514,7 @@ pub fn train_nodes_with(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig,
                 record["probe_rel_trace"] = serde_json::json!(deq_train::probe_trace(first));
             }
             metrics.write(&record)?;
-            let meta = serde_json::json!({"epoch": epoch + 1, "rng_state": rng.state().to_string(), "best": best, "config": cfg_json, "metrics": record});
+            let meta = serde_json::json!({"epoch": epoch + 1, "rng_state": rng.state().to_string(), "best": best, "config": cfg_json, "metrics": record, "skipped_batches": guard.skipped()});
             let tensors = state_tensors(&model, &opt)?;
             if improved && cfg.select_by_val {
                 best_ck.save(epoch + 1, &tensors, meta.clone())?;

@@ -171,3 +171,16 @@ fn every_config_parses_and_unknown_keys_are_named() {
     let e = format!("{:#}", ignn::config::RunConfig::load(&p.join("x.toml")).unwrap_err());
     assert!(e.contains("x.toml") && e.contains("lenght"), "{e}");
 }
+
+#[test]
+fn a_diverging_run_stops_naming_step_and_stage_or_skips_and_counts() {
+    let task: ignn::train::NodeTask = ignn::chains::generate(2, 10, 8, 20, 0.1, 0.1, 1).into();
+    // Adam steps of 1e20 overflow f32 from the second epoch.
+    let mut cfg = NodeTrainConfig { lr: 1e20, ..chains_cfg(8) };
+    let e = format!("{:#}", train_nodes(&task, &cfg, &deq(), &RunOptions::default(), |_, _, _| {}).unwrap_err());
+    assert!(e.contains("diverged at step") && e.contains("stage `") && e.contains("on_nonfinite"), "{e}");
+    cfg.on_nonfinite = deq_train::faults::OnNonFinite::Skip;
+    cfg.max_skipped = 3;
+    let e = format!("{:#}", train_nodes(&task, &cfg, &deq(), &RunOptions::default(), |_, _, _| {}).unwrap_err());
+    assert!(e.contains("3 batches were skipped already"), "{e}");
+}
