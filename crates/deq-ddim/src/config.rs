@@ -57,12 +57,16 @@ pub struct TrainConfig {
     pub log_every: usize,
     /// Stop (with a checkpoint) after this many minutes of training (0: no limit).
     pub time_limit_minutes: f64,
+    /// NaN or Inf in a batch, the loss or the gradient: `stop` (default) or `skip` the batch.
+    pub on_nonfinite: deq_train::faults::OnNonFinite,
+    /// With `on_nonfinite = "skip"`: the run stops once more batches than this were skipped.
+    pub max_skipped: usize,
 }
 
 impl Default for TrainConfig {
     /// The DDIM code's CIFAR-10 optimisation: Adam 2e-4, eps 1e-8, clip 1, EMA 0.9999, batch 128.
     fn default() -> Self {
-        Self { steps: 800_000, batch_size: 128, lr: 2e-4, warmup_steps: 0, epsilon: 1e-8, weight_decay: 0.0, grad_clip: 1.0, ema_rate: 0.9999, random_flip: true, seed: 1234, threads: 0, dtype: "f32".into(), checkpoint_every: 5000, sample_every: 5000, sample_count: 64, log_every: 100, time_limit_minutes: 0.0 }
+        Self { steps: 800_000, batch_size: 128, lr: 2e-4, warmup_steps: 0, epsilon: 1e-8, weight_decay: 0.0, grad_clip: 1.0, ema_rate: 0.9999, random_flip: true, seed: 1234, threads: 0, dtype: "f32".into(), checkpoint_every: 5000, sample_every: 5000, sample_count: 64, log_every: 100, time_limit_minutes: 0.0, on_nonfinite: deq_train::faults::OnNonFinite::Stop, max_skipped: 10 }
     }
 }
 

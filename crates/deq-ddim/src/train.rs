@@ -192,6 +192,7 @@ fn train_rank(cfg: &RunConfig, opts: &RunOptions, collective: &dyn Collective) -
     let ckpt = Checkpointer::new(opts.out_dir.join("checkpoints"), 3)?;
     let mut metrics = if main { Some(MetricsWriter::open(opts.out_dir.join("metrics.jsonl"))?) } else { None };
     let mut step = 0usize;
+    let mut skipped0 = 0usize;
     if opts.resume {
         match ckpt.load_latest(&dev)? {
             Some(c) => {
@@ -201,6 +202,7 @@ fn train_rank(cfg: &RunConfig, opts: &RunOptions, collective: &dyn Collective) -
                     e.load(&prefixed(&c, "ema."))?;
                 }
                 step = c.step;
+                skipped0 = c.meta.get("skipped_batches").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
                 tracing::info!(step, "resumed from {}", c.path.display());
             }
             None => tracing::warn!("--resume: no checkpoint in {}, starting fresh", ckpt.dir().display()),
@@ -218,6 +220,7 @@ fn train_rank(cfg: &RunConfig, opts: &RunOptions, collective: &dyn Collective) -
     let mut last_loss = f64::NAN;
     let mut window = Instant::now();
     let mut order: Option<(usize, Vec<Vec<usize>>)> = None;
+    let mut guard = deq_train::faults::FaultGuard::new(t.on_nonfinite, t.max_skipped, skipped0);
     while step < total {
         let epoch = step / steps_per_epoch;
         if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
@@ -229,31 +232,46 @@ fn train_rank(cfg: &RunConfig, opts: &RunOptions, collective: &dyn Collective) -
         let lr = if t.warmup_steps > 0 { t.lr * ((step + 1) as f64 / t.warmup_steps as f64).min(1.0) } else { t.lr };
         opt.set_lr(lr);
         let mut rng = sample_rng(t.seed ^ 0xD1FF_0510, step, dist.rank);
-        let loss = epsilon_loss(&model, &alpha_bar, &x0, &mut rng, true)?;
-        let loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        check_finite("training loss", loss_v, step)?;
-        let mut grads = loss.backward()?;
-        collective.all_reduce_mean(&mut grads, &vars)?;
-        let norm = if t.grad_clip > 0.0 { clip_grad_norm(&mut grads, &vars, t.grad_clip)? } else { deq_train::grad_norm(&grads, &vars)? };
-        check_finite("gradient norm", norm, step)?;
-        opt.step(&grads)?;
-        if let Some(e) = ema.as_mut() {
-            e.update(&named)?;
-        }
+        // The step's stages up to the local gradient; a numerical fault in any of them is
+        // agreed on by every rank, then stops the run or skips the batch (train.on_nonfinite).
+        let attempt = guard.run_step(collective, step, |stage| -> Result<_> {
+            deq_train::faults::check_tensor_finite("the training images", &x0, step)?;
+            stage.set("loss");
+            let loss = epsilon_loss(&model, &alpha_bar, &x0, &mut rng, true)?;
+            let loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            check_finite("training loss", loss_v, step)?;
+            stage.set("backward");
+            let grads = loss.backward()?;
+            stage.set("gradient");
+            check_finite("gradient norm", deq_train::grad_norm(&grads, &vars)?, step)?;
+            Ok((loss_v, grads))
+        })?;
         step += 1;
-        acc_loss += loss_v;
-        acc_norm += norm;
-        acc_n += 1;
-        bar.inc(1, &format!("loss {loss_v:.2}"));
+        if let Some((loss_v, mut grads)) = attempt {
+            collective.all_reduce_mean(&mut grads, &vars)?;
+            let norm = if t.grad_clip > 0.0 { clip_grad_norm(&mut grads, &vars, t.grad_clip)? } else { deq_train::grad_norm(&grads, &vars)? };
+            check_finite("gradient norm", norm, step - 1)?;
+            opt.step(&grads)?;
+            if let Some(e) = ema.as_mut() {
+                e.update(&named)?;
+            }
+            acc_loss += loss_v;
+            acc_norm += norm;
+            acc_n += 1;
+            bar.inc(1, &format!("loss {loss_v:.2}"));
+        } else {
+            bar.inc(1, &format!("skipped the batch of step {} ({} in all)", step - 1, guard.skipped()));
+        }
         let out_of_time = t.time_limit_minutes > 0.0 && start.elapsed().as_secs_f64() > t.time_limit_minutes * 60.0;
         // SIGINT/SIGTERM on any rank: checkpoint this step, then stop (exit code 75).
         let signal = deq_train::dist::agree_on_signal(collective)?;
         let last = step == total || out_of_time || signal.is_some();
         if main && (step % t.log_every == 0 || last) {
-            let n = acc_n.max(1) as f64;
+            // A window of skipped batches only has no figures (NaN, written as null).
+            let n = acc_n as f64;
             last_loss = acc_loss / n;
             let rec = json!({"step": step, "epoch": epoch, "lr": lr, "train_loss": last_loss, "grad_norm": acc_norm / n,
-                "step_seconds": window.elapsed().as_secs_f64() / n, "elapsed_seconds": start.elapsed().as_secs_f64()});
+                "step_seconds": window.elapsed().as_secs_f64() / n, "elapsed_seconds": start.elapsed().as_secs_f64(), "skipped_batches": guard.skipped()});
             if let Some(m) = metrics.as_mut() {
                 m.write(&rec)?;
             }
@@ -289,7 +307,7 @@ fn train_rank(cfg: &RunConfig, opts: &RunOptions, collective: &dyn Collective) -
             }
         }
         if main && ((t.checkpoint_every > 0 && step % t.checkpoint_every == 0) || last) {
-            ckpt.save(step, &state_tensors(&model, ema.as_ref(), &opt)?, json!({"config": cfg.to_toml(), "params": params}))?;
+            ckpt.save(step, &state_tensors(&model, ema.as_ref(), &opt)?, json!({"config": cfg.to_toml(), "params": params, "skipped_batches": guard.skipped()}))?;
         }
         if let Some(sig) = signal {
             return Err(deq_train::TrainError::Interrupted { signal: deq_train::signals::name(sig), step, checkpoint: ckpt.latest_path() }.into());

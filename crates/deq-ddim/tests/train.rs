@@ -91,3 +91,30 @@ fn bad_data_and_sizes_are_named() {
     let e = load_dataset(&c, true).unwrap_err().to_string();
     assert!(e.contains("model.resolution"), "{e}");
 }
+
+#[test]
+fn a_diverging_run_stops_naming_step_and_stage_or_skips_and_counts() {
+    let mut cfg = tiny();
+    // Adam steps of about 1e20 overflow the f32 loss from the second step.
+    cfg.train.lr = 1e20;
+    let root = tmp("nan");
+    let opts = |out: &str| RunOptions { out_dir: root.join(out), resume: false, max_steps: 0, device: Device::Cpu };
+    let e = format!("{:#}", train(&cfg, &opts("stop")).unwrap_err());
+    assert!(e.contains("diverged at step 1") && e.contains("stage `loss`") && e.contains("on_nonfinite"), "{e}");
+    // Skipped batches pass their step without an update and are counted, in the metrics and in
+    // the checkpoint; past `max_skipped` the run stops.
+    cfg.train.on_nonfinite = deq_train::faults::OnNonFinite::Skip;
+    cfg.train.max_skipped = 10;
+    let s = train(&cfg, &opts("skip")).unwrap();
+    assert_eq!(s.steps, 4);
+    let metrics = std::fs::read_to_string(root.join("skip/metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(metrics.lines().filter(|l| l.contains("skipped_batches")).last().unwrap()).unwrap();
+    let skipped = last["skipped_batches"].as_u64().unwrap();
+    assert_eq!(skipped, 3, "{metrics}");
+    let c = deq_ddim::train::load_checkpoint(&root.join("skip"), &Device::Cpu).unwrap();
+    assert_eq!(c.meta["skipped_batches"].as_u64(), Some(skipped));
+    cfg.train.max_skipped = 2;
+    let e = format!("{:#}", train(&cfg, &opts("skip-stop")).unwrap_err());
+    assert!(e.contains("diverged at step 3") && e.contains("2 batches were skipped already"), "{e}");
+    std::fs::remove_dir_all(&root).unwrap();
+}

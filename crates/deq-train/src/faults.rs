@@ -216,6 +216,9 @@ mod tests {
         assert!(TrainError::Deq(deq_core::DeqError::NonFinite { context: "fixed-point solve", samples: vec![0] }).is_numerical());
         assert!(TrainError::Candle(candle_core::Error::wrap(deq_core::DeqError::Diverging { context: "adjoint", samples: vec![1], summary: String::new() })).is_numerical());
         assert!(!TrainError::Candle(candle_core::Error::Msg("shape mismatch".into())).is_numerical());
+        // deq-core's other errors (configuration, a singular solve) are not numerical faults.
+        assert!(!TrainError::Deq(deq_core::DeqError::Singular("anderson")).is_numerical());
+        assert!(!TrainError::Deq(deq_core::DeqError::UnknownSolver("newton".into(), "broyden".into())).is_numerical());
         assert!(E(Box::new(deq_core::DeqError::NonFinite { context: "fixed-point solve", samples: vec![0] })).is_numerical());
         let mut stop = FaultGuard::new(OnNonFinite::Stop, 5, 0);
         let e = stop.handle(12, "backward", solver_fault()).unwrap_err().to_string();
@@ -227,6 +230,26 @@ mod tests {
         let e = skip.handle(4, "loss", solver_fault()).unwrap_err().to_string();
         assert!(e.contains("2 batches were skipped"), "{e}");
         assert!(skip.handle(5, "data", io()).is_err(), "I/O errors are never skipped");
+    }
+
+    /// Runs one step with `body(rank)` on each of two ranks: each rank's result and skip count.
+    fn on_two_ranks(policy: OnNonFinite, max_skipped: usize, body: impl Fn(usize) -> Result<usize, E> + Sync) -> Vec<(Result<Option<usize>, String>, usize)> {
+        let groups = crate::dist::ThreadGroup::new(2);
+        let body = &body;
+        std::thread::scope(|sc| {
+            let hs: Vec<_> = groups
+                .into_iter()
+                .enumerate()
+                .map(|(r, g)| {
+                    sc.spawn(move || {
+                        let mut guard = FaultGuard::new(policy, max_skipped, 0);
+                        let got = guard.run_step(&g, 9, |_| body(r)).map_err(|e| e.to_string());
+                        (got, guard.skipped())
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        })
     }
 
     #[test]
@@ -250,22 +273,11 @@ mod tests {
         assert_eq!(skip.skipped(), 1);
         assert!(skip.run_step(&one, 7, |_| -> Result<(), E> { Err(solver_fault()) }).is_err());
         // Two ranks: a fault on rank 1 alone skips the batch on rank 0 too.
-        let groups = crate::dist::ThreadGroup::new(2);
-        let outs: Vec<_> = std::thread::scope(|sc| {
-            let hs: Vec<_> = groups
-                .into_iter()
-                .enumerate()
-                .map(|(r, g)| {
-                    sc.spawn(move || {
-                        let mut guard = FaultGuard::new(OnNonFinite::Skip, 5, 0);
-                        let got = guard.run_step(&g, 9, |_| if r == 1 { Err(solver_fault()) } else { Ok(r) }).map_err(|e| e.to_string());
-                        (got, guard.skipped())
-                    })
-                })
-                .collect();
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
-        });
+        let outs = on_two_ranks(OnNonFinite::Skip, 5, |r| if r == 1 { Err(solver_fault()) } else { Ok(r) });
         assert_eq!(outs, vec![(Ok(None), 1), (Ok(None), 1)]);
+        // Two ranks without a fault: both go on with their own results, nothing skipped.
+        let outs = on_two_ranks(OnNonFinite::Stop, 0, Ok);
+        assert_eq!(outs, vec![(Ok(Some(0)), 0), (Ok(Some(1)), 0)]);
     }
 
     #[test]

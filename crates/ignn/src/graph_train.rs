@@ -48,6 +48,12 @@ pub struct GraphTrainConfig {
     pub skip_input: bool,
     /// Clip each parameter's gradient norm (0: off).
     pub clip_per_param: f64,
+    /// NaN or Inf in the forward solve, the loss, the adjoint solve or the gradient: `stop`
+    /// (default) or `skip` the minibatch.
+    pub on_nonfinite: deq_train::faults::OnNonFinite,
+    /// With `on_nonfinite = "skip"`: a fold stops the run once more minibatches than this
+    /// were skipped in it.
+    pub max_skipped: usize,
 }
 
 impl Default for GraphTrainConfig {
@@ -67,6 +73,8 @@ impl Default for GraphTrainConfig {
             adjacency: "aug_normalized".into(),
             skip_input: true,
             clip_per_param: 0.0,
+            on_nonfinite: deq_train::faults::OnNonFinite::Stop,
+            max_skipped: 10,
         }
     }
 }
@@ -218,6 +226,9 @@ pub fn train_graphs(ds: &GraphDataset, cfg: &GraphTrainConfig, deq: &DeqConfig, 
         let test_batches: Vec<Batch> = test_ids.chunks(bs).map(|c| batch(ds, &prep, c, &dev)).collect::<Result<_>>()?;
         let mut bar = Progress::new(format!("fold {k}/{}", cfg.folds), cfg.epochs, true);
         let mut order = train_ids.clone();
+        // A stopped fold starts again on resume, so its skipped count starts at zero.
+        let mut guard = deq_train::faults::FaultGuard::new(cfg.on_nonfinite, cfg.max_skipped, 0);
+        let single = deq_train::SingleProcess::default();
         for epoch in 0..cfg.epochs {
             for i in (1..order.len()).rev() {
                 order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
@@ -227,15 +238,28 @@ pub fn train_graphs(ds: &GraphDataset, cfg: &GraphTrainConfig, deq: &DeqConfig, 
             for (i, ids) in order.chunks(bs).enumerate() {
                 let b = batch(ds, &prep, ids, &dev)?;
                 let step = epoch * steps_per_epoch + i;
-                let (logits, solves) = model.forward_train(&b.u, &b.a, b.lambda, &b.graph_of, b.count, &mut rng, &objective, step)?;
-                solves.add_forward_to(&mut train_solver);
-                let losses = logits.iter().map(|l| candle_nn::loss::cross_entropy(l, &b.labels)).collect::<candle_core::Result<Vec<_>>>()?;
-                let (loss, lv) = crate::train::objective_loss(&objective, &losses, &solves)?;
-                check_finite("training loss", loss.to_dtype(DType::F64)?.to_scalar::<f64>()?, epoch)?;
-                crate::train::backward_and_step(&loss, &vars, cfg.clip_per_param, &mut opt, &deq_train::SingleProcess::default())?;
-                solves.add_backward_to(&mut train_solver);
-                loss_sum += lv * b.count as f64;
-                seen += b.count;
+                // The step's stages up to the gradient; a numerical fault in any of them stops
+                // the run or skips the minibatch (train.on_nonfinite).
+                let attempt = guard.run_step(&single, step, |stage| -> Result<_> {
+                    stage.set("forward solve");
+                    let (logits, solves) = model.forward_train(&b.u, &b.a, b.lambda, &b.graph_of, b.count, &mut rng, &objective, step)?;
+                    stage.set("loss");
+                    let losses = logits.iter().map(|l| candle_nn::loss::cross_entropy(l, &b.labels)).collect::<candle_core::Result<Vec<_>>>()?;
+                    let (loss, lv) = crate::train::objective_loss(&objective, &losses, &solves)?;
+                    check_finite("training loss", loss.to_dtype(DType::F64)?.to_scalar::<f64>()?, step)?;
+                    stage.set("backward (adjoint solve)");
+                    let grads = deq_core::grad::backward(&loss)?;
+                    stage.set("gradient");
+                    check_finite("gradient norm", deq_train::grad_norm(&grads, &vars)?, step)?;
+                    Ok((grads, solves, lv))
+                })?;
+                if let Some((grads, solves, lv)) = attempt {
+                    crate::train::reduce_and_step(grads, &vars, cfg.clip_per_param, &mut opt, &single)?;
+                    solves.add_forward_to(&mut train_solver);
+                    solves.add_backward_to(&mut train_solver);
+                    loss_sum += lv * b.count as f64;
+                    seen += b.count;
+                }
                 // SIGINT/SIGTERM: stop after this step. Runs resume by folds: the folds in
                 // folds.jsonl are kept, this one starts again.
                 if let Some(sig) = deq_train::signals::requested() {
@@ -249,7 +273,7 @@ pub fn train_graphs(ds: &GraphDataset, cfg: &GraphTrainConfig, deq: &DeqConfig, 
             bar.inc(1, &format!("loss {loss:.4}"));
             if let Some((m, _)) = metrics.as_mut() {
                 // `step` counts epochs over all folds, so curves of successive folds follow each other.
-                let mut record = serde_json::json!({"fold": k, "epoch": epoch + 1, "step": (k - 1) * cfg.epochs + epoch + 1, "train_loss": loss, "elapsed_seconds": start.elapsed().as_secs_f64()});
+                let mut record = serde_json::json!({"fold": k, "epoch": epoch + 1, "step": (k - 1) * cfg.epochs + epoch + 1, "train_loss": loss, "skipped_batches": guard.skipped(), "elapsed_seconds": start.elapsed().as_secs_f64()});
                 train_solver.extend_record("train", &mut record);
                 m.write(&record)?;
             }
@@ -262,7 +286,7 @@ pub fn train_graphs(ds: &GraphDataset, cfg: &GraphTrainConfig, deq: &DeqConfig, 
         if let (Some((_, f)), Some(d)) = (metrics.as_mut(), &opts.out_dir) {
             let ck = Checkpointer::new(d.join(format!("fold-{k}")), 1)?;
             let tensors: Vec<(String, Tensor)> = model.named_vars().into_iter().map(|(n, v)| (format!("model.{n}"), v.as_tensor().clone())).collect();
-            ck.save(cfg.epochs, &tensors, serde_json::json!({"fold": k, "result": r, "config": serde_json::to_value(cfg)?}))?;
+            ck.save(cfg.epochs, &tensors, serde_json::json!({"fold": k, "result": r, "config": serde_json::to_value(cfg)?, "skipped_batches": guard.skipped()}))?;
             let mut record = serde_json::to_value(r)?;
             test_solver.extend_record("test", &mut record);
             f.write(&record)?;

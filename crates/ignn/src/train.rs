@@ -192,15 +192,9 @@ pub fn normalize(g: &Graph, adjacency: &str) -> Result<(Graph, f64)> {
     Ok((norm, lambda))
 }
 
-/// Backpropagates `loss`, averages the gradients over the ranks of `collective`, clips each
-/// parameter's gradient norm to `clip_per_param` (0: off) and takes an optimiser step.
-pub(crate) fn backward_and_step(loss: &Tensor, vars: &[candle_core::Var], clip_per_param: f64, opt: &mut Adam, collective: &dyn Collective) -> Result<()> {
-    reduce_and_step(deq_core::grad::backward(loss)?, vars, clip_per_param, opt, collective)
-}
-
 /// Averages the local gradients `grads` over the ranks of `collective`, clips each
 /// parameter's gradient norm to `clip_per_param` (0: off) and takes an optimiser step.
-fn reduce_and_step(mut grads: candle_core::backprop::GradStore, vars: &[candle_core::Var], clip_per_param: f64, opt: &mut Adam, collective: &dyn Collective) -> Result<()> {
+pub(crate) fn reduce_and_step(mut grads: candle_core::backprop::GradStore, vars: &[candle_core::Var], clip_per_param: f64, opt: &mut Adam, collective: &dyn Collective) -> Result<()> {
     collective.all_reduce_mean(&mut grads, vars)?;
     if clip_per_param > 0.0 {
         for v in vars {

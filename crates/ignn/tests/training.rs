@@ -184,3 +184,29 @@ fn a_diverging_run_stops_naming_step_and_stage_or_skips_and_counts() {
     let e = format!("{:#}", train_nodes(&task, &cfg, &deq(), &RunOptions::default(), |_, _, _| {}).unwrap_err());
     assert!(e.contains("3 batches were skipped already"), "{e}");
 }
+
+#[test]
+fn a_diverging_graph_classification_stops_naming_step_and_stage_or_skips_and_counts() {
+    let ds = cycles_and_paths(40);
+    // Adam steps of 1e20 overflow f32 after the first minibatch.
+    let mut cfg = GraphTrainConfig { hidden: 8, layers: 2, epochs: 3, batch_size: 8, folds: 4, fold: Some(1), dropout: 0.0, lr: 1e20, ..Default::default() };
+    let e = format!("{:#}", train_graphs(&ds, &cfg, &deq(), &RunOptions::default(), |_, _, _| {}).unwrap_err());
+    assert!(e.contains("diverged at step") && e.contains("stage `") && e.contains("on_nonfinite"), "{e}");
+    // Skipped minibatches are counted in the metrics and the fold's checkpoint; past
+    // `max_skipped` the run stops.
+    cfg.on_nonfinite = deq_train::faults::OnNonFinite::Skip;
+    cfg.max_skipped = 100;
+    let out = tmp("tu-skip");
+    train_graphs(&ds, &cfg, &deq(), &RunOptions { out_dir: Some(out.clone()), resume: false, ..Default::default() }, |_, _, _| {}).unwrap();
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    let skipped = last["skipped_batches"].as_u64().unwrap();
+    // 30 training graphs in minibatches of 8: 4 steps an epoch, 12 in all, the first one fine.
+    assert!((1..12).contains(&skipped), "{metrics}");
+    let c = deq_train::Checkpointer::load(&out.join("fold-1/latest.json"), &candle_core::Device::Cpu).unwrap();
+    assert_eq!(c.meta["skipped_batches"].as_u64(), Some(skipped));
+    cfg.max_skipped = 1;
+    let e = format!("{:#}", train_graphs(&ds, &cfg, &deq(), &RunOptions::default(), |_, _, _| {}).unwrap_err());
+    assert!(e.contains("1 batches were skipped already"), "{e}");
+    let _ = std::fs::remove_dir_all(out);
+}
