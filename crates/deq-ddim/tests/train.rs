@@ -118,3 +118,28 @@ fn a_diverging_run_stops_naming_step_and_stage_or_skips_and_counts() {
     assert!(e.contains("diverged at step 3") && e.contains("2 batches were skipped already"), "{e}");
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// The interrupted run of [`sigterm_checkpoints_the_step_and_resume_finishes_the_run`], in a
+/// child process of its own (a simulated signal is process-wide): SIGTERM before the first
+/// step ends the run after that step with a checkpoint and `Interrupted`.
+#[test]
+fn sigterm_child() {
+    let Some(dir) = deq_train::hostile::child_case() else { return };
+    deq_train::signals::simulate(15);
+    let e = train(&tiny(), &RunOptions { out_dir: PathBuf::from(&dir), resume: false, max_steps: 0, device: Device::Cpu }).unwrap_err();
+    assert!(matches!(&e, deq_train::TrainError::Interrupted { signal: "SIGTERM", step: 1, .. }), "{e}");
+    assert_eq!(deq_ddim::train::load_checkpoint(Path::new(&dir), &Device::Cpu).unwrap().step, 1);
+}
+
+#[test]
+fn sigterm_checkpoints_the_step_and_resume_finishes_the_run() {
+    let cfg = tiny();
+    let (a, b) = (tmp("sig-a"), tmp("sig-b"));
+    let opts = |out: &Path, resume: bool| RunOptions { out_dir: out.to_path_buf(), resume, max_steps: 0, device: Device::Cpu };
+    train(&cfg, &opts(&a, false)).unwrap();
+    deq_train::hostile::run_in_child("sigterm_child", &b.display().to_string()).unwrap();
+    assert_eq!(train(&cfg, &opts(&b, true)).unwrap().steps, 4);
+    assert!(tensors(&a) == tensors(&b), "the resumed run ends elsewhere");
+    std::fs::remove_dir_all(&a).unwrap();
+    std::fs::remove_dir_all(&b).unwrap();
+}

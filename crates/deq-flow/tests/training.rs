@@ -136,3 +136,31 @@ fn a_diverging_run_stops_naming_step_and_stage_or_skips_and_counts() {
     assert!(e.contains(&format!("{} batches were skipped already", skipped - 1)), "{e}");
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// The interrupted run of [`sigterm_checkpoints_the_step_and_resume_finishes_the_run`], in a
+/// child process of its own (a simulated signal is process-wide): SIGTERM before the first
+/// step ends the run after that step with a checkpoint and `Interrupted`.
+#[test]
+fn sigterm_child() {
+    let Some(root) = deq_train::hostile::child_case() else { return };
+    let root = Path::new(&root);
+    deq_train::signals::simulate(15);
+    let e = train(&tiny(&root.join("images")), &RunOptions { out_dir: root.join("b"), resume: false, max_steps: 0, device: Device::Cpu }).unwrap_err();
+    assert!(matches!(&e, deq_train::TrainError::Interrupted { signal: "SIGTERM", step: 1, .. }), "{e}");
+    assert_eq!(deq_train::Checkpointer::load(&root.join("b/checkpoints/latest.json"), &Device::Cpu).unwrap().step, 1);
+}
+
+#[test]
+fn sigterm_checkpoints_the_step_and_resume_finishes_the_run() {
+    let root = tmp("sigterm");
+    textures(&root.join("images"));
+    let cfg = tiny(&root.join("images"));
+    let opts = |out: &str, resume: bool| RunOptions { out_dir: root.join(out), resume, max_steps: 0, device: Device::Cpu };
+    train(&cfg, &opts("a", false)).unwrap();
+    deq_train::hostile::run_in_child("sigterm_child", &root.display().to_string()).unwrap();
+    assert_eq!(train(&cfg, &opts("b", true)).unwrap().steps, 5);
+    assert_eq!(params(&cfg, &root.join("a")), params(&cfg, &root.join("b")));
+    let (la, lb) = (lines(&root.join("a")), lines(&root.join("b")));
+    assert_eq!(la.iter().map(|r| &r["train_loss"]).collect::<Vec<_>>(), lb.iter().map(|r| &r["train_loss"]).collect::<Vec<_>>());
+    std::fs::remove_dir_all(&root).unwrap();
+}

@@ -82,9 +82,30 @@ fn resumed_fit_is_bit_identical_with(grad: AmortisedGrad) {
     assert!(last["test_fwd_nfe_max"].as_f64().unwrap() >= 1.0 && last["test_fwd_rel_residual_mean"].is_number(), "{last}");
     assert!(!last["probe_rel_trace"].as_array().unwrap().is_empty());
     assert_eq!(deq_train::plot::plot_run(&b, None).unwrap().len(), 3);
-    for d in [a, b] {
+    // SIGTERM (in a child process: the simulated signal is process-wide) ends a fit after its
+    // first step, evaluated and checkpointed; the resumed fit ends with the whole one's model.
+    let c = tmp(&format!("sigterm{grad:?}"));
+    deq_train::hostile::run_in_child("sigterm_child", &format!("{grad:?} {}", c.display())).unwrap();
+    let after = fit(&net(), &train, &test, &cfg(20), &FitOptions { out_dir: Some(c.clone()), resume: true, ..Default::default() }).unwrap();
+    assert_eq!(full.test_pred, after.test_pred, "same final model after SIGTERM and resume");
+    assert_eq!(after.curve.first().map(|p| p.step), Some(1), "the stopped fit's evaluation is kept");
+    for d in [a, b, c] {
         let _ = std::fs::remove_dir_all(d);
     }
+}
+
+/// The interrupted fit of [`resumed_fit_is_bit_identical`], in a child process of its own:
+/// SIGTERM before the first step ends the fit after that step with `Interrupted`.
+#[test]
+fn sigterm_child() {
+    let Some(case) = deq_train::hostile::child_case() else { return };
+    let (grad, dir) = case.split_once(' ').unwrap();
+    let grad = if grad == "Phantom" { AmortisedGrad::Phantom } else { AmortisedGrad::CarriedAdjoint };
+    let (train, test) = image_representation(&image(), 0);
+    deq_train::signals::simulate(15);
+    let cfg = FitConfig { steps: 20, lr: 2e-3, eval_every: 5, ..Default::default() };
+    let e = fit(&deq_net_with(3, grad, 3), &train, &test, &cfg, &FitOptions { out_dir: Some(dir.into()), ..Default::default() }).unwrap_err();
+    assert!(format!("{e:#}").contains("stopped by SIGTERM after step 1"), "{e:#}");
 }
 
 #[test]

@@ -222,6 +222,8 @@ fn train_rank(cfg: &RunConfig, data: &Streams, opts: &TrainOptions, collective: 
     let mut step = 0usize;
     let mut mem = model.empty_memory(local)?;
     let mut skipped0 = 0usize;
+    // The logging window a run stopped by a signal left open (see the end of the loop).
+    let mut window: Option<(serde_json::Value, SolverMetrics, std::path::PathBuf)> = None;
     if opts.resume {
         let dir = opts.out_dir.as_ref().ok_or_else(|| candle_core::Error::Msg("--resume needs an output folder".into()))?;
         match Checkpointer::new(dir.join("checkpoints"), t.keep_checkpoints)?.load_latest(dev)? {
@@ -237,6 +239,9 @@ fn train_rank(cfg: &RunConfig, data: &Streams, opts: &TrainOptions, collective: 
                 mem = Memory { z: z.narrow(0, cols.start, local)?.contiguous()?, u: u.narrow(0, cols.start, local)?.contiguous()? };
                 step = c.step;
                 skipped0 = c.meta.get("skipped_batches").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
+                if let Some(w) = c.meta.get("window") {
+                    window = Some((w.clone(), SolverMetrics::from_tensors(&c.tensors, "window.solver.")?, c.path.clone()));
+                }
                 tracing::info!(step, "resumed from {}", c.path.display());
             }
             None => tracing::warn!("--resume: no checkpoint in {}, starting fresh", dir.display()),
@@ -257,6 +262,21 @@ fn train_rank(cfg: &RunConfig, data: &Streams, opts: &TrainOptions, collective: 
     let mut train_secs = 0f64;
     let mut interval_secs = 0f64;
     let mut interval_tokens = 0usize;
+    if let Some((w, m, path)) = window {
+        let bad = || crate::LmError::data(&path, format!("a malformed `window` (the logging window of a stopped run): {w}"));
+        let sums: Vec<f64> = serde_json::from_value(w["sums"].clone()).map_err(|_| bad())?;
+        if sums.len() != 6 {
+            return Err(bad());
+        }
+        // The sums are over all ranks: rank 0 carries them on, the others start from zero.
+        if main {
+            (interval_loss, interval_n, jac_sum, jac_n, loss_sum, loss_n) = (sums[0], sums[1] as usize, sums[2], sums[3] as usize, sums[4], sums[5] as usize);
+        }
+        interval_tokens = w["tokens"].as_u64().ok_or_else(bad)? as usize;
+        interval_secs = w["seconds"].as_f64().ok_or_else(bad)?;
+        phantom_res = w["state_rel_residual"].as_f64();
+        solver = m;
+    }
     let mut bar = Progress::new("train", last.saturating_sub(step), opts.progress && main);
     let mut guard = deq_train::faults::FaultGuard::new(t.on_nonfinite, t.max_skipped, skipped0);
     while step < last {
@@ -386,13 +406,18 @@ fn train_rank(cfg: &RunConfig, data: &Streams, opts: &TrainOptions, collective: 
         // memory), then stop (exit code 75); --resume continues from here.
         if let Some(sig) = deq_train::dist::agree_on_signal(collective)? {
             let full_mem = gather_memory(collective, &mem)?;
+            // The open logging and evaluation windows, summed over the ranks, so that the
+            // resumed run's records are those of a run that never stopped.
+            let sums = deq_train::dist::all_reduce_sum_f64(collective, &[interval_loss, interval_n as f64, jac_sum, jac_n as f64, loss_sum, loss_n as f64])?;
+            let window = serde_json::json!({"sums": sums, "tokens": interval_tokens, "seconds": interval_secs, "state_rel_residual": phantom_res});
             let mut checkpoint = std::path::PathBuf::new();
             if let Some((c, _)) = ck.as_mut() {
                 let mut tensors: Vec<(String, Tensor)> = model.named_vars().into_iter().map(|(n, v)| (format!("model.{n}"), v.as_tensor().clone())).collect();
                 tensors.extend(opt.state()?.into_iter().map(|(n, v)| (format!("optim.{n}"), v)));
                 tensors.push(("memory.z".into(), full_mem.z.clone()));
                 tensors.push(("memory.u".into(), full_mem.u.clone()));
-                c.save(step, &tensors, serde_json::json!({"step": step, "stopped_by": deq_train::signals::name(sig), "skipped_batches": guard.skipped()}))?;
+                tensors.extend(solver.to_tensors("window.solver.")?);
+                c.save(step, &tensors, serde_json::json!({"step": step, "stopped_by": deq_train::signals::name(sig), "skipped_batches": guard.skipped(), "window": window}))?;
                 checkpoint = c.latest_path();
             }
             return Err(deq_train::TrainError::Interrupted { signal: deq_train::signals::name(sig), step, checkpoint }.into());

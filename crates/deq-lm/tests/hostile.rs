@@ -35,7 +35,7 @@ fn configurations() {
 /// The child side of `huge_counts_are_refused_under_a_memory_limit` (a no-op in a normal run).
 #[test]
 fn memory_limited_child() {
-    let Some(case) = deq_train::hostile::memory_limited_case() else { return };
+    let Some(case) = deq_train::hostile::child_case() else { return };
     assert_eq!(case, "ids");
     let dir = std::env::temp_dir().join(format!("lm-hostile-huge-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

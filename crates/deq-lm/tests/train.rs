@@ -94,8 +94,8 @@ fn the_loss_falls_and_a_resumed_run_is_bit_identical() {
     let (a, b) = (load(&whole), load(&part));
     assert_eq!(a.step, b.step);
     assert!(a.tensors.len() > 20 && a.tensors.contains_key("memory.z"));
+    let f64s = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_dtype(candle_core::DType::F64).unwrap().to_vec1::<f64>().unwrap();
     for (name, t) in &a.tensors {
-        let f64s = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_dtype(candle_core::DType::F64).unwrap().to_vec1::<f64>().unwrap();
         let (x, y) = (f64s(t), f64s(&b.tensors[name]));
         assert_eq!(x, y, "{name}");
     }
@@ -113,9 +113,32 @@ fn the_loss_falls_and_a_resumed_run_is_bit_identical() {
     let (mw, mp) = (metrics(&whole), metrics(&part));
     assert_eq!(mw.len(), 3 + 3, "three training records (log_interval 50) and three evaluations");
     assert_eq!(mw, mp);
-    for d in [whole, part] {
+    // SIGTERM (in a child process: the simulated signal is process-wide) ends a run after its
+    // first step with a checkpoint; the resumed run ends where the whole one did.
+    let signalled = dir("sigterm");
+    deq_train::hostile::run_in_child("sigterm_child", &signalled.display().to_string()).unwrap();
+    train(&cfg, &data, &TrainOptions { out_dir: Some(signalled.clone()), resume: true, ..Default::default() }, |_, _| {}).unwrap();
+    let c = load(&signalled);
+    assert_eq!(c.step, a.step);
+    for (name, t) in &a.tensors {
+        assert_eq!(f64s(t), f64s(&c.tensors[name]), "{name} after SIGTERM and resume");
+    }
+    assert_eq!(metrics(&signalled), mw);
+    for d in [whole, part, signalled] {
         let _ = std::fs::remove_dir_all(d);
     }
+}
+
+/// The interrupted run of [`the_loss_falls_and_a_resumed_run_is_bit_identical`], in a child
+/// process of its own: SIGTERM before the first step ends the run after that step with a
+/// checkpoint and `Interrupted`.
+#[test]
+fn sigterm_child() {
+    let Some(out) = deq_train::hostile::child_case() else { return };
+    deq_train::signals::simulate(15);
+    let e = train(&cfg(), &data(), &TrainOptions { out_dir: Some(out.clone().into()), ..Default::default() }, |_, _| {}).unwrap_err();
+    assert!(format!("{e:#}").contains("SIGTERM") && format!("{e:#}").contains("step 1"), "{e:#}");
+    assert_eq!(Checkpointer::load(&std::path::Path::new(&out).join("checkpoints/latest.json"), &Device::Cpu).unwrap().step, 1);
 }
 
 #[test]

@@ -206,14 +206,26 @@ pub const CASE_VAR: &str = "DEQ_HOSTILE_CASE";
 
 /// Runs test `entry` of the current test binary again in a child process under
 /// `ulimit -v limit_kib`, with [`CASE_VAR`] set to `case`; `Ok` when the child exits with 0.
-/// The child entry reads the case with [`memory_limited_case`] (and does nothing when the
+/// The child entry reads the case with [`child_case`] (and does nothing when the
 /// variable is unset, in the normal run). An allocation that the limit refuses aborts the
 /// child, so a reader that sizes a buffer by a header it has not checked fails the parent.
 pub fn run_under_memory_limit(entry: &str, case: &str, limit_kib: u64) -> Result<(), String> {
+    run_child(entry, case, &format!("ulimit -v {limit_kib} && "), &format!(" under a {limit_kib} KiB memory limit"))
+}
+
+/// Runs test `entry` of the current test binary again in a child process of its own, with
+/// [`CASE_VAR`] set to `case` (read there with [`child_case`]); `Ok` when the child
+/// exits with 0. For tests that change process-wide state, such as a simulated signal
+/// ([`crate::signals::simulate`]), which would reach the other tests of the binary.
+pub fn run_in_child(entry: &str, case: &str) -> Result<(), String> {
+    run_child(entry, case, "", "")
+}
+
+fn run_child(entry: &str, case: &str, shell_prefix: &str, what: &str) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let out = std::process::Command::new("sh")
         .arg("-c")
-        .arg(format!("ulimit -v {limit_kib} && exec \"$0\" --exact {entry} --test-threads 1 --nocapture"))
+        .arg(format!("{shell_prefix}exec \"$0\" --exact {entry} --test-threads 1 --nocapture"))
         .arg(&exe)
         .env(CASE_VAR, case)
         .output()
@@ -221,17 +233,13 @@ pub fn run_under_memory_limit(entry: &str, case: &str, limit_kib: u64) -> Result
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "case `{case}` under a {limit_kib} KiB memory limit: {}\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
+        Err(format!("case `{case}`{what}: {}\n{}{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
     }
 }
 
-/// The case a [`run_under_memory_limit`] child was started for (`None` in a normal run).
-pub fn memory_limited_case() -> Option<String> {
+/// The case a [`run_under_memory_limit`] or [`run_in_child`] child was started for (`None` in
+/// a normal run).
+pub fn child_case() -> Option<String> {
     std::env::var(CASE_VAR).ok()
 }
 

@@ -93,7 +93,7 @@ fn huge_header_file(case: &str, dir: &Path) -> PathBuf {
 /// The child side of `huge_headers_are_refused_under_a_memory_limit` (a no-op in a normal run).
 #[test]
 fn memory_limited_child() {
-    let Some(case) = deq_train::hostile::memory_limited_case() else { return };
+    let Some(case) = deq_train::hostile::child_case() else { return };
     let dir = std::env::temp_dir().join(format!("deq-hostile-huge-{case}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     if case == "control" {

@@ -482,7 +482,9 @@ pub fn train_nodes_with(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig,
         let loss = loss_sum / parts.len() as f64;
         on_epoch(epoch, loss, nfe_sum / parts.len() as f64);
         bar.inc(1, &format!("loss {loss:.4}"));
-        if (epoch + 1) % cfg.eval_every.max(1) != 0 && epoch + 1 != cfg.epochs {
+        // SIGINT/SIGTERM on any rank: evaluate and checkpoint this epoch, then stop (exit code 75).
+        let signal = deq_train::dist::agree_on_signal(collective)?;
+        if (epoch + 1) % cfg.eval_every.max(1) != 0 && epoch + 1 != cfg.epochs && signal.is_none() {
             continue;
         }
         let (r, eval_solves) = evaluate(&model, task, &u, &a, lambda_pf, epoch + 1, start)?;
@@ -515,8 +517,7 @@ pub fn train_nodes_with(task: &NodeTask, cfg: &NodeTrainConfig, deq: &DeqConfig,
             }
             ck.save(epoch + 1, &tensors, meta)?;
         }
-        // SIGINT/SIGTERM on any rank: the epoch's checkpoint is written; stop (exit code 75).
-        if let Some(sig) = deq_train::dist::agree_on_signal(collective)? {
+        if let Some(sig) = signal {
             let checkpoint = opts.out_dir.as_ref().map(|d| d.join("checkpoints").join("latest.json")).unwrap_or_default();
             return Err(deq_train::TrainError::Interrupted { signal: deq_train::signals::name(sig), step: epoch + 1, checkpoint }.into());
         }

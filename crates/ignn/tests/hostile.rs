@@ -63,7 +63,7 @@ fn configurations() {
 /// The child side of `huge_counts_are_refused_under_a_memory_limit` (a no-op in a normal run).
 #[test]
 fn memory_limited_child() {
-    let Some(case) = deq_train::hostile::memory_limited_case() else { return };
+    let Some(case) = deq_train::hostile::child_case() else { return };
     let dir = copy(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/formats/planetoid"), &format!("huge-{case}"));
     let msg = match case.as_str() {
         "nodes" => {

@@ -55,7 +55,19 @@ fn resumed_chains_run_is_bit_identical_and_eval_reproduces_it() {
     let (a, lam, u) = ignn::train::full_graph(&task, "aug_normalized", &candle_core::Device::Cpu).unwrap();
     let (r, _) = ignn::train::evaluate(&model, &task, &u, &a, lam, 0, std::time::Instant::now()).unwrap();
     assert_eq!((r.train, r.val, r.test), (full.train, full.val, full.test));
-    for d in [full_dir, part_dir] {
+    // SIGTERM (in a child process: the simulated signal is process-wide) ends a run after its
+    // first epoch, evaluated and checkpointed; the resumed run ends with the whole one's model.
+    let sig_dir = tmp("sigterm");
+    deq_train::hostile::run_in_child("sigterm_child", &sig_dir.display().to_string()).unwrap();
+    train_nodes(&task, &chains_cfg(20), &deq(), &RunOptions { out_dir: Some(sig_dir.clone()), resume: true, ..Default::default() }, |_, _, _| {}).unwrap();
+    let params = |d: &std::path::Path| {
+        let c = deq_train::Checkpointer::load(&d.join("checkpoints/latest.json"), &candle_core::Device::Cpu).unwrap();
+        let mut v: Vec<(String, Vec<f64>)> = c.tensors.iter().map(|(k, t)| (k.clone(), t.flatten_all().unwrap().to_dtype(candle_core::DType::F64).unwrap().to_vec1::<f64>().unwrap())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        (c.step, v)
+    };
+    assert!(params(&full_dir) == params(&sig_dir), "the resumed run ends elsewhere");
+    for d in [full_dir, part_dir, sig_dir] {
         let _ = std::fs::remove_dir_all(d);
     }
 }
@@ -108,6 +120,20 @@ fn cycles_and_paths(n: usize) -> GraphDataset {
         graphs.push(ignn::tu::GraphSample { graph, features: vec![1.0; len], label: cyclic as u32 });
     }
     GraphDataset { graphs, feature_dim: 1, classes: 2, label_values: vec![0, 1] }
+}
+
+/// The interrupted run of [`resumed_chains_run_is_bit_identical_and_eval_reproduces_it`], in a
+/// child process of its own: SIGTERM before the first epoch ends the run after it with a
+/// checkpoint and `Interrupted`.
+#[test]
+fn sigterm_child() {
+    let Some(dir) = deq_train::hostile::child_case() else { return };
+    let task: ignn::train::NodeTask = ignn::chains::generate(2, 10, 8, 20, 0.1, 0.1, 1).into();
+    deq_train::signals::simulate(15);
+    let e = train_nodes(&task, &chains_cfg(20), &deq(), &RunOptions { out_dir: Some(dir.clone().into()), resume: false, ..Default::default() }, |_, _, _| {}).unwrap_err();
+    assert!(format!("{e:#}").contains("stopped by SIGTERM after step 1"), "{e:#}");
+    let c = deq_train::Checkpointer::load(&std::path::Path::new(&dir).join("checkpoints/latest.json"), &candle_core::Device::Cpu).unwrap();
+    assert_eq!(c.step, 1);
 }
 
 #[test]
