@@ -192,6 +192,19 @@ fn gather_memory(collective: &dyn Collective, mem: &Memory) -> crate::Result<Mem
     Ok(Memory { z: place(&mem.z)?, u: place(&mem.u)? })
 }
 
+/// The logging and evaluation windows a run stopped by a signal left open, kept in its
+/// checkpoint (`window`) so that the resumed run's records are those of a run that never
+/// stopped.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct OpenWindow {
+    /// Interval loss and steps, Jacobian-loss sum and steps, evaluation-window loss and
+    /// steps, summed over the ranks.
+    sums: [f64; 6],
+    tokens: usize,
+    seconds: f64,
+    state_rel_residual: Option<f64>,
+}
+
 fn train_rank(cfg: &RunConfig, data: &Streams, opts: &TrainOptions, collective: &dyn Collective, mut on_step: impl FnMut(usize, f64)) -> crate::Result<TrainSummary> {
     let dev = &opts.device;
     let t = &cfg.train;
@@ -223,7 +236,7 @@ fn train_rank(cfg: &RunConfig, data: &Streams, opts: &TrainOptions, collective: 
     let mut mem = model.empty_memory(local)?;
     let mut skipped0 = 0usize;
     // The logging window a run stopped by a signal left open (see the end of the loop).
-    let mut window: Option<(serde_json::Value, SolverMetrics, std::path::PathBuf)> = None;
+    let mut window: Option<(OpenWindow, SolverMetrics)> = None;
     if opts.resume {
         let dir = opts.out_dir.as_ref().ok_or_else(|| candle_core::Error::Msg("--resume needs an output folder".into()))?;
         match Checkpointer::new(dir.join("checkpoints"), t.keep_checkpoints)?.load_latest(dev)? {
@@ -240,7 +253,8 @@ fn train_rank(cfg: &RunConfig, data: &Streams, opts: &TrainOptions, collective: 
                 step = c.step;
                 skipped0 = c.meta.get("skipped_batches").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
                 if let Some(w) = c.meta.get("window") {
-                    window = Some((w.clone(), SolverMetrics::from_tensors(&c.tensors, "window.solver.")?, c.path.clone()));
+                    let w = <OpenWindow as serde::Deserialize>::deserialize(w).map_err(|e| crate::LmError::data(&c.path, format!("a malformed `window` (the logging window of a stopped run): {e}")))?;
+                    window = Some((w, SolverMetrics::from_tensors(&c.tensors, "window.solver.")?));
                 }
                 tracing::info!(step, "resumed from {}", c.path.display());
             }
@@ -262,20 +276,13 @@ fn train_rank(cfg: &RunConfig, data: &Streams, opts: &TrainOptions, collective: 
     let mut train_secs = 0f64;
     let mut interval_secs = 0f64;
     let mut interval_tokens = 0usize;
-    if let Some((w, m, path)) = window {
-        let bad = || crate::LmError::data(&path, format!("a malformed `window` (the logging window of a stopped run): {w}"));
-        let sums: Vec<f64> = serde_json::from_value(w["sums"].clone()).map_err(|_| bad())?;
-        if sums.len() != 6 {
-            return Err(bad());
-        }
+    if let Some((w, m)) = window {
+        let sums = w.sums;
         // The sums are over all ranks: rank 0 carries them on, the others start from zero.
         if main {
             (interval_loss, interval_n, jac_sum, jac_n, loss_sum, loss_n) = (sums[0], sums[1] as usize, sums[2], sums[3] as usize, sums[4], sums[5] as usize);
         }
-        interval_tokens = w["tokens"].as_u64().ok_or_else(bad)? as usize;
-        interval_secs = w["seconds"].as_f64().ok_or_else(bad)?;
-        phantom_res = w["state_rel_residual"].as_f64();
-        solver = m;
+        (interval_tokens, interval_secs, phantom_res, solver) = (w.tokens, w.seconds, w.state_rel_residual, m);
     }
     let mut bar = Progress::new("train", last.saturating_sub(step), opts.progress && main);
     let mut guard = deq_train::faults::FaultGuard::new(t.on_nonfinite, t.max_skipped, skipped0);
@@ -409,7 +416,8 @@ fn train_rank(cfg: &RunConfig, data: &Streams, opts: &TrainOptions, collective: 
             // The open logging and evaluation windows, summed over the ranks, so that the
             // resumed run's records are those of a run that never stopped.
             let sums = deq_train::dist::all_reduce_sum_f64(collective, &[interval_loss, interval_n as f64, jac_sum, jac_n as f64, loss_sum, loss_n as f64])?;
-            let window = serde_json::json!({"sums": sums, "tokens": interval_tokens, "seconds": interval_secs, "state_rel_residual": phantom_res});
+            let sums: [f64; 6] = sums.try_into().map_err(|_| candle_core::Error::Msg("all-reduce of the open window changed its length".into()))?;
+            let window = OpenWindow { sums, tokens: interval_tokens, seconds: interval_secs, state_rel_residual: phantom_res };
             let mut checkpoint = std::path::PathBuf::new();
             if let Some((c, _)) = ck.as_mut() {
                 let mut tensors: Vec<(String, Tensor)> = model.named_vars().into_iter().map(|(n, v)| (format!("model.{n}"), v.as_tensor().clone())).collect();
@@ -417,7 +425,7 @@ fn train_rank(cfg: &RunConfig, data: &Streams, opts: &TrainOptions, collective: 
                 tensors.push(("memory.z".into(), full_mem.z.clone()));
                 tensors.push(("memory.u".into(), full_mem.u.clone()));
                 tensors.extend(solver.to_tensors("window.solver.")?);
-                c.save(step, &tensors, serde_json::json!({"step": step, "stopped_by": deq_train::signals::name(sig), "skipped_batches": guard.skipped(), "window": window}))?;
+                c.save(step, &tensors, serde_json::json!({"step": step, "stopped_by": deq_train::signals::name(sig), "skipped_batches": guard.skipped(), "window": serde_json::to_value(&window).map_err(|e| candle_core::Error::Msg(e.to_string()))?}))?;
                 checkpoint = c.latest_path();
             }
             return Err(deq_train::TrainError::Interrupted { signal: deq_train::signals::name(sig), step, checkpoint }.into());
